@@ -1,0 +1,186 @@
+//! Connecting to Postgres.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, RuntimeErr, Statement,
+};
+
+/// A Postgres URL. It may hold a password, so `Debug` and `Display` hide it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL with its password, to hand to the driver and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The name of the database the URL points at.
+    pub fn database_name(&self) -> Option<&str> {
+        let after_host = self.0.split_once("://")?.1;
+        let path = after_host.split_once('/')?.1;
+        let name = path.split(['?', '#']).next()?;
+        (!name.is_empty()).then_some(name)
+    }
+
+    /// The same server, another database.
+    pub fn with_database(&self, name: &str) -> DatabaseUrl {
+        let (base, query) = match self.0.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (self.0.as_str(), None),
+        };
+        let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+        let server = match base[scheme_end..].find('/') {
+            Some(i) => &base[..scheme_end + i],
+            None => base,
+        };
+        match query {
+            Some(q) => DatabaseUrl(format!("{server}/{name}?{q}")),
+            None => DatabaseUrl(format!("{server}/{name}")),
+        }
+    }
+
+    fn redacted(&self) -> String {
+        // postgres://user:secret@host/db -> postgres://user:***@host/db
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        match rest.split_once('@') {
+            Some((userinfo, host)) if userinfo.contains(':') => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => self.0.clone(),
+        }
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(DatabaseUrl(s.to_owned()))
+        } else {
+            Err("a Postgres URL starts with postgres:// (e.g. postgres://postgres@127.0.0.1:5432/turnq)".into())
+        }
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+/// Postgres could not be reached or refused us; the message says where and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot connect to Postgres at {url}: is it running? (on a Debian host: \
+     pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)"
+)]
+pub struct ConnectError {
+    pub url: DatabaseUrl,
+    #[source]
+    pub source: DbErr,
+}
+
+/// Opens a pool of at most `max_connections` to `url`.
+pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<DatabaseConnection, ConnectError> {
+    let mut options = ConnectOptions::new(url.expose());
+    options
+        .max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    Database::connect(options).await.map_err(|source| ConnectError {
+        url: url.clone(),
+        source,
+    })
+}
+
+/// Creates the database `url` names if it does not exist yet (`turnq up` on a fresh
+/// machine). Needs a role allowed to create databases.
+pub async fn ensure_database(url: &DatabaseUrl) -> Result<(), ConnectError> {
+    let Some(name) = url.database_name() else {
+        return Ok(());
+    };
+    let admin_url = url.with_database("postgres");
+    let admin = connect(&admin_url, 1).await?;
+    let error = |source| ConnectError {
+        url: admin_url.clone(),
+        source,
+    };
+    let exists = admin
+        .query_one_raw(Statement::from_sql_and_values(
+            admin.get_database_backend(),
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            [name.into()],
+        ))
+        .await
+        .map_err(error)?
+        .is_some();
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match admin
+            .execute_unprepared(&format!("CREATE DATABASE {quoted}"))
+            .await
+        {
+            Ok(_) => tracing::info!(database = name, "created the database"),
+            // Another process created it between our check and our CREATE.
+            Err(e) if e.to_string().contains("already exists") => {}
+            Err(e) => return Err(error(e)),
+        }
+    }
+    admin.close().await.map_err(error)?;
+    Ok(())
+}
+
+/// True when `e` says Postgres could not be reached, rather than refusing a query.
+pub fn is_connection_error(e: &DbErr) -> bool {
+    match e {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+        DbErr::Query(RuntimeErr::SqlxError(inner)) | DbErr::Exec(RuntimeErr::SqlxError(inner)) => {
+            matches!(
+                inner.as_ref(),
+                sea_orm::sqlx::Error::Io(_)
+                    | sea_orm::sqlx::Error::PoolTimedOut
+                    | sea_orm::sqlx::Error::PoolClosed
+                    | sea_orm::sqlx::Error::WorkerCrashed
+            )
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_print() {
+        let url: DatabaseUrl = "postgres://me:hunter2@db:5432/turnq".parse().unwrap();
+        assert_eq!(url.to_string(), "postgres://me:***@db:5432/turnq");
+        assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_database_name_can_be_read_and_swapped() {
+        let url: DatabaseUrl = "postgres://postgres@127.0.0.1:5432/turnq?sslmode=disable"
+            .parse()
+            .unwrap();
+        assert_eq!(url.database_name(), Some("turnq"));
+        assert_eq!(
+            url.with_database("postgres").expose(),
+            "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+        );
+        assert!("mysql://x".parse::<DatabaseUrl>().is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! sea-orm entities: one module per table. Private to the domain: stores turn these
+//! rows into domain types before anything leaves this crate.
+
+pub mod events;
+pub mod tasks;
+pub mod workers;

@@ -1,0 +1,69 @@
+//! The domain error. It knows no HTTP: the API maps it to statuses in one place.
+
+use crate::{StreamVersion, TaskId, task::TaskState};
+
+/// Everything that can go wrong in the domain, each variant naming the condition.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input of a request breaks a rule; the message says which.
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("task {0} does not exist")]
+    TaskNotFound(TaskId),
+
+    /// The task's state machine has no such transition.
+    #[error("task {task} is {from}: it cannot be {action}")]
+    IllegalTransition {
+        task: TaskId,
+        from: TaskState,
+        action: &'static str,
+    },
+
+    /// Someone else appended to the stream first.
+    #[error("stream {stream} is at version {actual}, not the expected {expected}")]
+    VersionConflict {
+        stream: String,
+        expected: StreamVersion,
+        actual: StreamVersion,
+    },
+
+    /// A worker wrote for an attempt it no longer owns (its lease was lost, the task was
+    /// cancelled or another attempt started): the write was refused.
+    #[error("task {task} attempt {attempt} is no longer owned by worker {worker}")]
+    Fenced {
+        task: TaskId,
+        attempt: i32,
+        worker: String,
+    },
+
+    /// A stored event or row could not be read back as the domain type.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+
+    /// Handing tasks to the delivery queue failed; nothing was recorded.
+    #[error("handing tasks to the delivery queue failed")]
+    Delivery(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    #[error("database error")]
+    Database(#[source] sea_orm::DbErr),
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(e: sea_orm::DbErr) -> Self {
+        Error::Database(e)
+    }
+}
+
+impl Error {
+    /// True when the cause is that Postgres could not be reached (as opposed to a query
+    /// it refused): callers answer 503 and retry later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Database(e) => crate::db::is_connection_error(e),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,32 @@
+//! turnq-core: the domain of turnq.
+//!
+//! # Layout
+//!
+//! - [`task`]: the task state machine ([`task::TaskState`], one transition function),
+//!   the validated input of a submission ([`task::NewTask`]) and the task store: every
+//!   write to a task is a conditional update of the `tasks` projection plus an append to
+//!   the event log, in one transaction.
+//! - [`event`]: the event kinds (a public, versioned JSON contract) and the event store
+//!   (append with an expected version, read a stream, read the global log).
+//! - [`projection`]: rebuilding the projections from the log (`turnq replay`) and
+//!   reporting drift (`--verify`).
+//! - [`worker`]: the worker registry.
+//! - [`db`]: connecting to Postgres, creating the database when it is missing.
+//! - [`entity`]: sea-orm entities. They stay inside this crate: stores return domain
+//!   types, so a column rename never leaks into the JSON contract.
+//!
+//! This crate knows no HTTP and no Redis: the API, the dispatcher and the workers
+//! build on it; it builds on nothing of theirs.
+
+pub mod db;
+pub mod entity;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod projection;
+pub mod task;
+pub mod time;
+pub mod worker;
+
+pub use error::Error;
+pub use ids::{LogPosition, StreamVersion, TaskId, WorkerId};

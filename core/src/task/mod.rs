@@ -1,0 +1,12 @@
+//! Tasks: the state machine, what a submission may contain, and the store.
+
+mod model;
+pub(crate) mod projection;
+mod spec;
+mod state;
+mod store;
+
+pub use model::Task;
+pub use spec::{MAX_BATCH, MAX_INPUT_BYTES, NewTask, NewTaskRequest};
+pub use state::TaskState;
+pub use store::{Claimed, DueTask, Submitted, TaskFilter, TaskPage, TaskStore};

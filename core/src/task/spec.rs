@@ -1,0 +1,248 @@
+//! What a submitter may ask for. [`NewTaskRequest`] is the wire shape; [`NewTask`] is the
+//! validated value, the only one the store accepts, and the data of `task.submitted`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{Error, error::Result, time::Timestamp};
+
+/// The largest task input, as serialised JSON.
+pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
+/// The most tasks in one batch submission.
+pub const MAX_BATCH: usize = 1000;
+
+const DEFAULT_PROJECT: &str = "default";
+const DEFAULT_QUEUE: &str = "default";
+const DEFAULT_AGENT: &str = "script";
+const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+const MAX_TEXT: usize = 4096;
+
+/// A task as a submitter sends it. Unknown fields are refused, so a typo
+/// (`"prority"`) is an error instead of a silently ignored wish.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTaskRequest {
+    /// What the agent gets: a prompt string, or any JSON value the agent understands.
+    #[serde(default)]
+    pub input: Value,
+    pub project: Option<String>,
+    pub queue: Option<String>,
+    pub priority: Option<i32>,
+    pub agent: Option<String>,
+    pub model: Option<String>,
+    pub backend: Option<String>,
+    pub worktree_path: Option<String>,
+    pub session_id: Option<String>,
+    pub chat_id: Option<String>,
+    pub mode_id: Option<String>,
+    pub thinking_option_id: Option<String>,
+    pub feature_values: Option<Value>,
+    pub parent_task_id: Option<Uuid>,
+    pub arena_id: Option<Uuid>,
+    /// Do not start before this time.
+    pub run_at: Option<Timestamp>,
+    pub max_attempts: Option<i32>,
+    pub idempotency_key: Option<String>,
+}
+
+/// A validated submission.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewTask {
+    pub input: Value,
+    pub project: String,
+    pub queue: String,
+    pub priority: i32,
+    pub agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking_option_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_values: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arena_id: Option<Uuid>,
+    pub run_at: Timestamp,
+    pub max_attempts: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+fn invalid(message: String) -> Error {
+    Error::Invalid(message)
+}
+
+/// A name used in keys and queues: 1–64 of `A-Z a-z 0-9 _ . -`.
+pub(crate) fn check_name(field: &str, value: &str) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{field} {value:?} is not a valid name: use 1 to 64 of the characters A-Z a-z 0-9 _ . -"
+        )))
+    }
+}
+
+fn check_text(field: &str, value: Option<String>) -> Result<Option<String>> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Err(invalid(format!("{field} must not be empty"))),
+        Some(v) if v.len() > MAX_TEXT => Err(invalid(format!(
+            "{field} is {} bytes long; the limit is {MAX_TEXT}",
+            v.len()
+        ))),
+        Some(v) if v.chars().any(char::is_control) => Err(invalid(format!(
+            "{field} must not contain control characters"
+        ))),
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+impl NewTaskRequest {
+    /// Checks every rule and fills in the defaults. `now` is the default `run_at`.
+    pub fn validate(self, now: Timestamp) -> Result<NewTask> {
+        match &self.input {
+            Value::Null => return Err(invalid("input is required".into())),
+            Value::String(s) if s.trim().is_empty() => {
+                return Err(invalid("input must not be empty".into()));
+            }
+            _ => {}
+        }
+        let input_len = serde_json::to_vec(&self.input).map(|v| v.len()).unwrap_or(0);
+        if input_len > MAX_INPUT_BYTES {
+            return Err(invalid(format!(
+                "input is {input_len} bytes; the limit is {MAX_INPUT_BYTES} bytes (1 MiB)"
+            )));
+        }
+        let project = check_text("project", self.project)?.unwrap_or_else(|| DEFAULT_PROJECT.into());
+        let queue = self.queue.unwrap_or_else(|| DEFAULT_QUEUE.into());
+        check_name("queue", &queue)?;
+        let agent = self.agent.unwrap_or_else(|| DEFAULT_AGENT.into());
+        check_name("agent", &agent)?;
+        if let Some(backend) = &self.backend {
+            check_name("backend", backend)?;
+        }
+        let priority = self.priority.unwrap_or(0);
+        if !(-1000..=1000).contains(&priority) {
+            return Err(invalid(format!(
+                "priority {priority} is out of range: use -1000 to 1000 (higher runs first)"
+            )));
+        }
+        let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        if !(1..=100).contains(&max_attempts) {
+            return Err(invalid(format!(
+                "max_attempts {max_attempts} is out of range: use 1 to 100"
+            )));
+        }
+        if let Some(values) = &self.feature_values
+            && !values.is_object()
+        {
+            return Err(invalid("feature_values must be a JSON object".into()));
+        }
+        let idempotency_key = check_text("idempotency_key", self.idempotency_key)?;
+        if let Some(key) = &idempotency_key
+            && key.len() > 255
+        {
+            return Err(invalid("idempotency_key is longer than 255 bytes".into()));
+        }
+        Ok(NewTask {
+            input: self.input,
+            project,
+            queue,
+            priority,
+            agent,
+            model: check_text("model", self.model)?,
+            backend: self.backend,
+            worktree_path: check_text("worktree_path", self.worktree_path)?,
+            session_id: check_text("session_id", self.session_id)?,
+            chat_id: check_text("chat_id", self.chat_id)?,
+            mode_id: check_text("mode_id", self.mode_id)?,
+            thinking_option_id: check_text("thinking_option_id", self.thinking_option_id)?,
+            feature_values: self.feature_values,
+            parent_task_id: self.parent_task_id,
+            arena_id: self.arena_id,
+            run_at: crate::time::truncate(self.run_at.unwrap_or(now)),
+            max_attempts,
+            idempotency_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(input: Value) -> NewTaskRequest {
+        NewTaskRequest {
+            input,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in_what_was_not_given() {
+        let now = crate::time::now();
+        let task = request(json!("hi")).validate(now).unwrap();
+        assert_eq!(
+            (task.project.as_str(), task.queue.as_str(), task.agent.as_str()),
+            ("default", "default", "script")
+        );
+        assert_eq!((task.priority, task.max_attempts, task.run_at), (0, 3, now));
+    }
+
+    #[test]
+    fn missing_empty_and_oversized_input_are_refused() {
+        let now = crate::time::now();
+        for (input, needle) in [
+            (Value::Null, "input is required"),
+            (json!("   "), "must not be empty"),
+            (json!("x".repeat(MAX_INPUT_BYTES)), "the limit is"),
+        ] {
+            let err = request(input).validate(now).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_names_ranges_and_shapes_are_refused() {
+        let now = crate::time::now();
+        let cases = [
+            (NewTaskRequest { queue: Some("a b".into()), ..request(json!(1)) }, "queue"),
+            (NewTaskRequest { agent: Some(String::new()), ..request(json!(1)) }, "agent"),
+            (NewTaskRequest { priority: Some(5000), ..request(json!(1)) }, "priority"),
+            (NewTaskRequest { max_attempts: Some(0), ..request(json!(1)) }, "max_attempts"),
+            (NewTaskRequest { feature_values: Some(json!([1])), ..request(json!(1)) }, "feature_values"),
+            (NewTaskRequest { project: Some("\u{7}".into()), ..request(json!(1)) }, "project"),
+        ];
+        for (req, field) in cases {
+            let err = req.validate(now).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_value::<NewTaskRequest>(json!({"input": "x", "prority": 3}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prority"), "{err}");
+    }
+}

@@ -1,0 +1,561 @@
+//! The task store: every write to a task is ONE conditional `UPDATE` of its row plus the
+//! append of the event that explains it, in one transaction.
+//!
+//! The condition is what the writer believes: the stream version it read (API
+//! transitions), or the state, attempt and worker it holds (workers). Zero rows updated
+//! means someone else moved first, and the write is refused, so a stale worker can never
+//! overwrite a newer attempt, and a cancelled task is never completed behind a person's
+//! back. The row lock taken by the `UPDATE` serialises writers of one stream, which is
+//! what keeps its versions gapless.
+
+use std::time::Duration;
+
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    sea_query::{LockBehavior, LockType},
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    Error, StreamVersion, TaskId, WorkerId,
+    entity::tasks::{self, Column},
+    error::Result,
+    event::{
+        Approved, Cancelled, EventStore, NewEvent, Queued, RecordedEvent, Retried, Started,
+        StreamRef, TaskEvent,
+    },
+    task::{NewTask, Task, TaskState, projection},
+    time::{self, Timestamp},
+};
+
+/// The outcome of a submission.
+#[derive(Debug)]
+pub struct Submitted {
+    pub task: Task,
+    /// False when an `Idempotency-Key` matched an existing task, which is returned.
+    pub created: bool,
+}
+
+/// Filters of `GET /v1/tasks`; every one given must match.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    pub states: Vec<TaskState>,
+    pub agent: Option<String>,
+    pub project: Option<String>,
+    pub queue: Option<String>,
+}
+
+/// One page of tasks, newest first.
+#[derive(Debug)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<TaskId>,
+}
+
+/// A task the dispatcher hands to Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueTask {
+    pub id: TaskId,
+    pub queue: String,
+    /// The attempts made so far: the job carries it, and the claim only succeeds if the
+    /// task is still at this attempt, so a stale or duplicate job is harmless.
+    pub attempt: i32,
+}
+
+/// A task a worker has claimed: it holds the lease of attempt `task.attempt`.
+#[derive(Debug)]
+pub struct Claimed {
+    pub task: Task,
+}
+
+pub fn stream_of(id: TaskId) -> StreamRef {
+    StreamRef::new(TaskEvent::STREAM_TYPE, id.to_string())
+}
+
+fn event_row(
+    id: TaskId,
+    version: i64,
+    event: &TaskEvent,
+    metadata: &Value,
+    at: Timestamp,
+) -> crate::entity::events::ActiveModel {
+    let (kind, data) = event.to_parts();
+    EventStore::row(
+        &stream_of(id),
+        StreamVersion(version),
+        NewEvent {
+            kind: kind.into(),
+            data,
+            metadata: metadata.clone(),
+        },
+        at,
+    )
+}
+
+/// Applies `event` to the task's row if `guard` holds, and appends it. `None` when the
+/// guard did not hold (nothing was written).
+async fn write<C: ConnectionTrait>(
+    db: &C,
+    id: TaskId,
+    guard: Condition,
+    event: &TaskEvent,
+    metadata: &Value,
+    at: Timestamp,
+) -> Result<Option<tasks::Model>> {
+    let updated = projection::update(event, at)
+        .filter(Column::Id.eq(id.0))
+        .filter(guard)
+        .exec_with_returning(db)
+        .await?;
+    let Some(row) = updated.into_iter().next() else {
+        return Ok(None);
+    };
+    EventStore::insert(db, vec![event_row(id, row.version, event, metadata, at)]).await?;
+    Ok(Some(row))
+}
+
+fn worker_guard(attempt: i32, worker: &WorkerId) -> Condition {
+    Condition::all()
+        .add(Column::State.eq(TaskState::Running.as_str()))
+        .add(Column::Attempt.eq(attempt))
+        .add(Column::WorkerId.eq(worker.0.as_str()))
+}
+
+fn is_unique_violation(e: &Error) -> bool {
+    matches!(e, Error::Database(db) if matches!(db.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))))
+}
+
+/// Reads and writes tasks. Stateless: each method takes the connection to use.
+pub struct TaskStore;
+
+impl TaskStore {
+    /// Submits one task. See [`TaskStore::submit_batch`].
+    pub async fn submit(db: &DatabaseConnection, task: NewTask, metadata: &Value) -> Result<Submitted> {
+        let mut out = Self::submit_batch(db, vec![task], metadata).await?;
+        out.pop()
+            .ok_or_else(|| Error::Corrupt("a submission of one task returned none".into()))
+    }
+
+    /// Submits tasks in ONE transaction: every row and its `task.submitted` event, or
+    /// nothing. A task whose idempotency key is already taken in its project is not
+    /// created again; the existing task is returned in its place.
+    pub async fn submit_batch(
+        db: &DatabaseConnection,
+        batch: Vec<NewTask>,
+        metadata: &Value,
+    ) -> Result<Vec<Submitted>> {
+        // A concurrent submission may take a key between our look-up and our insert; the
+        // unique index refuses it, and the second try finds the winner's task.
+        match Self::try_submit_batch(db, &batch, metadata).await {
+            Err(e) if is_unique_violation(&e) => Self::try_submit_batch(db, &batch, metadata).await,
+            other => other,
+        }
+    }
+
+    async fn try_submit_batch(
+        db: &DatabaseConnection,
+        batch: &[NewTask],
+        metadata: &Value,
+    ) -> Result<Vec<Submitted>> {
+        let at = time::now();
+        let txn = db.begin().await?;
+        let keys: Vec<&str> = batch
+            .iter()
+            .filter_map(|t| t.idempotency_key.as_deref())
+            .collect();
+        let mut existing: Vec<tasks::Model> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            tasks::Entity::find()
+                .filter(Column::IdempotencyKey.is_in(keys))
+                .all(&txn)
+                .await?
+        };
+
+        enum Slot {
+            New(usize),
+            Existing(Box<tasks::Model>),
+        }
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut rows = Vec::new();
+        let mut events = Vec::new();
+        let mut new_ids: Vec<(TaskId, &NewTask)> = Vec::new();
+        for task in batch {
+            let found = task.idempotency_key.as_deref().and_then(|key| {
+                existing
+                    .iter()
+                    .find(|m| m.project == task.project && m.idempotency_key.as_deref() == Some(key))
+                    .map(|m| Slot::Existing(Box::new(m.clone())))
+                    .or_else(|| {
+                        new_ids
+                            .iter()
+                            .position(|(_, t)| {
+                                t.project == task.project && t.idempotency_key.as_deref() == Some(key)
+                            })
+                            .map(Slot::New)
+                    })
+            });
+            match found {
+                Some(Slot::New(i)) => slots.push(Slot::New(i)),
+                Some(existing) => slots.push(existing),
+                None => {
+                    let id = TaskId::new();
+                    rows.push(projection::new_row(id, task, at));
+                    events.push(event_row(
+                        id,
+                        1,
+                        &TaskEvent::Submitted(Box::new(task.clone())),
+                        metadata,
+                        at,
+                    ));
+                    slots.push(Slot::New(new_ids.len()));
+                    new_ids.push((id, task));
+                }
+            }
+        }
+        let created = if rows.is_empty() {
+            Vec::new()
+        } else {
+            tasks::Entity::insert_many(rows).exec_with_returning(&txn).await?
+        };
+        EventStore::insert(&txn, events).await?;
+        txn.commit().await?;
+
+        existing.clear();
+        slots
+            .into_iter()
+            .map(|slot| {
+                let (row, was_created) = match slot {
+                    Slot::Existing(row) => (*row, false),
+                    Slot::New(i) => {
+                        let id = new_ids[i].0;
+                        let row = created
+                            .iter()
+                            .find(|r| r.id == id.0)
+                            .cloned()
+                            .ok_or_else(|| Error::Corrupt(format!("inserted task {id} was not returned")))?;
+                        (row, true)
+                    }
+                };
+                Ok(Submitted {
+                    task: Task::try_from(row)?,
+                    created: was_created,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(|mut out| {
+                // A key repeated inside one batch names the task created by its first use.
+                let mut seen = std::collections::HashSet::new();
+                for s in &mut out {
+                    if s.created && !seen.insert(s.task.id) {
+                        s.created = false;
+                    }
+                }
+                out
+            })
+    }
+
+    pub async fn get<C: ConnectionTrait>(db: &C, id: TaskId) -> Result<Task> {
+        tasks::Entity::find_by_id(id.0)
+            .one(db)
+            .await?
+            .ok_or(Error::TaskNotFound(id))
+            .and_then(Task::try_from)
+    }
+
+    /// Tasks newest first, `limit` at a time, after `cursor` (the last id of the previous
+    /// page). Ids are UUIDv7, so id order is creation order.
+    pub async fn list<C: ConnectionTrait>(
+        db: &C,
+        filter: &TaskFilter,
+        cursor: Option<TaskId>,
+        limit: u64,
+    ) -> Result<TaskPage> {
+        let mut query = tasks::Entity::find();
+        if !filter.states.is_empty() {
+            query = query.filter(Column::State.is_in(filter.states.iter().map(|s| s.as_str())));
+        }
+        if let Some(agent) = &filter.agent {
+            query = query.filter(Column::Agent.eq(agent.as_str()));
+        }
+        if let Some(project) = &filter.project {
+            query = query.filter(Column::Project.eq(project.as_str()));
+        }
+        if let Some(queue) = &filter.queue {
+            query = query.filter(Column::Queue.eq(queue.as_str()));
+        }
+        if let Some(cursor) = cursor {
+            query = query.filter(Column::Id.lt(cursor.0));
+        }
+        let mut rows = query
+            .order_by_desc(Column::Id)
+            .limit(limit + 1)
+            .all(db)
+            .await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        let tasks = rows
+            .into_iter()
+            .map(Task::try_from)
+            .collect::<Result<Vec<_>>>()?;
+        let next_cursor = if more { tasks.last().map(|t| t.id) } else { None };
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    /// The task's events after `after`, oldest first.
+    pub async fn events<C: ConnectionTrait>(
+        db: &C,
+        id: TaskId,
+        after: StreamVersion,
+        limit: u64,
+    ) -> Result<Vec<RecordedEvent>> {
+        let events = EventStore::read_stream(db, &stream_of(id), after, limit).await?;
+        if events.is_empty() && after == StreamVersion::NEW {
+            // Every task has its `task.submitted`; no events means no task.
+            Self::get(db, id).await?;
+        }
+        Ok(events)
+    }
+
+    /// A person's transition (cancel, retry, approve): read the task, check the state
+    /// machine, write on the condition that the stream has not moved since the read.
+    async fn transition(
+        db: &DatabaseConnection,
+        id: TaskId,
+        action: &'static str,
+        metadata: &Value,
+        make: impl Fn(&Task) -> TaskEvent,
+    ) -> Result<Task> {
+        // A worker's write can land between our read and our write (a heartbeat, a batch
+        // of output); re-reading a few times rides over that without giving up.
+        for _ in 0..5 {
+            let task = Self::get(db, id).await?;
+            let event = make(&task);
+            if task.state.after(&event).is_none() {
+                return Err(Error::IllegalTransition {
+                    task: id,
+                    from: task.state,
+                    action,
+                });
+            }
+            let txn = db.begin().await?;
+            let guard = Condition::all().add(Column::Version.eq(task.version.0));
+            if let Some(row) = write(&txn, id, guard, &event, metadata, time::now()).await? {
+                txn.commit().await?;
+                return Task::try_from(row);
+            }
+        }
+        let task = Self::get(db, id).await?;
+        Err(Error::VersionConflict {
+            stream: stream_of(id).to_string(),
+            expected: task.version,
+            actual: task.version,
+        })
+    }
+
+    /// Cancels a pending, running or blocked task.
+    pub async fn cancel(
+        db: &DatabaseConnection,
+        id: TaskId,
+        reason: Option<String>,
+        metadata: &Value,
+    ) -> Result<Task> {
+        Self::transition(db, id, "cancelled", metadata, |_| {
+            TaskEvent::Cancelled(Cancelled {
+                reason: reason.clone(),
+            })
+        })
+        .await
+    }
+
+    /// Re-opens a failed task, with at least one more attempt in its budget.
+    pub async fn retry(db: &DatabaseConnection, id: TaskId, metadata: &Value) -> Result<Task> {
+        Self::transition(db, id, "retried", metadata, |task| {
+            TaskEvent::Retried(Retried {
+                max_attempts: task.max_attempts.max(task.attempt + 1),
+            })
+        })
+        .await
+    }
+
+    /// Re-opens a blocked task after a person answered it.
+    pub async fn approve(
+        db: &DatabaseConnection,
+        id: TaskId,
+        note: Option<String>,
+        metadata: &Value,
+    ) -> Result<Task> {
+        Self::transition(db, id, "approved", metadata, |task| {
+            TaskEvent::Approved(Approved {
+                note: note.clone(),
+                max_attempts: task.max_attempts.max(task.attempt + 1),
+            })
+        })
+        .await
+    }
+
+    /// Hands due tasks to `push` (the delivery queue) and records `task.queued` for them,
+    /// at most `limit` at a time, highest priority first.
+    ///
+    /// A task counts as due when it is pending, its `run_at` has come, and it was never
+    /// queued, or was queued longer than `redeliver_after` ago without starting (its job
+    /// was lost with Redis, or its worker vanished). The rows are taken with
+    /// `FOR UPDATE SKIP LOCKED`, so several dispatchers share the work without
+    /// overlapping, and `push` runs BEFORE the commit: a crash in between re-pushes
+    /// (duplicates are harmless: the claim is conditional), never loses.
+    pub async fn dispatch_due<F, Fut>(
+        db: &DatabaseConnection,
+        limit: u64,
+        redeliver_after: Duration,
+        metadata: &Value,
+        push: F,
+    ) -> Result<usize>
+    where
+        F: FnOnce(Vec<DueTask>) -> Fut,
+        Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    {
+        let at = time::now();
+        let stale = at
+            - chrono::TimeDelta::from_std(redeliver_after)
+                .unwrap_or(chrono::TimeDelta::MAX);
+        let txn = db.begin().await?;
+        let due: Vec<(Uuid, String, i32)> = tasks::Entity::find()
+            .select_only()
+            .columns([Column::Id, Column::Queue, Column::Attempt])
+            .filter(Column::State.eq(TaskState::Pending.as_str()))
+            .filter(Column::RunAt.lte(at))
+            .filter(
+                Condition::any()
+                    .add(Column::QueuedAt.is_null())
+                    .add(Column::QueuedAt.lt(stale)),
+            )
+            .order_by_desc(Column::Priority)
+            .order_by_asc(Column::RunAt)
+            .order_by_asc(Column::Id)
+            .limit(limit)
+            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = due.iter().map(|(id, _, _)| *id).collect();
+        push(
+            due.into_iter()
+                .map(|(id, queue, attempt)| DueTask {
+                    id: TaskId(id),
+                    queue,
+                    attempt,
+                })
+                .collect(),
+        )
+        .await
+        .map_err(Error::Delivery)?;
+
+        // `task.queued` changes the same columns whatever its queue, so one statement
+        // updates every row; each event then names its own task's queue.
+        let template = TaskEvent::Queued(Queued {
+            queue: String::new(),
+        });
+        let rows = projection::update(&template, at)
+            .filter(Column::Id.is_in(ids))
+            .exec_with_returning(&txn)
+            .await?;
+        let events = rows
+            .iter()
+            .map(|row| {
+                let event = TaskEvent::Queued(Queued {
+                    queue: row.queue.clone(),
+                });
+                event_row(TaskId(row.id), row.version, &event, metadata, at)
+            })
+            .collect();
+        EventStore::insert(&txn, events).await?;
+        txn.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// How many tasks are handed to Redis and not yet started: the dispatcher keeps this
+    /// bounded, so Redis holds what workers can take soon and the rest waits here.
+    pub async fn count_queued<C: ConnectionTrait>(db: &C) -> Result<u64> {
+        Ok(tasks::Entity::find()
+            .filter(Column::State.eq(TaskState::Pending.as_str()))
+            .filter(Column::QueuedAt.is_not_null())
+            .count(db)
+            .await?)
+    }
+
+    /// Claims the task for `worker` if it is still pending at `attempt` (the job's view).
+    /// `None` means the job is stale or a duplicate (the task was cancelled, finished, or
+    /// claimed by someone else): ack it and do nothing.
+    pub async fn claim(
+        db: &DatabaseConnection,
+        id: TaskId,
+        attempt: i32,
+        worker: &WorkerId,
+        lease: Duration,
+        metadata: &Value,
+    ) -> Result<Option<Claimed>> {
+        let at = time::now();
+        let event = TaskEvent::Started(Started {
+            attempt: attempt + 1,
+            worker_id: worker.0.clone(),
+            lease_until: time::truncate(
+                at + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX),
+            ),
+        });
+        let guard = Condition::all()
+            .add(Column::State.eq(TaskState::Pending.as_str()))
+            .add(Column::Attempt.eq(attempt));
+        let txn = db.begin().await?;
+        let Some(row) = write(&txn, id, guard, &event, metadata, at).await? else {
+            return Ok(None);
+        };
+        txn.commit().await?;
+        Ok(Some(Claimed {
+            task: Task::try_from(row)?,
+        }))
+    }
+
+    /// Records an event of a running attempt (`task.output`, or the attempt's end) on the
+    /// condition that `worker` still owns `attempt`; otherwise [`Error::Fenced`].
+    pub async fn record(
+        db: &DatabaseConnection,
+        id: TaskId,
+        attempt: i32,
+        worker: &WorkerId,
+        event: &TaskEvent,
+        metadata: &Value,
+    ) -> Result<Task> {
+        if TaskState::Running.after(event).is_none() {
+            return Err(Error::IllegalTransition {
+                task: id,
+                from: TaskState::Running,
+                action: event.kind(),
+            });
+        }
+        let txn = db.begin().await?;
+        let written = write(
+            &txn,
+            id,
+            worker_guard(attempt, worker),
+            event,
+            metadata,
+            time::now(),
+        )
+        .await?;
+        let Some(row) = written else {
+            return Err(Error::Fenced {
+                task: id,
+                attempt,
+                worker: worker.0.clone(),
+            });
+        };
+        txn.commit().await?;
+        Task::try_from(row)
+    }
+}
