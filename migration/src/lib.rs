@@ -1,0 +1,52 @@
+//! The turnq database schema, as an ordered list of sea-orm-migration migrations.
+//!
+//! This crate is the only place the schema is written: every table, index, constraint,
+//! trigger, function and view the rest of the workspace relies on is created here, so the
+//! schema can be read (and rebuilt) from one ordered list instead of being scattered across
+//! ad hoc SQL.
+//!
+//! Rules for changing it:
+//! - One concern per migration (a table and the indexes it needs, one trigger, one view),
+//!   so that `down` stays small and obviously correct and a failure names the concern.
+//! - Never edit a migration that has landed: databases that already ran it will not run it
+//!   again, so an edit silently forks the schema. Add a new migration instead.
+//! - Every migration has a `down` that exactly undoes its `up`, and both use
+//!   `IF [NOT] EXISTS` so a run that stopped half-way can be repeated.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_create_events;
+mod m20261126_000002_events_append_only;
+mod m20261126_000003_create_tasks;
+mod m20261126_000004_tasks_notify_new;
+mod m20261126_000005_create_human_inbox;
+mod m20261126_000006_create_workers;
+mod m20261126_000007_create_agents;
+mod m20261126_000008_create_worktrees;
+mod m20261126_000009_create_agent_sessions;
+mod m20261126_000010_create_session_entries;
+mod m20261126_000011_create_checkpoints;
+mod m20261126_000012_create_pending_changes;
+
+/// Runs the turnq migrations, in the order they must be applied.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261126_000001_create_events::Migration),
+            Box::new(m20261126_000002_events_append_only::Migration),
+            Box::new(m20261126_000003_create_tasks::Migration),
+            Box::new(m20261126_000004_tasks_notify_new::Migration),
+            Box::new(m20261126_000005_create_human_inbox::Migration),
+            Box::new(m20261126_000006_create_workers::Migration),
+            Box::new(m20261126_000007_create_agents::Migration),
+            Box::new(m20261126_000008_create_worktrees::Migration),
+            Box::new(m20261126_000009_create_agent_sessions::Migration),
+            Box::new(m20261126_000010_create_session_entries::Migration),
+            Box::new(m20261126_000011_create_checkpoints::Migration),
+            Box::new(m20261126_000012_create_pending_changes::Migration),
+        ]
+    }
+}
