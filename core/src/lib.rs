@@ -11,6 +11,7 @@
 //! - [`projection`]: rebuilding the projections from the log (`turnq replay`) and
 //!   reporting drift (`--verify`).
 //! - [`worker`]: the worker registry.
+//! - [`delivery`]: the job the dispatcher pushes to Redis and the names of its keys.
 //! - [`db`]: connecting to Postgres, creating the database when it is missing.
 //! - [`entity`]: sea-orm entities. They stay inside this crate: stores return domain
 //!   types, so a column rename never leaks into the JSON contract.
@@ -19,6 +20,7 @@
 //! build on it; it builds on nothing of theirs.
 
 pub mod db;
+pub mod delivery;
 pub mod entity;
 pub mod error;
 pub mod event;

@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{
-    ActiveModelTrait, ActiveValue, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
+    ActiveModelTrait, ActiveValue, ColumnTrait, DatabaseConnection, EntityTrait, IdenStatic,
+    IntoActiveModel,
     Iterable, ModelTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, Value,
 };
 use serde::Serialize;
@@ -151,7 +152,7 @@ pub async fn verify(db: &DatabaseConnection) -> Result<ReplayReport> {
                 if want != have {
                     report.drift.push(Drift {
                         task: TaskId(stored.id),
-                        column: format!("{column:?}").to_lowercase(),
+                        column: column.as_str().to_owned(),
                         expected: show(&want),
                         actual: show(&have),
                     });

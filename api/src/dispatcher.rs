@@ -1,0 +1,204 @@
+//! The dispatcher: relays due tasks from Postgres to their Redis queues.
+//!
+//! It wakes on `NOTIFY tasks_new` (one per insert statement) and also polls every
+//! `--dispatch-poll-interval`, because a notification sent while the listener was
+//! reconnecting is lost and a retry's `run_at` passes without any insert. Each round
+//! takes due tasks with `FOR UPDATE SKIP LOCKED` (several API replicas can run it),
+//! pushes one apalis job per task, then commits `task.queued`: push before commit, so a
+//! crash in between re-pushes and never loses.
+//!
+//! What it pushes is bounded (`--dispatch-max-queued`): Redis holds what workers can
+//! take soon, the rest waits in Postgres. apalis-redis' fetch script fails for every
+//! worker once a queue holds many thousands of due jobs, and a bounded queue also keeps
+//! priorities meaningful (a late high-priority task is not stuck behind a deep FIFO).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use apalis::prelude::TaskSink;
+use apalis_redis::{ConnectionManager, RedisStorage};
+use sea_orm::{DatabaseConnection, sqlx::postgres::PgListener};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use turnq_core::{
+    delivery::{Job, RedisNames},
+    task::{DueTask, TaskStore},
+};
+
+/// The dispatcher's settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DispatcherConfig {
+    /// How often the dispatcher looks for due tasks when no notification woke it
+    /// (retries whose backoff has passed, scheduled tasks, missed notifications).
+    #[arg(long, env = "TURNQ_DISPATCH_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub dispatch_poll_interval: Duration,
+
+    /// The most tasks handed to Redis in one transaction.
+    #[arg(long, env = "TURNQ_DISPATCH_BATCH", default_value_t = 500)]
+    pub dispatch_batch: u64,
+
+    /// The most tasks waiting in Redis (queued, not yet started) at once; the rest wait
+    /// in Postgres until workers catch up.
+    #[arg(long, env = "TURNQ_DISPATCH_MAX_QUEUED", default_value_t = 5000)]
+    pub dispatch_max_queued: u64,
+
+    /// A task queued this long without starting is pushed again (its job was lost with
+    /// Redis or with a worker). Duplicates are harmless: the claim is conditional.
+    #[arg(long, env = "TURNQ_REDELIVER_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub redeliver_after: Duration,
+}
+
+/// The channel the `tasks_new` trigger notifies.
+const CHANNEL: &str = "tasks_new";
+
+/// Runs the dispatcher until `shutdown`. Outages of Postgres or Redis are logged and
+/// retried, never fatal.
+pub async fn run(
+    db: DatabaseConnection,
+    redis_url: String,
+    names: RedisNames,
+    config: DispatcherConfig,
+    shutdown: CancellationToken,
+) {
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(db.clone(), wake.clone(), shutdown.clone()));
+    let mut redis: Option<ConnectionManager> = None;
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        if redis.is_none() {
+            match apalis_redis::connect(redis_url.as_str()).await {
+                Ok(conn) => redis = Some(conn),
+                Err(e) => {
+                    tracing::warn!(url = %redis_url, error = %e, "dispatcher cannot reach Redis; retrying (start it with: redis-server --daemonize yes)");
+                }
+            }
+        }
+        let outcome = match &redis {
+            Some(conn) => drain(&db, conn, &names, &config).await,
+            None => Err(turnq_core::Error::Delivery("Redis is not connected".into())),
+        };
+        let pause = match outcome {
+            Ok(_) => {
+                failures = 0;
+                None
+            }
+            Err(e) => {
+                failures += 1;
+                if matches!(e, turnq_core::Error::Delivery(_)) {
+                    // Rebuild the connection: apalis' connection manager reconnects on
+                    // its own, but a fresh one also clears a wedged state.
+                    redis = None;
+                }
+                tracing::warn!(error = %error_chain(&e), failures, "dispatch round failed; retrying");
+                Some(Duration::from_millis(100 * 2u64.pow(failures.min(6))))
+            }
+        };
+        let wait = pause.unwrap_or(config.dispatch_poll_interval);
+        tokio::select! {
+            _ = wake.notified(), if pause.is_none() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    listener.abort();
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Dispatches until nothing is due or the queued bound is reached.
+async fn drain(
+    db: &DatabaseConnection,
+    redis: &ConnectionManager,
+    names: &RedisNames,
+    config: &DispatcherConfig,
+) -> Result<usize, turnq_core::Error> {
+    let metadata = json!({"actor": "dispatcher"});
+    let mut total = 0;
+    loop {
+        let queued = TaskStore::count_queued(db).await?;
+        let room = config.dispatch_max_queued.saturating_sub(queued);
+        let limit = room.min(config.dispatch_batch);
+        if limit == 0 {
+            return Ok(total);
+        }
+        let pushed = TaskStore::dispatch_due(db, limit, config.redeliver_after, &metadata, |due| {
+            push(redis.clone(), names, due)
+        })
+        .await?;
+        total += pushed;
+        if (pushed as u64) < limit {
+            return Ok(total);
+        }
+    }
+}
+
+/// Pushes one job per task onto its queue, one bulk push per queue.
+async fn push(
+    conn: ConnectionManager,
+    names: &RedisNames,
+    due: Vec<DueTask>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut by_queue: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+    for task in due {
+        by_queue.entry(task.queue).or_default().push(Job {
+            task_id: task.id,
+            attempt: task.attempt,
+        });
+    }
+    for (queue, jobs) in by_queue {
+        let config = apalis_redis::Config::default()
+            .queue(names.queue(&queue))
+            // Postgres holds results; apalis need not.
+            .persist_results(false);
+        let mut storage = RedisStorage::<Job>::new(conn.clone()).with_config(config);
+        storage
+            .push_bulk(jobs)
+            .await
+            .map_err(|e| format!("pushing to Redis queue {queue}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// LISTENs on `tasks_new` and wakes the dispatcher; reconnects after any error and
+/// wakes it then too, since a notification may have been missed in between.
+async fn listen(db: DatabaseConnection, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let pool = db.get_postgres_connection_pool().clone();
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatcher cannot LISTEN on Postgres; polling until it can");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN {CHANNEL} failed");
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        wake.notify_one();
+        loop {
+            tokio::select! {
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => wake.notify_one(),
+                    // The connection dropped (None) or failed: reconnect.
+                    Ok(None) | Err(_) => break,
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! What the dispatcher hands to workers, and where. Plain data: the Redis client lives in
+//! the API (which pushes) and the worker (which consumes), never here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::TaskId;
+
+/// One delivery of a task. It carries no task data: the worker reads the task from
+/// Postgres when it claims it, so Redis never holds anything that is not also there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub task_id: TaskId,
+    /// The attempts the task had made when it was pushed. The claim succeeds only if the
+    /// task is still pending at this attempt, so a stale or duplicate job does nothing.
+    pub attempt: i32,
+}
+
+/// Names of everything turnq keeps in Redis, all under one prefix, so several
+/// deployments (or test runs) share a Redis without seeing each other's keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisNames {
+    prefix: String,
+}
+
+impl RedisNames {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        RedisNames {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The apalis queue of a turnq queue.
+    pub fn queue(&self, queue: &str) -> String {
+        format!("{}:q:{queue}", self.prefix)
+    }
+
+    /// The pattern that matches every key under the prefix (for SCAN).
+    pub fn pattern(&self) -> String {
+        format!("{}:*", self.prefix)
+    }
+}
