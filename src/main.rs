@@ -1,1 +1,254 @@
-fn main() {}
+//! `turnq`: the one binary. Subcommands wire the parts together; the parts themselves
+//! live in `turnq-core`, `turnq-api`, `turnq-worker` and `migration`.
+
+mod cli;
+mod submit;
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use migration::MigratorTrait;
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+use turnq_core::{
+    db::{self, DatabaseUrl},
+    delivery::RedisNames,
+};
+
+use cli::{Cli, Command, DatabaseArgs, LogFormat, MigrateCommand};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,apalis=warn,apalis_core=warn,apalis_redis=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Up(args) => {
+            let db = connect(&args.database, true).await?;
+            migrate_up(&db).await?;
+            let shutdown = shutdown_on_signal();
+            let listener = bind(args.listen).await?;
+            let addr = listener.local_addr()?;
+            println!("turnq is up: API and UI on http://{addr}  (Ctrl-C stops it)");
+            println!("  try: turnq submit --api-url http://{addr} --wait \"hello\"");
+            let names = RedisNames::new(&args.redis.redis_prefix);
+            let api = tokio::spawn(turnq_api::serve(
+                listener,
+                turnq_api::AppState::new(db.clone()),
+                shutdown.clone(),
+            ));
+            let dispatcher = tokio::spawn(turnq_api::dispatcher::run(
+                db.clone(),
+                args.redis.redis_url.clone(),
+                names.clone(),
+                args.dispatcher,
+                shutdown.clone(),
+            ));
+            let worker = turnq_worker::run(
+                db.clone(),
+                args.redis.redis_url.clone(),
+                names,
+                args.worker,
+                shutdown.clone(),
+            )
+            .await;
+            shutdown.cancel();
+            let _ = dispatcher.await;
+            api.await.context("the API task panicked")??;
+            worker.context("the worker pool failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Api(args) => {
+            let db = connect(&args.database, false).await?;
+            let shutdown = shutdown_on_signal();
+            let listener = bind(args.listen).await?;
+            tracing::info!(addr = %listener.local_addr()?, "API listening");
+            let names = RedisNames::new(&args.redis.redis_prefix);
+            let dispatcher = tokio::spawn(turnq_api::dispatcher::run(
+                db.clone(),
+                args.redis.redis_url.clone(),
+                names,
+                args.dispatcher,
+                shutdown.clone(),
+            ));
+            let served =
+                turnq_api::serve(listener, turnq_api::AppState::new(db), shutdown.clone()).await;
+            shutdown.cancel();
+            let _ = dispatcher.await;
+            served.context("serving the API")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(args) => {
+            let db = connect(&args.database, false).await?;
+            let shutdown = shutdown_on_signal();
+            turnq_worker::run(
+                db,
+                args.redis.redis_url,
+                RedisNames::new(&args.redis.redis_prefix),
+                args.worker,
+                shutdown,
+            )
+            .await
+            .context("the worker failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { database, command } => {
+            let create = matches!(command, MigrateCommand::Up | MigrateCommand::Fresh { .. });
+            let db = connect(&database, create).await?;
+            migrate(&db, command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { database, verify } => {
+            let db = connect(&database, false).await?;
+            let started = std::time::Instant::now();
+            let report = if verify {
+                turnq_core::projection::verify(&db).await
+            } else {
+                turnq_core::projection::replay(&db).await
+            }
+            .context("replaying the event log")?;
+            let elapsed = started.elapsed();
+            println!(
+                "replayed {} events into {} tasks in {:.2}s ({:.0} events/s)",
+                report.events,
+                report.tasks,
+                elapsed.as_secs_f64(),
+                report.events as f64 / elapsed.as_secs_f64().max(1e-9)
+            );
+            if report.drift.is_empty() {
+                println!("no drift: the projection matches the log");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for d in &report.drift {
+                println!(
+                    "drift: task {} {}: log says {}, table has {}",
+                    d.task, d.column, d.expected, d.actual
+                );
+            }
+            if verify {
+                println!(
+                    "{} differences; `turnq replay` rewrites the projection from the log",
+                    report.drift.len()
+                );
+                Ok(ExitCode::from(2))
+            } else {
+                println!("{} differences repaired from the log", report.drift.len());
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        Command::Submit(args) => submit::run(args).await,
+    }
+}
+
+async fn connect(args: &DatabaseArgs, create_if_missing: bool) -> Result<DatabaseConnection> {
+    let url: &DatabaseUrl = &args.database_url;
+    if create_if_missing {
+        db::ensure_database(url).await?;
+    }
+    Ok(db::connect(url, args.database_max_connections).await?)
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}: is another turnq (or anything else) using it? Pick another with --listen"))
+}
+
+async fn migrate_up(db: &DatabaseConnection) -> Result<()> {
+    migration::Migrator::up(db, None)
+        .await
+        .context("applying migrations")
+}
+
+async fn migrate(db: &DatabaseConnection, command: MigrateCommand) -> Result<()> {
+    use migration::Migrator;
+    match command {
+        MigrateCommand::Up => {
+            migrate_up(db).await?;
+            println!("all migrations applied");
+        }
+        MigrateCommand::Down { steps } => {
+            Migrator::down(db, Some(steps))
+                .await
+                .context("rolling back migrations")?;
+            println!("rolled back {steps} migration(s)");
+        }
+        MigrateCommand::Status => {
+            for m in Migrator::get_migration_with_status(db)
+                .await
+                .context("reading migration status")?
+            {
+                println!(
+                    "{:<10} {}",
+                    format!("{:?}", m.status()).to_lowercase(),
+                    m.name()
+                );
+            }
+        }
+        MigrateCommand::Fresh { yes } => {
+            anyhow::ensure!(
+                yes,
+                "`migrate fresh` drops every table, the event log included; pass --yes if you mean it"
+            );
+            Migrator::fresh(db)
+                .await
+                .context("re-creating the schema")?;
+            println!("dropped every table and applied all migrations");
+        }
+    }
+    Ok(())
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down: no new work is taken; running turns get their grace period");
+        cancel.cancel();
+    });
+    token
+}
+
+/// How long a CLI request to the API may take.
+pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -51,8 +51,8 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let axum::extract::Path(raw) =
             axum::extract::Path::<String>::from_request_parts(parts, state).await?;
-        raw.parse::<TaskId>().map(TaskPath).map_err(|_| {
-            ApiError::bad_request(format!("task id {raw:?} is not a UUID"))
-        })
+        raw.parse::<TaskId>()
+            .map(TaskPath)
+            .map_err(|_| ApiError::bad_request(format!("task id {raw:?} is not a UUID")))
     }
 }

@@ -92,7 +92,10 @@ pub struct ConnectError {
 }
 
 /// Opens a pool of at most `max_connections` to `url`.
-pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<DatabaseConnection, ConnectError> {
+pub async fn connect(
+    url: &DatabaseUrl,
+    max_connections: u32,
+) -> Result<DatabaseConnection, ConnectError> {
     let mut options = ConnectOptions::new(url.expose());
     options
         .max_connections(max_connections)
@@ -100,10 +103,12 @@ pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<Database
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
-    Database::connect(options).await.map_err(|source| ConnectError {
-        url: url.clone(),
-        source,
-    })
+    Database::connect(options)
+        .await
+        .map_err(|source| ConnectError {
+            url: url.clone(),
+            source,
+        })
 }
 
 /// Creates the database `url` names if it does not exist yet (`turnq up` on a fresh

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue, ColumnTrait, DatabaseConnection, EntityTrait, IdenStatic,
-    IntoActiveModel,
-    Iterable, ModelTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, Value,
+    IntoActiveModel, Iterable, ModelTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    Value,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -77,11 +77,11 @@ async fn rebuild(
         after = last.position;
         for stored in page {
             report.events += 1;
-            let id: Uuid = stored
-                .stream_id
-                .parse()
-                .map_err(|e| Error::Corrupt(format!("task stream id {:?}: {e}", stored.stream_id)))?;
-            let event = TaskEvent::from_parts(&stored.kind, &stored.data).map_err(Error::Corrupt)?;
+            let id: Uuid = stored.stream_id.parse().map_err(|e| {
+                Error::Corrupt(format!("task stream id {:?}: {e}", stored.stream_id))
+            })?;
+            let event =
+                TaskEvent::from_parts(&stored.kind, &stored.data).map_err(Error::Corrupt)?;
             let at = stored.recorded_at;
             if let TaskEvent::Submitted(spec) = &event {
                 rows.insert(id, projection::new_row(TaskId(id), spec, at));
@@ -126,7 +126,9 @@ pub async fn verify(db: &DatabaseConnection) -> Result<ReplayReport> {
     let mut rebuilt = rebuild(db, &mut report).await?;
     let mut after: Option<Uuid> = None;
     loop {
-        let mut query = tasks::Entity::find().order_by_asc(tasks::Column::Id).limit(PAGE);
+        let mut query = tasks::Entity::find()
+            .order_by_asc(tasks::Column::Id)
+            .limit(PAGE);
         if let Some(after) = after {
             query = query.filter(tasks::Column::Id.gt(after));
         }
@@ -194,7 +196,9 @@ pub async fn replay(db: &DatabaseConnection) -> Result<ReplayReport> {
                 }
             }
             None => {
-                tasks::Entity::insert(row).exec_without_returning(&txn).await?;
+                tasks::Entity::insert(row)
+                    .exec_without_returning(&txn)
+                    .await?;
             }
         }
     }

@@ -4,7 +4,11 @@ mod health;
 mod tasks;
 mod workers;
 
-use axum::{Router, extract::DefaultBodyLimit, routing::{get, post}};
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+};
 
 use crate::AppState;
 

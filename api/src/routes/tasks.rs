@@ -227,13 +227,17 @@ pub(super) async fn events(
     Ok(Json(json!({ "events": events })))
 }
 
-/// An optional JSON body: empty is fine, anything else must parse.
+/// An optional JSON body: empty (or `null`) is fine, anything else must parse.
 fn optional_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() || trimmed == b"null" {
         return Ok(T::default());
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON for this route: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the request body is not valid JSON for this route: {e}"
+        ))
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -259,7 +263,9 @@ pub(super) async fn cancel(
     body: Bytes,
 ) -> Result<Json<Task>, ApiError> {
     let ReasonBody { reason } = optional_body(&body)?;
-    Ok(Json(TaskStore::cancel(state.db(), id, reason, &metadata()).await?))
+    Ok(Json(
+        TaskStore::cancel(state.db(), id, reason, &metadata()).await?,
+    ))
 }
 
 /// `POST /v1/tasks/{id}/retry`: a failed task runs again.
@@ -280,5 +286,7 @@ pub(super) async fn approve(
     body: Bytes,
 ) -> Result<Json<Task>, ApiError> {
     let NoteBody { note } = optional_body(&body)?;
-    Ok(Json(TaskStore::approve(state.db(), id, note, &metadata()).await?))
+    Ok(Json(
+        TaskStore::approve(state.db(), id, note, &metadata()).await?,
+    ))
 }

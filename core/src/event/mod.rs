@@ -11,10 +11,7 @@ pub use store::{EventStore, NewEvent, RecordedEvent, StreamRef};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    task::NewTask,
-    time::Timestamp,
-};
+use crate::{task::NewTask, time::Timestamp};
 
 /// Token counts and money spent by one attempt of a turn.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]

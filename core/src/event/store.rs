@@ -7,8 +7,8 @@
 //! and the insert.
 
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    SqlErr, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, SqlErr, TransactionTrait,
     sea_query::{Expr, Func},
 };
 use serde::Serialize;
@@ -106,7 +106,9 @@ impl EventStore {
         let rows = events
             .into_iter()
             .enumerate()
-            .map(|(i, event)| Self::row(stream, StreamVersion(expected.0 + 1 + i as i64), event, at))
+            .map(|(i, event)| {
+                Self::row(stream, StreamVersion(expected.0 + 1 + i as i64), event, at)
+            })
             .collect();
         let recorded = match Self::insert(&txn, rows).await {
             Ok(recorded) => recorded,

@@ -7,6 +7,6 @@ mod state;
 mod store;
 
 pub use model::Task;
-pub use spec::{MAX_BATCH, MAX_INPUT_BYTES, NewTask, NewTaskRequest};
+pub use spec::{MAX_BATCH, MAX_INPUT_BYTES, NewTask, NewTaskRequest, check_name};
 pub use state::TaskState;
 pub use store::{Claimed, DueTask, Submitted, TaskFilter, TaskPage, TaskStore};

@@ -5,8 +5,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    Error, StreamVersion, TaskId, entity::tasks, error::Result, event::Usage,
-    task::TaskState, time::Timestamp,
+    Error, StreamVersion, TaskId, entity::tasks, error::Result, event::Usage, task::TaskState,
+    time::Timestamp,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

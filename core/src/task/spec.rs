@@ -85,7 +85,7 @@ fn invalid(message: String) -> Error {
 }
 
 /// A name used in keys and queues: 1–64 of `A-Z a-z 0-9 _ . -`.
-pub(crate) fn check_name(field: &str, value: &str) -> Result<()> {
+pub fn check_name(field: &str, value: &str) -> Result<()> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && value
@@ -125,13 +125,16 @@ impl NewTaskRequest {
             }
             _ => {}
         }
-        let input_len = serde_json::to_vec(&self.input).map(|v| v.len()).unwrap_or(0);
+        let input_len = serde_json::to_vec(&self.input)
+            .map(|v| v.len())
+            .unwrap_or(0);
         if input_len > MAX_INPUT_BYTES {
             return Err(invalid(format!(
                 "input is {input_len} bytes; the limit is {MAX_INPUT_BYTES} bytes (1 MiB)"
             )));
         }
-        let project = check_text("project", self.project)?.unwrap_or_else(|| DEFAULT_PROJECT.into());
+        let project =
+            check_text("project", self.project)?.unwrap_or_else(|| DEFAULT_PROJECT.into());
         let queue = self.queue.unwrap_or_else(|| DEFAULT_QUEUE.into());
         check_name("queue", &queue)?;
         let agent = self.agent.unwrap_or_else(|| DEFAULT_AGENT.into());
@@ -202,7 +205,11 @@ mod tests {
         let now = crate::time::now();
         let task = request(json!("hi")).validate(now).unwrap();
         assert_eq!(
-            (task.project.as_str(), task.queue.as_str(), task.agent.as_str()),
+            (
+                task.project.as_str(),
+                task.queue.as_str(),
+                task.agent.as_str()
+            ),
             ("default", "default", "script")
         );
         assert_eq!((task.priority, task.max_attempts, task.run_at), (0, 3, now));
@@ -225,12 +232,48 @@ mod tests {
     fn bad_names_ranges_and_shapes_are_refused() {
         let now = crate::time::now();
         let cases = [
-            (NewTaskRequest { queue: Some("a b".into()), ..request(json!(1)) }, "queue"),
-            (NewTaskRequest { agent: Some(String::new()), ..request(json!(1)) }, "agent"),
-            (NewTaskRequest { priority: Some(5000), ..request(json!(1)) }, "priority"),
-            (NewTaskRequest { max_attempts: Some(0), ..request(json!(1)) }, "max_attempts"),
-            (NewTaskRequest { feature_values: Some(json!([1])), ..request(json!(1)) }, "feature_values"),
-            (NewTaskRequest { project: Some("\u{7}".into()), ..request(json!(1)) }, "project"),
+            (
+                NewTaskRequest {
+                    queue: Some("a b".into()),
+                    ..request(json!(1))
+                },
+                "queue",
+            ),
+            (
+                NewTaskRequest {
+                    agent: Some(String::new()),
+                    ..request(json!(1))
+                },
+                "agent",
+            ),
+            (
+                NewTaskRequest {
+                    priority: Some(5000),
+                    ..request(json!(1))
+                },
+                "priority",
+            ),
+            (
+                NewTaskRequest {
+                    max_attempts: Some(0),
+                    ..request(json!(1))
+                },
+                "max_attempts",
+            ),
+            (
+                NewTaskRequest {
+                    feature_values: Some(json!([1])),
+                    ..request(json!(1))
+                },
+                "feature_values",
+            ),
+            (
+                NewTaskRequest {
+                    project: Some("\u{7}".into()),
+                    ..request(json!(1))
+                },
+                "project",
+            ),
         ];
         for (req, field) in cases {
             let err = req.validate(now).unwrap_err().to_string();

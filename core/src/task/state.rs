@@ -148,6 +148,11 @@ mod tests {
         for state in TaskState::ALL {
             assert_eq!(state.as_str().parse::<TaskState>(), Ok(state));
         }
-        assert!("done".parse::<TaskState>().unwrap_err().contains("expected one of"));
+        assert!(
+            "done"
+                .parse::<TaskState>()
+                .unwrap_err()
+                .contains("expected one of")
+        );
     }
 }

@@ -133,7 +133,11 @@ pub struct TaskStore;
 
 impl TaskStore {
     /// Submits one task. See [`TaskStore::submit_batch`].
-    pub async fn submit(db: &DatabaseConnection, task: NewTask, metadata: &Value) -> Result<Submitted> {
+    pub async fn submit(
+        db: &DatabaseConnection,
+        task: NewTask,
+        metadata: &Value,
+    ) -> Result<Submitted> {
         let mut out = Self::submit_batch(db, vec![task], metadata).await?;
         out.pop()
             .ok_or_else(|| Error::Corrupt("a submission of one task returned none".into()))
@@ -187,13 +191,16 @@ impl TaskStore {
             let found = task.idempotency_key.as_deref().and_then(|key| {
                 existing
                     .iter()
-                    .find(|m| m.project == task.project && m.idempotency_key.as_deref() == Some(key))
+                    .find(|m| {
+                        m.project == task.project && m.idempotency_key.as_deref() == Some(key)
+                    })
                     .map(|m| Slot::Existing(Box::new(m.clone())))
                     .or_else(|| {
                         new_ids
                             .iter()
                             .position(|(_, t)| {
-                                t.project == task.project && t.idempotency_key.as_deref() == Some(key)
+                                t.project == task.project
+                                    && t.idempotency_key.as_deref() == Some(key)
                             })
                             .map(Slot::New)
                     })
@@ -219,7 +226,9 @@ impl TaskStore {
         let created = if rows.is_empty() {
             Vec::new()
         } else {
-            tasks::Entity::insert_many(rows).exec_with_returning(&txn).await?
+            tasks::Entity::insert_many(rows)
+                .exec_with_returning(&txn)
+                .await?
         };
         EventStore::insert(&txn, events).await?;
         txn.commit().await?;
@@ -228,18 +237,17 @@ impl TaskStore {
         slots
             .into_iter()
             .map(|slot| {
-                let (row, was_created) = match slot {
-                    Slot::Existing(row) => (*row, false),
-                    Slot::New(i) => {
-                        let id = new_ids[i].0;
-                        let row = created
-                            .iter()
-                            .find(|r| r.id == id.0)
-                            .cloned()
-                            .ok_or_else(|| Error::Corrupt(format!("inserted task {id} was not returned")))?;
-                        (row, true)
-                    }
-                };
+                let (row, was_created) =
+                    match slot {
+                        Slot::Existing(row) => (*row, false),
+                        Slot::New(i) => {
+                            let id = new_ids[i].0;
+                            let row = created.iter().find(|r| r.id == id.0).cloned().ok_or_else(
+                                || Error::Corrupt(format!("inserted task {id} was not returned")),
+                            )?;
+                            (row, true)
+                        }
+                    };
                 Ok(Submitted {
                     task: Task::try_from(row)?,
                     created: was_created,
@@ -301,7 +309,11 @@ impl TaskStore {
             .into_iter()
             .map(Task::try_from)
             .collect::<Result<Vec<_>>>()?;
-        let next_cursor = if more { tasks.last().map(|t| t.id) } else { None };
+        let next_cursor = if more {
+            tasks.last().map(|t| t.id)
+        } else {
+            None
+        };
         Ok(TaskPage { tasks, next_cursor })
     }
 
@@ -418,9 +430,8 @@ impl TaskStore {
         Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
     {
         let at = time::now();
-        let stale = at
-            - chrono::TimeDelta::from_std(redeliver_after)
-                .unwrap_or(chrono::TimeDelta::MAX);
+        let stale =
+            at - chrono::TimeDelta::from_std(redeliver_after).unwrap_or(chrono::TimeDelta::MAX);
         let txn = db.begin().await?;
         let due: Vec<(Uuid, String, i32)> = tasks::Entity::find()
             .select_only()

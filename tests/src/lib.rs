@@ -1,0 +1,1 @@
+//! Nothing here: the black-box tests are in `tests/it/`, one integration binary.

@@ -1,0 +1,378 @@
+//! The vertical slice through the API: submit, run, read, transition, refuse.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::harness::{TestApp, eventually};
+
+const RUN: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn submitted_task_runs_to_completed_through_the_whole_pipeline() -> Result<()> {
+    let app = TestApp::spawn().await?;
+    let task = app
+        .submit(json!({"input": {"script": {"chunks": ["hel", "lo"], "input_tokens": 7, "output_tokens": 3, "cost_usd": 0.25}}}))
+        .await?;
+    assert_eq!(task["state"], "pending");
+    let id = task["id"].as_str().unwrap().to_owned();
+
+    let done = app.wait_for_state(&id, "completed", RUN).await?;
+    assert_eq!(done["output_summary"], "hello");
+    assert_eq!(
+        done["usage"],
+        json!({"input_tokens": 7, "output_tokens": 3, "cost_usd": 0.25})
+    );
+    assert_eq!(done["attempt"], 1);
+
+    let kinds = app.event_kinds(&id).await?;
+    let without_output: Vec<&str> = kinds
+        .iter()
+        .map(String::as_str)
+        .filter(|k| *k != "task.output")
+        .collect();
+    assert_eq!(
+        without_output,
+        [
+            "task.submitted",
+            "task.queued",
+            "task.started",
+            "task.completed"
+        ]
+    );
+    assert!(kinds.contains(&"task.output".to_owned()), "{kinds:?}");
+
+    // Versions are gapless and in order.
+    let (_, events) = app.get(&format!("/v1/tasks/{id}/events")).await?;
+    let versions: Vec<i64> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_of_500_all_complete() -> Result<()> {
+    let app = TestApp::spawn().await?;
+    let tasks: Vec<Value> = (0..500)
+        .map(|i| json!({"input": format!("task {i}")}))
+        .collect();
+    let (status, body) = app
+        .post("/v1/tasks/batch", &json!({"tasks": tasks}))
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["created"], 500);
+    eventually(Duration::from_secs(60), || async {
+        let (_, page) = app.get("/v1/tasks?state=completed&limit=500").await?;
+        let n = page["tasks"].as_array().map_or(0, Vec::len);
+        anyhow::ensure!(n == 500, "{n} of 500 completed");
+        Ok(())
+    })
+    .await?;
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn same_idempotency_key_returns_the_same_task() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let first = app
+        .http
+        .post(app.url("/v1/tasks"))
+        .header("Idempotency-Key", "order-42")
+        .json(&json!({"input": "once"}))
+        .send()
+        .await?;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await?;
+    let second = app
+        .http
+        .post(app.url("/v1/tasks"))
+        .header("Idempotency-Key", "order-42")
+        .json(&json!({"input": "twice"}))
+        .send()
+        .await?;
+    assert_eq!(second.status(), 200);
+    let second: Value = second.json().await?;
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(second["input"], "once");
+    // The key in the body works the same, and a batch reuses it too.
+    let (status, body) = app
+        .post("/v1/tasks/batch", &json!({"tasks": [{"input": "x", "idempotency_key": "order-42"}, {"input": "y", "idempotency_key": "new"}, {"input": "z", "idempotency_key": "new"}]}))
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["created"], 1);
+    assert_eq!(body["tasks"][0]["id"], first["id"]);
+    assert_eq!(body["tasks"][1]["id"], body["tasks"][2]["id"]);
+    // Another project may use the same key for its own task.
+    let other = app
+        .submit(json!({"input": "x", "idempotency_key": "order-42", "project": "other"}))
+        .await?;
+    assert_ne!(other["id"], first["id"]);
+    assert_eq!(app.counts().await?.0, 3);
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn illegal_transitions_are_409_and_write_nothing() -> Result<()> {
+    let app = TestApp::spawn().await?;
+    let task = app.submit(json!({"input": "hi"})).await?;
+    let id = task["id"].as_str().unwrap().to_owned();
+    app.wait_for_state(&id, "completed", RUN).await?;
+    let before = app.counts().await?;
+    for action in ["retry", "cancel", "approve"] {
+        let (status, body) = app
+            .post(&format!("/v1/tasks/{id}/{action}"), &Value::Null)
+            .await?;
+        assert_eq!(status, 409, "{action}: {body}");
+        assert_eq!(body["error"]["code"], "illegal_transition", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("completed"),
+            "{body}"
+        );
+    }
+    assert_eq!(app.counts().await?, before);
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pending_task_cancels_and_never_runs() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let task = app.submit(json!({"input": "never"})).await?;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .post(
+            &format!("/v1/tasks/{id}/cancel"),
+            &json!({"reason": "changed my mind"}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "cancelled");
+    let mut app = app;
+    app.start_worker(&[]);
+    // Give the worker a chance to (wrongly) run it: the job, if any, must be a no-op.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.task(&id).await?["state"], "cancelled");
+    let kinds = app.event_kinds(&id).await?;
+    assert!(!kinds.contains(&"task.started".to_owned()), "{kinds:?}");
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_task_shows_in_the_inbox_and_retries_by_hand() -> Result<()> {
+    let app = TestApp::spawn().await?;
+    let task = app
+        .submit(json!({"input": {"script": {"outcome": "fail", "message": "bad tool"}}}))
+        .await?;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let failed = app.wait_for_state(&id, "failed", RUN).await?;
+    assert_eq!(failed["last_error"], "bad tool");
+    let (_, inbox) = app.get("/v1/inbox").await?;
+    assert_eq!(inbox["tasks"][0]["id"], id.as_str());
+
+    let (status, body) = app
+        .post(&format!("/v1/tasks/{id}/retry"), &Value::Null)
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    // It fails again (the script says so), on a second attempt.
+    eventually(RUN, || async {
+        let t = app.task(&id).await?;
+        anyhow::ensure!(t["state"] == "failed" && t["attempt"] == 2, "{t}");
+        Ok(())
+    })
+    .await?;
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn retryable_failures_retry_then_succeed() -> Result<()> {
+    let app = TestApp::spawn().await?;
+    let task = app
+        .submit(json!({"input": {"script": {"fail_attempts": 1}}, "max_attempts": 3}))
+        .await?;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let done = app
+        .wait_for_state(&id, "completed", Duration::from_secs(30))
+        .await?;
+    assert_eq!(done["attempt"], 2);
+    let kinds = app.event_kinds(&id).await?;
+    assert!(kinds.contains(&"task.retrying".to_owned()), "{kinds:?}");
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn blocked_task_waits_in_the_inbox_until_approved() -> Result<()> {
+    let app = TestApp::spawn().await?;
+    let task = app
+        .submit(json!({"input": {"script": {"outcome": "block", "message": "may I push?"}}, "max_attempts": 1}))
+        .await?;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let blocked = app.wait_for_state(&id, "blocked", RUN).await?;
+    assert_eq!(blocked["output_summary"], "may I push?");
+    let (status, body) = app
+        .post(&format!("/v1/tasks/{id}/approve"), &json!({"note": "yes"}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "pending");
+    assert_eq!(body["max_attempts"], 2);
+    app.stop().await;
+    Ok(())
+}
+
+/// Every bad request is a 4xx in the envelope and leaves the tables as they were.
+#[tokio::test]
+async fn bad_input_is_a_4xx_in_the_envelope_and_writes_nothing() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let before = app.counts().await?;
+    let big = "x".repeat(1024 * 1024 + 10);
+    let too_many: Vec<Value> = (0..1001).map(|_| json!({"input": "x"})).collect();
+    let one_bad: Vec<Value> = vec![
+        json!({"input": "ok"}),
+        json!({"input": "ok", "priority": 99999}),
+    ];
+    let posts: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "/v1/tasks",
+            b"{not json".to_vec(),
+            "parse the request body as JSON",
+        ),
+        ("/v1/tasks", b"{}".to_vec(), "input is required"),
+        (
+            "/v1/tasks",
+            br#"{"input": ""}"#.to_vec(),
+            "must not be empty",
+        ),
+        (
+            "/v1/tasks",
+            br#"{"input": null}"#.to_vec(),
+            "input is required",
+        ),
+        (
+            "/v1/tasks",
+            serde_json::to_vec(&json!({"input": big}))?,
+            "1 MiB",
+        ),
+        (
+            "/v1/tasks",
+            br#"{"input": "x", "queue": "no spaces"}"#.to_vec(),
+            "queue",
+        ),
+        (
+            "/v1/tasks",
+            br#"{"input": "x", "prority": 1}"#.to_vec(),
+            "prority",
+        ),
+        (
+            "/v1/tasks",
+            br#"{"input": "x", "max_attempts": "three"}"#.to_vec(),
+            "max_attempts",
+        ),
+        (
+            "/v1/tasks/batch",
+            serde_json::to_vec(&json!({"tasks": too_many}))?,
+            "limit is 1000",
+        ),
+        (
+            "/v1/tasks/batch",
+            serde_json::to_vec(&json!({"tasks": []}))?,
+            "no tasks",
+        ),
+        (
+            "/v1/tasks/batch",
+            serde_json::to_vec(&json!({"tasks": one_bad}))?,
+            "tasks[1]",
+        ),
+    ];
+    for (path, body, needle) in posts {
+        let (status, answer) = app.post_raw(path, body, "application/json").await?;
+        assert!((400..500).contains(&status), "{needle}: {status} {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(answer["error"]["code"].is_string(), "{needle}: {answer}");
+        assert!(message.contains(needle), "wanted {needle:?} in {message:?}");
+    }
+    let (status, answer) = app
+        .post_raw("/v1/tasks", b"{}".to_vec(), "text/plain")
+        .await?;
+    assert_eq!(status, 415, "{answer}");
+
+    let gets = [
+        ("/v1/tasks/not-a-uuid", 400, "not a UUID"),
+        ("/v1/tasks/not-a-uuid/events", 400, "not a UUID"),
+        (
+            "/v1/tasks/0190a0a0-0000-7000-8000-000000000000",
+            404,
+            "does not exist",
+        ),
+        ("/v1/tasks?state=done", 400, "unknown task state"),
+        ("/v1/tasks?colour=red", 400, "colour"),
+        ("/v1/tasks?limit=0", 400, "limit"),
+        ("/v1/tasks?cursor=nope", 400, "cursor"),
+    ];
+    for (path, want, needle) in gets {
+        let (status, answer) = app.get(path).await?;
+        assert_eq!(status, want, "{path}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "{path}: wanted {needle:?} in {message:?}"
+        );
+    }
+    let (status, answer) = app
+        .post("/v1/tasks/not-a-uuid/cancel", &Value::Null)
+        .await?;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(app.counts().await?, before);
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn list_filters_and_paginates_with_a_cursor() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let tasks: Vec<Value> = (0..5)
+        .map(|i| json!({"input": format!("t{i}"), "queue": if i % 2 == 0 { "even" } else { "odd" }, "agent": "script"}))
+        .collect();
+    let (status, _) = app
+        .post("/v1/tasks/batch", &json!({"tasks": tasks}))
+        .await?;
+    assert_eq!(status, 201);
+    let (_, page1) = app.get("/v1/tasks?queue=even&limit=2").await?;
+    assert_eq!(page1["tasks"].as_array().unwrap().len(), 2);
+    let cursor = page1["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let (_, page2) = app
+        .get(&format!("/v1/tasks?queue=even&limit=2&cursor={cursor}"))
+        .await?;
+    assert_eq!(page2["tasks"].as_array().unwrap().len(), 1);
+    assert!(page2["next_cursor"].is_null());
+    let (_, odd) = app
+        .get("/v1/tasks?queue=odd&state=pending,running&agent=script&project=default")
+        .await?;
+    assert_eq!(odd["tasks"].as_array().unwrap().len(), 2);
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_endpoints_answer() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    assert_eq!(app.get("/healthz").await?.0, 200);
+    assert_eq!(app.get("/readyz").await?.0, 200);
+    app.stop().await;
+    Ok(())
+}

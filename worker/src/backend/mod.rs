@@ -1,0 +1,278 @@
+//! Agent backends: what actually runs a turn.
+//!
+//! A backend gets a [`Turn`] (the claimed task, a sink for streamed output, a
+//! cancellation token and a deadline) and returns a [`TurnOutcome`] or a classified
+//! [`TurnError`]. It never writes to Postgres: the runner owns every write, so batching,
+//! fencing of a lost or cancelled attempt, and the retry decision live in one place for
+//! every backend. The class of a failure, never its message, decides what happens next.
+//!
+//! Backends must stop promptly when `cancel` fires and return [`TurnError::Cancelled`];
+//! one that ignores it is dropped (its task aborted) a few seconds later, so whatever it
+//! holds must clean up on drop (a child process with `kill_on_drop`, say).
+
+pub mod script;
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use turnq_core::{
+    event::{OutputChunk, Usage},
+    task::Task,
+};
+
+pub use script::ScriptBackend;
+
+/// Something that can run an agent turn. Dyn-compatible: a worker keeps its backends as
+/// `Arc<dyn AgentBackend>` and picks one per task.
+pub trait AgentBackend: Send + Sync {
+    /// The name tasks use to ask for this backend (`task.backend`, else `task.agent`).
+    fn name(&self) -> &'static str;
+
+    /// Runs one turn to its end. The future owns what it needs (`'static`), so the
+    /// runner can drive it on a task of its own and survive a panic inside it.
+    fn run(&self, turn: Turn) -> BoxFuture<'static, Result<TurnOutcome, TurnError>>;
+}
+
+/// One attempt of a task, as a backend sees it.
+pub struct Turn {
+    /// The task as claimed; `task.attempt` is this attempt's number (1 for the first).
+    pub task: Task,
+    /// Where streamed output goes; the runner batches it into `task.output` events.
+    pub output: OutputSink,
+    /// Fires when the turn must stop: the task was cancelled or its lease lost, the
+    /// turn timed out, or the worker's shutdown grace ran out.
+    pub cancel: CancellationToken,
+    /// When the runner cancels the turn for running too long (`--turn-timeout`); a
+    /// backend may pass it on, e.g. as an HTTP timeout.
+    pub deadline: tokio::time::Instant,
+    // why no session store yet: the session-store issue adds it here, so that backends
+    // resuming a session (`openai`, `command`) can load its history and append their
+    // transcript without knowing Postgres. Until then no backend resumes sessions.
+}
+
+impl fmt::Debug for Turn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Turn")
+            .field("task", &self.task.id)
+            .field("attempt", &self.task.attempt)
+            .field("cancelled", &self.cancel.is_cancelled())
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+/// The sending half of a turn's output stream. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct OutputSink {
+    tx: mpsc::Sender<OutputChunk>,
+}
+
+impl OutputSink {
+    /// A sink and the receiver its chunks arrive at. When the channel is full `send`
+    /// waits: that back-pressure keeps a chatty agent from outrunning Postgres.
+    pub fn channel(capacity: usize) -> (OutputSink, mpsc::Receiver<OutputChunk>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (OutputSink { tx }, rx)
+    }
+
+    /// Streams one chunk; `stream` is `text`, `reasoning`, `tool_call`, … A closed
+    /// channel is ignored: the runner stopped listening because the turn is being
+    /// stopped, and the backend learns that from its cancellation token.
+    pub async fn send(&self, stream: &str, text: impl Into<String>) {
+        let chunk = OutputChunk {
+            stream: stream.to_owned(),
+            text: text.into(),
+        };
+        let _ = self.tx.send(chunk).await;
+    }
+}
+
+/// How a turn ended when it did not fail.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TurnOutcome {
+    /// The agent finished; `summary` becomes the task's output summary.
+    Completed { summary: String, usage: Usage },
+    /// The agent waits for a person; `reason` says what it asks.
+    Blocked { reason: String, usage: Usage },
+}
+
+/// How a turn failed. The variant picks the next state; the message is for people.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TurnError {
+    /// Worth another attempt (a timeout, a rate limit, a crashed agent process).
+    #[error("{message}")]
+    Retryable { message: String, usage: Usage },
+    /// Another attempt would fail the same way (bad input, unknown backend).
+    #[error("{message}")]
+    Fatal { message: String, usage: Usage },
+    /// The turn stopped because its cancellation token fired. Whoever cancelled it
+    /// decides what is recorded, never the backend.
+    #[error("the turn was cancelled")]
+    Cancelled,
+}
+
+impl TurnError {
+    /// A retryable failure that used nothing worth counting.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        TurnError::Retryable {
+            message: message.into(),
+            usage: Usage::default(),
+        }
+    }
+
+    /// A fatal failure that used nothing worth counting.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        TurnError::Fatal {
+            message: message.into(),
+            usage: Usage::default(),
+        }
+    }
+}
+
+/// The backends a worker has, by name.
+#[derive(Clone, Default)]
+pub struct Backends {
+    by_name: BTreeMap<&'static str, Arc<dyn AgentBackend>>,
+}
+
+impl fmt::Debug for Backends {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.by_name.keys()).finish()
+    }
+}
+
+impl Backends {
+    /// No backends at all.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The backends every worker has: `script`.
+    pub fn builtin() -> Self {
+        Self::new().with(ScriptBackend)
+    }
+
+    /// Adds `backend` under its name, replacing one of the same name.
+    pub fn with(mut self, backend: impl AgentBackend + 'static) -> Self {
+        self.insert(Arc::new(backend));
+        self
+    }
+
+    /// Adds `backend` under its name, replacing one of the same name.
+    pub fn insert(&mut self, backend: Arc<dyn AgentBackend>) {
+        self.by_name.insert(backend.name(), backend);
+    }
+
+    /// The names of the backends, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.by_name.keys().copied()
+    }
+
+    /// The backend `name`, if this worker has it.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn AgentBackend>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// The backend that runs `task`: `task.backend`, else `task.agent`. An unknown name
+    /// comes back as the message of a fatal failure: another attempt on this worker
+    /// would fail the same way.
+    pub fn for_task(&self, task: &Task) -> Result<Arc<dyn AgentBackend>, String> {
+        let (name, field) = match task.backend.as_deref() {
+            Some(backend) => (backend, "backend"),
+            None => (task.agent.as_str(), "agent"),
+        };
+        self.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.names().collect();
+            format!(
+                "no agent backend named {name:?} (the task's {field}); this worker has: {}",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use turnq_core::{StreamVersion, TaskId, task::TaskState, time};
+
+    /// A running task with `input` at attempt 1 of 3, for backend and runner tests.
+    pub(crate) fn task(input: Value) -> Task {
+        let at = time::now();
+        Task {
+            id: TaskId::new(),
+            project: "default".into(),
+            queue: "default".into(),
+            priority: 0,
+            state: TaskState::Running,
+            queued: false,
+            input,
+            output_summary: None,
+            agent: "script".into(),
+            model: None,
+            backend: None,
+            worktree_path: None,
+            session_id: None,
+            chat_id: None,
+            mode_id: None,
+            thinking_option_id: None,
+            feature_values: None,
+            parent_task_id: None,
+            arena_id: None,
+            usage: Usage::default(),
+            run_at: at,
+            attempt: 1,
+            max_attempts: 3,
+            idempotency_key: None,
+            queued_at: None,
+            lease_until: Some(at),
+            worker_id: Some("w".into()),
+            last_error: None,
+            version: StreamVersion(3),
+            created_at: at,
+            started_at: Some(at),
+            ended_at: None,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn a_task_runs_on_its_backend_field_before_its_agent() {
+        let backends = Backends::builtin();
+        let mut t = task(json!("hi"));
+        t.agent = "claude".into();
+        t.backend = Some("script".into());
+        assert_eq!(backends.for_task(&t).unwrap().name(), "script");
+        t.backend = None;
+        t.agent = "script".into();
+        assert_eq!(backends.for_task(&t).unwrap().name(), "script");
+    }
+
+    #[test]
+    fn an_unknown_backend_is_named_with_the_ones_this_worker_has() {
+        let mut t = task(json!("hi"));
+        t.agent = "claude".into();
+        let message = Backends::builtin().for_task(&t).err().unwrap();
+        assert!(
+            message.contains("\"claude\" (the task's agent)"),
+            "{message}"
+        );
+        assert!(message.ends_with("this worker has: script"), "{message}");
+        let message = Backends::new().for_task(&t).err().unwrap();
+        assert!(message.ends_with("this worker has: none"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_output_channel_is_ignored() {
+        let (sink, rx) = OutputSink::channel(1);
+        drop(rx);
+        sink.send("text", "nobody listens").await;
+    }
+}
