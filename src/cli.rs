@@ -121,6 +121,27 @@ pub enum Command {
     },
     /// Submit a task to a running API, and optionally follow it to its end.
     Submit(crate::submit::SubmitArgs),
+    /// Manage API tokens.
+    Token {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token and print it once (only its hash is stored).
+    Create {
+        /// What the token is for, e.g. the service that uses it.
+        #[arg(long)]
+        name: String,
+        /// What it may do: `submit` (submit and cancel tasks), `read` (read everything),
+        /// `admin` (everything). Repeat or comma-separate for several.
+        #[arg(long = "scope", value_delimiter = ',', required = true)]
+        scopes: Vec<turnq_core::auth::Scope>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

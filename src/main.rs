@@ -3,6 +3,7 @@
 
 mod cli;
 mod submit;
+mod token;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -16,7 +17,7 @@ use turnq_core::{
     delivery::RedisNames,
 };
 
-use cli::{Cli, Command, DatabaseArgs, LogFormat, MigrateCommand};
+use cli::{Cli, Command, DatabaseArgs, LogFormat, MigrateCommand, TokenCommand};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -50,6 +51,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Up(args) => {
             let db = connect(&args.database, true).await?;
             migrate_up(&db).await?;
+            token::first_start_admin_token(&db).await?;
             let shutdown = shutdown_on_signal();
             let listener = bind(args.listen).await?;
             let addr = listener.local_addr()?;
@@ -161,6 +163,14 @@ async fn run(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Submit(args) => submit::run(args).await,
+        Command::Token {
+            database,
+            command: TokenCommand::Create { name, scopes },
+        } => {
+            let db = connect(&database, false).await?;
+            token::create(&db, &name, &scopes).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

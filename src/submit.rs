@@ -12,6 +12,10 @@ pub struct SubmitArgs {
     #[arg(long, env = "TURNQ_API_URL", default_value = "http://127.0.0.1:8080")]
     pub api_url: String,
 
+    /// The API token (default: the one `turnq up` saved on first start).
+    #[arg(long, env = "TURNQ_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     /// The task input: a prompt. With --json, a JSON value.
     pub input: String,
 
@@ -76,8 +80,15 @@ pub async fn run(args: SubmitArgs) -> Result<ExitCode> {
             body[key] = value;
         }
     }
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = crate::token::local_token(args.token.clone()) {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token has characters a header cannot carry")?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let client = reqwest::Client::builder()
         .timeout(crate::HTTP_TIMEOUT)
+        .default_headers(headers)
         .build()
         .context("building the HTTP client")?;
     let base = args.api_url.trim_end_matches('/');

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use turnq_core::{
     delivery::{Job, RedisNames},
-    task::{DueTask, TaskStore},
+    task::{CHANNEL_TASKS_NEW as CHANNEL, DueTask, TaskStore},
 };
 
 /// The dispatcher's settings.
@@ -48,8 +48,8 @@ pub struct DispatcherConfig {
     pub redeliver_after: Duration,
 }
 
-/// The channel the `tasks_new` trigger notifies.
-const CHANNEL: &str = "tasks_new";
+/// Tasks whose lease expired, recovered per round at most.
+const SWEEP_BATCH: u64 = 500;
 
 /// Runs the dispatcher until `shutdown`. Outages of Postgres or Redis are logged and
 /// retried, never fatal.
@@ -63,6 +63,7 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(db.clone(), wake.clone(), shutdown.clone()));
     let mut redis: Option<ConnectionManager> = None;
+    let mut epoch: Option<String> = None;
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         if redis.is_none() {
@@ -73,8 +74,30 @@ pub async fn run(
                 }
             }
         }
-        let outcome = match &redis {
-            Some(conn) => drain(&db, conn, &names, &config).await,
+        match TaskStore::expire_leases(&db, SWEEP_BATCH, &json!({"actor": "dispatcher"})).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                recovered = n,
+                "re-queued tasks whose worker stopped renewing its lease"
+            ),
+            Err(e) => tracing::warn!(error = %turnq_core::error::chain(&e), "lease sweep failed"),
+        }
+        let outcome = match &mut redis {
+            Some(conn) => match check_epoch(conn, &names, &mut epoch).await {
+                Ok(lost) => {
+                    // After a loss, everything queued is pushed again at once, not
+                    // only what has waited longer than --redeliver-after.
+                    let now = turnq_core::time::now();
+                    let stale = if lost {
+                        now
+                    } else {
+                        now - chrono::TimeDelta::from_std(config.redeliver_after)
+                            .unwrap_or(chrono::TimeDelta::MAX)
+                    };
+                    drain(&db, conn, &names, &config, stale, lost).await
+                }
+                Err(e) => Err(turnq_core::Error::Delivery(Box::new(e))),
+            },
             None => Err(turnq_core::Error::Delivery("Redis is not connected".into())),
         };
         let pause = match outcome {
@@ -89,7 +112,7 @@ pub async fn run(
                     // its own, but a fresh one also clears a wedged state.
                     redis = None;
                 }
-                tracing::warn!(error = %error_chain(&e), failures, "dispatch round failed; retrying");
+                tracing::warn!(error = %turnq_core::error::chain(&e), failures, "dispatch round failed; retrying");
                 Some(Duration::from_millis(100 * 2u64.pow(failures.min(6))))
             }
         };
@@ -103,15 +126,39 @@ pub async fn run(
     listener.abort();
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+/// Checks that Redis still holds the epoch this dispatcher saw; true when it lost its
+/// data since the last round (flushed, or restarted without persistence). Several
+/// dispatchers share one epoch: whoever finds it missing writes a new one, and the
+/// others see it changed.
+async fn check_epoch(
+    conn: &mut ConnectionManager,
+    names: &RedisNames,
+    seen: &mut Option<String>,
+) -> Result<bool, redis::RedisError> {
+    let key = names.epoch();
+    let current: Option<String> = redis::cmd("GET").arg(&key).query_async(conn).await?;
+    let current = match current {
+        Some(value) => value,
+        None => {
+            let fresh = uuid::Uuid::new_v4().to_string();
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(&fresh)
+                .arg("NX")
+                .query_async(conn)
+                .await?;
+            let value: Option<String> = redis::cmd("GET").arg(&key).query_async(conn).await?;
+            value.unwrap_or(fresh)
+        }
+    };
+    let lost = seen.as_ref().is_some_and(|s| *s != current);
+    if lost {
+        tracing::warn!(
+            "Redis lost its data (flushed or restarted without persistence): pushing every queued task again"
+        );
     }
-    out
+    *seen = Some(current);
+    Ok(lost)
 }
 
 /// Dispatches until nothing is due or the queued bound is reached.
@@ -120,17 +167,25 @@ async fn drain(
     redis: &ConnectionManager,
     names: &RedisNames,
     config: &DispatcherConfig,
+    stale: turnq_core::time::Timestamp,
+    redis_lost: bool,
 ) -> Result<usize, turnq_core::Error> {
     let metadata = json!({"actor": "dispatcher"});
     let mut total = 0;
     loop {
-        let queued = TaskStore::count_queued(db).await?;
+        // Right after a loss every queued task is gone from Redis: the bound counts
+        // only what Redis still holds.
+        let queued = if redis_lost {
+            0
+        } else {
+            TaskStore::count_queued(db).await?
+        };
         let room = config.dispatch_max_queued.saturating_sub(queued);
         let limit = room.min(config.dispatch_batch);
         if limit == 0 {
             return Ok(total);
         }
-        let pushed = TaskStore::dispatch_due(db, limit, config.redeliver_after, &metadata, |due| {
+        let pushed = TaskStore::dispatch_due_queued_before(db, limit, stale, &metadata, |due| {
             push(redis.clone(), names, due)
         })
         .await?;

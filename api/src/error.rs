@@ -48,7 +48,7 @@ impl From<turnq_core::Error> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             _ if e.is_unavailable() => {
-                tracing::warn!(error = %error_chain(&e), "Postgres is unavailable");
+                tracing::warn!(error = %turnq_core::error::chain(&e), "Postgres is unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
@@ -56,7 +56,7 @@ impl From<turnq_core::Error> for ApiError {
                 )
             }
             _ => {
-                tracing::error!(error = %error_chain(&e), "request failed");
+                tracing::error!(error = %turnq_core::error::chain(&e), "request failed");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -65,18 +65,6 @@ impl From<turnq_core::Error> for ApiError {
             }
         }
     }
-}
-
-/// The error and its sources, one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 impl From<JsonRejection> for ApiError {

@@ -6,6 +6,7 @@
 //!   binary and the tests both start the API through it.
 //! - `routes/`: one module per resource (`tasks`, `health`, `workers`), thin handlers
 //!   that validate input, call a `turnq-core` store and shape the JSON.
+//! - `auth`: bearer tokens with scopes (`submit`, `read`, `admin`); health stays open.
 //! - `error`: the one error type; core errors and extractor rejections map to the
 //!   `{"error":{"code","message"}}` envelope in one place.
 //! - [`dispatcher`]: the Postgres → Redis relay (LISTEN `tasks_new` plus a fallback
@@ -13,6 +14,7 @@
 //!
 //! Depends on `turnq-core`, never on `turnq-worker`.
 
+mod auth;
 pub mod dispatcher;
 mod error;
 mod extract;
@@ -52,7 +54,7 @@ impl AppState {
 
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
-    routes::router()
+    routes::router(&state)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

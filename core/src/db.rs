@@ -153,13 +153,19 @@ pub fn is_connection_error(e: &DbErr) -> bool {
     match e {
         DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
         DbErr::Query(RuntimeErr::SqlxError(inner)) | DbErr::Exec(RuntimeErr::SqlxError(inner)) => {
-            matches!(
-                inner.as_ref(),
+            match inner.as_ref() {
                 sea_orm::sqlx::Error::Io(_)
-                    | sea_orm::sqlx::Error::PoolTimedOut
-                    | sea_orm::sqlx::Error::PoolClosed
-                    | sea_orm::sqlx::Error::WorkerCrashed
-            )
+                | sea_orm::sqlx::Error::PoolTimedOut
+                | sea_orm::sqlx::Error::PoolClosed
+                | sea_orm::sqlx::Error::WorkerCrashed => true,
+                // Class 08 is "connection exception"; 57P01-57P03 are the server shutting
+                // down or starting; 3D000 is the database having been dropped under us.
+                sea_orm::sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "3D000")
+                }),
+                _ => false,
+            }
         }
         _ => false,
     }

@@ -38,6 +38,13 @@ impl RedisNames {
         format!("{}:q:{queue}", self.prefix)
     }
 
+    /// A random value the dispatcher writes once and checks every round: when it is gone
+    /// or changed, Redis lost its data (flushed, or restarted without persistence) and
+    /// every task Postgres says is queued is pushed again.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
     /// The pattern that matches every key under the prefix (for SCAN).
     pub fn pattern(&self) -> String {
         format!("{}:*", self.prefix)

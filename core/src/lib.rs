@@ -11,6 +11,7 @@
 //! - [`projection`]: rebuilding the projections from the log (`turnq replay`) and
 //!   reporting drift (`--verify`).
 //! - [`worker`]: the worker registry.
+//! - [`auth`]: API tokens with scopes, stored hashed.
 //! - [`delivery`]: the job the dispatcher pushes to Redis and the names of its keys.
 //! - [`db`]: connecting to Postgres, creating the database when it is missing.
 //! - [`entity`]: sea-orm entities. They stay inside this crate: stores return domain
@@ -19,6 +20,7 @@
 //! This crate knows no HTTP and no Redis: the API, the dispatcher and the workers
 //! build on it; it builds on nothing of theirs.
 
+pub mod auth;
 pub mod db;
 pub mod delivery;
 pub mod entity;

@@ -27,6 +27,9 @@ mod m20261126_000009_create_agent_sessions;
 mod m20261126_000010_create_session_entries;
 mod m20261126_000011_create_checkpoints;
 mod m20261126_000012_create_pending_changes;
+mod m20261126_000013_one_running_turn_per_session;
+mod m20261126_000014_tasks_queued_index;
+mod m20261126_000015_create_api_tokens;
 
 /// Runs the turnq migrations, in the order they must be applied.
 pub struct Migrator;
@@ -47,6 +50,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000010_create_session_entries::Migration),
             Box::new(m20261126_000011_create_checkpoints::Migration),
             Box::new(m20261126_000012_create_pending_changes::Migration),
+            Box::new(m20261126_000013_one_running_turn_per_session::Migration),
+            Box::new(m20261126_000014_tasks_queued_index::Migration),
+            Box::new(m20261126_000015_create_api_tokens::Migration),
         ]
     }
 }

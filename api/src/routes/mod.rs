@@ -1,4 +1,4 @@
-//! The routes, one module per resource.
+//! The routes, one module per resource, grouped by the scope they need.
 
 mod health;
 mod tasks;
@@ -7,10 +7,12 @@ mod workers;
 use axum::{
     Router,
     extract::DefaultBodyLimit,
+    middleware,
     routing::{get, post},
 };
+use turnq_core::auth::Scope;
 
-use crate::AppState;
+use crate::{AppState, auth};
 
 /// The largest body of a single submission: the 1 MiB input limit plus room for the
 /// other fields, so an oversized input reaches validation and gets its own message.
@@ -18,26 +20,39 @@ const SUBMIT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// The largest body of a batch submission.
 const BATCH_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+/// `routes` behind a token with `scope`.
+fn scoped(state: &AppState, scope: Scope, routes: Router<AppState>) -> Router<AppState> {
+    routes.route_layer(middleware::from_fn_with_state(
+        (state.clone(), scope),
+        auth::require,
+    ))
+}
+
+pub(crate) fn router(state: &AppState) -> Router<AppState> {
+    let read = Router::new()
+        .route("/v1/tasks", get(tasks::list))
+        .route("/v1/tasks/{id}", get(tasks::get))
+        .route("/v1/tasks/{id}/events", get(tasks::events))
+        .route("/v1/inbox", get(tasks::inbox))
+        .route("/v1/workers", get(workers::list));
+    let submit = Router::new()
         .route(
             "/v1/tasks",
-            post(tasks::submit)
-                .layer(DefaultBodyLimit::max(SUBMIT_BODY_LIMIT))
-                .get(tasks::list),
+            post(tasks::submit).layer(DefaultBodyLimit::max(SUBMIT_BODY_LIMIT)),
         )
         .route(
             "/v1/tasks/batch",
             post(tasks::submit_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
         )
-        .route("/v1/tasks/{id}", get(tasks::get))
-        .route("/v1/tasks/{id}/events", get(tasks::events))
-        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel));
+    let admin = Router::new()
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
-        .route("/v1/tasks/{id}/approve", post(tasks::approve))
-        .route("/v1/inbox", get(tasks::inbox))
-        .route("/v1/workers", get(workers::list))
+        .route("/v1/tasks/{id}/approve", post(tasks::approve));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(scoped(state, Scope::Read, read))
+        .merge(scoped(state, Scope::Submit, submit))
+        .merge(scoped(state, Scope::Admin, admin))
         .fallback(|| async { crate::ApiError::not_found("no such route") })
 }

@@ -1,6 +1,7 @@
 //! sea-orm entities: one module per table. Private to the domain: stores turn these
 //! rows into domain types before anything leaves this crate.
 
+pub mod api_tokens;
 pub mod events;
 pub mod tasks;
 pub mod workers;

@@ -9,4 +9,7 @@ mod store;
 pub use model::Task;
 pub use spec::{MAX_BATCH, MAX_INPUT_BYTES, NewTask, NewTaskRequest, check_name};
 pub use state::TaskState;
-pub use store::{Claimed, DueTask, Submitted, TaskFilter, TaskPage, TaskStore};
+pub use store::{
+    CHANNEL_TASK_CANCELLED, CHANNEL_TASKS_NEW, Claimed, DueTask, Submitted, TaskFilter, TaskPage,
+    TaskStore,
+};

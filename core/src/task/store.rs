@@ -10,10 +10,12 @@
 
 use std::time::Duration;
 
+use std::collections::HashSet;
+
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
-    sea_query::{LockBehavior, LockType},
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
+    sea_query::{Expr, LockBehavior, LockType},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -23,8 +25,8 @@ use crate::{
     entity::tasks::{self, Column},
     error::Result,
     event::{
-        Approved, Cancelled, EventStore, NewEvent, Queued, RecordedEvent, Retried, Started,
-        StreamRef, TaskEvent,
+        Approved, Cancelled, EventStore, LeaseLost, NewEvent, Queued, RecordedEvent, Retried,
+        Started, StreamRef, TaskEvent,
     },
     task::{NewTask, Task, TaskState, projection},
     time::{self, Timestamp},
@@ -126,6 +128,24 @@ fn worker_guard(attempt: i32, worker: &WorkerId) -> Condition {
 
 fn is_unique_violation(e: &Error) -> bool {
     matches!(e, Error::Database(db) if matches!(db.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))))
+}
+
+/// The channel the dispatcher LISTENs on: a task became due (inserted, or a session's
+/// running turn ended so its next turn may start).
+pub const CHANNEL_TASKS_NEW: &str = "tasks_new";
+/// The channel workers LISTEN on: the payload is the id of a running task that was
+/// cancelled, so its worker stops the turn at once instead of at its next write.
+pub const CHANNEL_TASK_CANCELLED: &str = "task_cancelled";
+
+/// `NOTIFY` inside the caller's transaction: delivered on commit, dropped on rollback.
+async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) -> Result<()> {
+    db.execute_raw(Statement::from_sql_and_values(
+        db.get_database_backend(),
+        "SELECT pg_notify($1, $2)",
+        [channel.into(), payload.into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Reads and writes tasks. Stateless: each method takes the connection to use.
@@ -356,6 +376,13 @@ impl TaskStore {
             let txn = db.begin().await?;
             let guard = Condition::all().add(Column::Version.eq(task.version.0));
             if let Some(row) = write(&txn, id, guard, &event, metadata, time::now()).await? {
+                if task.state == TaskState::Running && matches!(event, TaskEvent::Cancelled(_)) {
+                    notify(&txn, CHANNEL_TASK_CANCELLED, &id.to_string()).await?;
+                }
+                if row.session_id.is_some() && task.state == TaskState::Running {
+                    // The session's next turn may start now.
+                    notify(&txn, CHANNEL_TASKS_NEW, "").await?;
+                }
                 txn.commit().await?;
                 return Task::try_from(row);
             }
@@ -429,9 +456,27 @@ impl TaskStore {
         F: FnOnce(Vec<DueTask>) -> Fut,
         Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
     {
+        let stale = time::now()
+            - chrono::TimeDelta::from_std(redeliver_after).unwrap_or(chrono::TimeDelta::MAX);
+        Self::dispatch_due_queued_before(db, limit, stale, metadata, push).await
+    }
+
+    /// [`TaskStore::dispatch_due`] with the re-delivery cutoff given as a time: tasks
+    /// queued before `stale` count as lost. A caller draining in several rounds keeps
+    /// one cutoff for all of them, so what it re-pushed in one round is not re-pushed
+    /// again in the next.
+    pub async fn dispatch_due_queued_before<F, Fut>(
+        db: &DatabaseConnection,
+        limit: u64,
+        stale: Timestamp,
+        metadata: &Value,
+        push: F,
+    ) -> Result<usize>
+    where
+        F: FnOnce(Vec<DueTask>) -> Fut,
+        Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    {
         let at = time::now();
-        let stale =
-            at - chrono::TimeDelta::from_std(redeliver_after).unwrap_or(chrono::TimeDelta::MAX);
         let txn = db.begin().await?;
         let due: Vec<(Uuid, String, i32)> = tasks::Entity::find()
             .select_only()
@@ -443,6 +488,21 @@ impl TaskStore {
                     .add(Column::QueuedAt.is_null())
                     .add(Column::QueuedAt.lt(stale)),
             )
+            // One turn per session at a time, in submission order: a task of a session
+            // waits while an earlier task of it is running, handed to Redis, or still
+            // pending. (The unique index `tasks_one_running_turn_per_session_uidx` makes a
+            // second running turn impossible even if a stale job slips through.)
+            .filter(Expr::cust_with_values(
+                "(tasks.session_id IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM tasks AS other
+                    WHERE other.project = tasks.project
+                      AND other.session_id = tasks.session_id
+                      AND other.id <> tasks.id
+                      AND (other.state = 'running'
+                           OR (other.state = 'pending' AND other.queued_at >= $1)
+                           OR (other.state = 'pending' AND other.id < tasks.id))))",
+                [stale],
+            ))
             .order_by_desc(Column::Priority)
             .order_by_asc(Column::RunAt)
             .order_by_asc(Column::Id)
@@ -523,8 +583,16 @@ impl TaskStore {
             .add(Column::State.eq(TaskState::Pending.as_str()))
             .add(Column::Attempt.eq(attempt));
         let txn = db.begin().await?;
-        let Some(row) = write(&txn, id, guard, &event, metadata, at).await? else {
-            return Ok(None);
+        let row = match write(&txn, id, guard, &event, metadata, at).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok(None),
+            // Another turn of the same session is running: this job is not ours to run
+            // now. The task stays queued and is delivered again.
+            Err(e) if is_unique_violation(&e) => {
+                tracing::debug!(task_id = %id, "claim refused: another turn of the session is running");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
         txn.commit().await?;
         Ok(Some(Claimed {
@@ -566,7 +634,105 @@ impl TaskStore {
                 worker: worker.0.clone(),
             });
         };
+        if row.session_id.is_some() && !matches!(event, TaskEvent::Output(_)) {
+            // The session's next turn may start now.
+            notify(&txn, CHANNEL_TASKS_NEW, "").await?;
+        }
         txn.commit().await?;
         Task::try_from(row)
+    }
+
+    /// Extends to now + `lease` the leases of the (task, attempt) pairs `worker` holds,
+    /// in ONE statement, and returns the pairs it extended. A pair missing from the
+    /// answer is no longer this worker's (cancelled, or taken over after its lease
+    /// expired): its turn must stop. Only rows still running under this worker at that
+    /// attempt are touched, so a renewal can never revive a task that moved on.
+    ///
+    /// Not an event: a renewal per task per heartbeat would dwarf the log, so the lease
+    /// is runtime state, and `turnq replay --verify` leaves it out.
+    pub async fn extend_leases<C: ConnectionTrait>(
+        db: &C,
+        worker: &WorkerId,
+        held: &[(TaskId, i32)],
+        lease: Duration,
+    ) -> Result<HashSet<(TaskId, i32)>> {
+        if held.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let until = time::truncate(
+            time::now() + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX),
+        );
+        let pairs = held.iter().fold(Condition::any(), |any, (task, attempt)| {
+            any.add(
+                Condition::all()
+                    .add(Column::Id.eq(task.0))
+                    .add(Column::Attempt.eq(*attempt)),
+            )
+        });
+        let rows: Vec<(Uuid, i32)> = tasks::Entity::update_many()
+            .col_expr(Column::LeaseUntil, Expr::value(Some(until)))
+            .filter(Column::State.eq(TaskState::Running.as_str()))
+            .filter(Column::WorkerId.eq(worker.0.as_str()))
+            .filter(pairs)
+            .exec_with_returning(db)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row.attempt))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .map(|(id, attempt)| (TaskId(id), attempt))
+            .collect())
+    }
+
+    /// Recovers tasks whose lease expired (their worker died or lost Postgres): each is
+    /// re-queued with `task.lease_lost`, or failed by it once its attempts are spent.
+    /// At most `limit` per call; rows are taken with `SKIP LOCKED` so several
+    /// dispatchers can sweep at once. Returns how many were recovered.
+    pub async fn expire_leases(
+        db: &DatabaseConnection,
+        limit: u64,
+        metadata: &Value,
+    ) -> Result<usize> {
+        let at = time::now();
+        let txn = db.begin().await?;
+        let expired: Vec<(Uuid, i32, i32, Option<String>)> = tasks::Entity::find()
+            .select_only()
+            .columns([
+                Column::Id,
+                Column::Attempt,
+                Column::MaxAttempts,
+                Column::WorkerId,
+            ])
+            .filter(Column::State.eq(TaskState::Running.as_str()))
+            .filter(Column::LeaseUntil.lt(at))
+            .order_by_asc(Column::LeaseUntil)
+            .limit(limit)
+            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        let mut recovered = 0;
+        for (id, attempt, max_attempts, worker_id) in expired {
+            let event = TaskEvent::LeaseLost(LeaseLost {
+                attempt,
+                worker_id: worker_id.unwrap_or_default(),
+                failed: attempt >= max_attempts,
+            });
+            let guard = Condition::all()
+                .add(Column::State.eq(TaskState::Running.as_str()))
+                .add(Column::Attempt.eq(attempt));
+            if write(&txn, TaskId(id), guard, &event, metadata, at)
+                .await?
+                .is_some()
+            {
+                recovered += 1;
+            }
+        }
+        if recovered > 0 {
+            notify(&txn, CHANNEL_TASKS_NEW, "").await?;
+        }
+        txn.commit().await?;
+        Ok(recovered)
     }
 }

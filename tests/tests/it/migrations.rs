@@ -12,7 +12,7 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 const SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// Every relation the migrations create in `public`, with the type information_schema reports.
-const RELATIONS: [(&str, &str); 10] = [
+const RELATIONS: [(&str, &str); 11] = [
     ("events", "BASE TABLE"),
     ("tasks", "BASE TABLE"),
     ("workers", "BASE TABLE"),
@@ -22,6 +22,7 @@ const RELATIONS: [(&str, &str); 10] = [
     ("worktrees", "BASE TABLE"),
     ("checkpoints", "BASE TABLE"),
     ("pending_changes", "BASE TABLE"),
+    ("api_tokens", "BASE TABLE"),
     ("human_inbox", "VIEW"),
 ];
 

@@ -1,0 +1,55 @@
+//! Bearer-token authentication with scopes. Every `/v1` route names the scope it needs;
+//! health endpoints stay open for probes.
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use turnq_core::auth::{Scope, TokenStore};
+
+use crate::{ApiError, AppState};
+
+/// Lets the request through if it carries a known token with `scope` (or `admin`):
+/// 401 without a valid token, 403 with one that lacks the scope.
+pub(crate) async fn require(
+    State((state, scope)): State<(AppState, Scope)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return unauthorized(
+            "this route needs an `Authorization: Bearer <token>` header; create a token with `turnq token create`",
+        );
+    };
+    match TokenStore::authenticate(state.db(), presented).await {
+        Ok(Some(token)) if token.allows(scope) => next.run(request).await,
+        Ok(Some(token)) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token {:?} lacks the `{scope}` scope this route needs",
+                token.name
+            ),
+        )
+        .into_response(),
+        Ok(None) => unauthorized("the bearer token is unknown or revoked"),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
