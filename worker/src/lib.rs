@@ -15,24 +15,34 @@
 //!   result to the last event. Every write is fenced by attempt and worker.
 //! - `lease`: the heartbeat: registry row, lease renewal of running turns, and stopping
 //!   the turns whose task is no longer ours.
+//! - `cancel`: LISTEN for cancellations of running tasks, so a turn cancelled on any
+//!   host stops here within a second.
+//! - `health`: whether Postgres answers; while it does not, the consumers take no jobs
+//!   and a probe waits for it with a backoff.
 //! - [`backend`]: the agent-backend trait, the registry of backends, and `script`.
 //!
 //! Invariants: a job never runs a turn without a successful claim; a handler always
-//! acknowledges its job (Postgres holds every outcome, apalis never retries); a turn
-//! outlives the Redis consumer that delivered it. Depends on `turnq-core`, never on
-//! `turnq-api`.
+//! acknowledges its job (Postgres holds every outcome, apalis never retries), and a job
+//! it could not claim because Postgres was unreachable goes back onto its queue first;
+//! a turn outlives the Redis consumer that delivered it. The worker writes through
+//! `turnq-core`'s stores only, never an entity directly. Depends on `turnq-core`, never
+//! on `turnq-api`.
 
 pub mod backend;
+mod cancel;
 mod config;
+mod health;
 mod lease;
 mod queue;
 mod runner;
+#[cfg(test)]
+mod testdb;
 
 use std::{sync::Arc, time::Duration};
 
 use futures::FutureExt;
-use sea_orm::DatabaseConnection;
-use tokio::time::timeout;
+use sea_orm::{DatabaseConnection, DatabaseConnectionType};
+use tokio::{sync::Notify, time::timeout};
 use tokio_util::sync::CancellationToken;
 use turnq_core::{
     WorkerId,
@@ -44,6 +54,8 @@ pub use backend::Backends;
 pub use config::WorkerConfig;
 
 use crate::{
+    health::PostgresHealth,
+    lease::Heartbeat,
     queue::{Consumers, JobHandler, QueueSettings},
     runner::{CANCEL_GRACE, Runner, StopReason, error_chain},
 };
@@ -79,11 +91,14 @@ pub async fn run(
 
 /// Runs a worker with `backends` until `shutdown` is cancelled.
 ///
+/// `db` must be a Postgres pool: one of its connections LISTENs for cancellations.
+///
 /// It registers in the worker registry (so Postgres must answer at start) and then
-/// survives outages: an unreachable Redis is logged with its URL and retried, an
-/// unreachable Postgres leaves tasks queued for later delivery. On shutdown it takes
-/// no new jobs, lets running turns finish for `--shutdown-grace`, stops and hands back
-/// (`task.released`) the ones still running, marks itself stopped and returns.
+/// survives outages: an unreachable Redis is logged with its URL and retried; while
+/// Postgres is unreachable it takes no jobs (the ones in hand go back to their queues)
+/// and running turns go on. On shutdown it takes no new jobs, lets running turns finish
+/// for `--shutdown-grace`, stops and hands back (`task.released`) the ones still
+/// running, marks itself stopped and returns.
 pub async fn run_with_backends(
     db: DatabaseConnection,
     redis_url: String,
@@ -93,6 +108,16 @@ pub async fn run_with_backends(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let queues = config.validate().map_err(WorkerError::Config)?;
+    let pool = match &db.inner {
+        DatabaseConnectionType::SqlxPostgresPoolConnection(_) => {
+            db.get_postgres_connection_pool().clone()
+        }
+        _ => {
+            return Err(WorkerError::Config(
+                "the worker needs a Postgres connection pool (it LISTENs for cancellations)".into(),
+            ));
+        }
+    };
     let host = config.host_name();
     let worker = WorkerId::generate(&host);
     let info = WorkerInfo {
@@ -112,16 +137,40 @@ pub async fn run_with_backends(
     tracing::info!(worker_id = %worker, queues = ?queues, concurrency = config.concurrency,
         backends = ?backends, "worker registered; taking jobs");
 
-    let runner = Arc::new(Runner::new(db.clone(), worker.clone(), &config, backends));
-    // The heartbeat outlives `shutdown`: turns finishing in the grace period still need
-    // their leases renewed.
-    let beating = CancellationToken::new();
-    let heartbeat = tokio::spawn(lease::heartbeat(
+    let health = Arc::new(PostgresHealth::default());
+    let runner = Arc::new(Runner::new(
         db.clone(),
         worker.clone(),
+        &config,
+        backends,
+        health.clone(),
+    ));
+    // The heartbeat, the cancellation listener and the Postgres probe outlive
+    // `shutdown`: turns finishing in the grace period still need their leases renewed
+    // and can still be cancelled.
+    let beating = CancellationToken::new();
+    let renew_now = Arc::new(Notify::new());
+    let heartbeat = tokio::spawn(
+        Heartbeat {
+            db: db.clone(),
+            worker: worker.clone(),
+            turns: runner.turns().clone(),
+            every: config.heartbeat,
+            lease: config.lease,
+            health: health.clone(),
+            renew_now: renew_now.clone(),
+        }
+        .run(beating.clone()),
+    );
+    let listener = tokio::spawn(cancel::listen(
+        pool,
         runner.turns().clone(),
-        config.heartbeat,
-        config.lease,
+        renew_now,
+        beating.clone(),
+    ));
+    let probe = tokio::spawn(health::watch(
+        health.clone(),
+        health::select_one(db.clone()),
         beating.clone(),
     ));
     let handler: JobHandler = {
@@ -141,6 +190,7 @@ pub async fn run_with_backends(
             worker_id: worker.clone(),
         },
         handler,
+        health.subscribe(),
         shutdown.clone(),
     );
 
@@ -165,11 +215,259 @@ pub async fn run_with_backends(
     }
     consumers.join().await;
     beating.cancel();
-    let _ = heartbeat.await;
+    let _ = tokio::join!(heartbeat, listener, probe);
     if let Err(e) = WorkerRegistry::stopped(&db, &worker).await {
         tracing::warn!(worker_id = %worker, error = %error_chain(&e),
             "could not mark the worker stopped; the registry shows it dead once its heartbeat ages");
     }
     tracing::info!(worker_id = %worker, "worker stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The whole worker against real Postgres and Redis: a database and a key prefix
+    //! of its own per test.
+
+    use super::*;
+    use crate::{
+        backend::{AgentBackend, Turn, TurnError, TurnOutcome},
+        queue::tests::{TestPrefix, eventually, push, redis_url, waiting_ids},
+        testdb::TestDb,
+    };
+    use futures::future::BoxFuture;
+    use serde_json::json;
+    use tokio::sync::mpsc;
+    use turnq_core::{
+        StreamVersion, TaskId,
+        task::{NewTaskRequest, TaskState, TaskStore},
+        time,
+    };
+
+    /// Runs until its turn is cancelled; hands the test its cancellation token.
+    struct UntilCancelled {
+        started: mpsc::UnboundedSender<(TaskId, CancellationToken)>,
+    }
+
+    impl AgentBackend for UntilCancelled {
+        fn name(&self) -> &'static str {
+            "until-cancelled"
+        }
+        fn run(&self, turn: Turn) -> BoxFuture<'static, Result<TurnOutcome, TurnError>> {
+            let started = self.started.clone();
+            async move {
+                let _ = started.send((turn.task.id, turn.cancel.clone()));
+                turn.cancel.cancelled().await;
+                Err(TurnError::Cancelled)
+            }
+            .boxed()
+        }
+    }
+
+    /// Heartbeats far apart, so whatever happens within a second is not the heartbeat.
+    fn config() -> WorkerConfig {
+        WorkerConfig {
+            concurrency: 2,
+            poll_interval: Duration::from_millis(20),
+            heartbeat: Duration::from_secs(30),
+            lease: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(1),
+            host: Some("test-host".into()),
+            ..WorkerConfig::default()
+        }
+    }
+
+    fn apalis_config(names: &RedisNames) -> apalis_redis::Config {
+        QueueSettings {
+            redis_url: redis_url(),
+            names: names.clone(),
+            queues: vec!["default".into()],
+            concurrency: 2,
+            poll_interval: Duration::from_millis(20),
+            worker_id: WorkerId("test".into()),
+        }
+        .apalis_config("default")
+    }
+
+    async fn submit(db: &DatabaseConnection, agent: &str) -> Job {
+        let new = NewTaskRequest {
+            input: json!("hello"),
+            agent: Some(agent.into()),
+            ..Default::default()
+        }
+        .validate(time::now())
+        .expect("a valid task");
+        let task = TaskStore::submit(db, new, &json!({"actor": "test"}))
+            .await
+            .unwrap()
+            .task;
+        Job {
+            task_id: task.id,
+            attempt: task.attempt,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_running_task_cancelled_elsewhere_stops_within_a_second_and_writes_nothing() {
+        let test = TestDb::create().await;
+        let prefix = TestPrefix::new();
+        let redis = queue::connect(&redis_url()).await.expect("Redis");
+        let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+        let backends = Backends::new().with(UntilCancelled {
+            started: started_tx,
+        });
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(run_with_backends(
+            test.db.clone(),
+            redis_url(),
+            prefix.names.clone(),
+            config(),
+            backends,
+            shutdown.clone(),
+        ));
+
+        // Once the worker listens, a cancellation can only reach it within a second
+        // through the notification: its heartbeats are 30 s apart.
+        eventually("the worker listens for cancellations", || {
+            let test = &test;
+            async move {
+                let listening = test
+                    .admin_rows(&format!(
+                        "SELECT 1 FROM pg_stat_activity WHERE datname = '{}' AND query ILIKE 'LISTEN%'",
+                        test.name
+                    ))
+                    .await;
+                if listening == 1 {
+                    Ok(())
+                } else {
+                    Err(format!("{listening} listening connections"))
+                }
+            }
+        })
+        .await;
+        let job = submit(&test.db, "until-cancelled").await;
+        push(&redis, &apalis_config(&prefix.names), vec![job.clone()]).await;
+        let (task, cancel) = timeout(Duration::from_secs(20), started_rx.recv())
+            .await
+            .expect("the turn starts")
+            .unwrap();
+        assert_eq!(task, job.task_id);
+
+        // As `POST /v1/tasks/{id}/cancel` does, from any host.
+        TaskStore::cancel(&test.db, task, None, &json!({"actor": "person"}))
+            .await
+            .unwrap();
+        timeout(Duration::from_secs(1), cancel.cancelled())
+            .await
+            .expect("the backend is told to stop within a second");
+
+        // The turn wrote nothing after the cancellation.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let kinds: Vec<String> = TaskStore::events(&test.db, task, StreamVersion::NEW, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds.last().map(String::as_str),
+            Some("task.cancelled"),
+            "{kinds:?}"
+        );
+        assert_eq!(
+            TaskStore::get(&test.db, task).await.unwrap().state,
+            TaskState::Cancelled
+        );
+
+        shutdown.cancel();
+        timeout(Duration::from_secs(20), worker)
+            .await
+            .expect("the worker stops")
+            .unwrap()
+            .unwrap();
+        drop(prefix);
+        drop(test);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_postgres_is_unreachable_jobs_go_back_to_their_queue_and_run_once_it_returns() {
+        let test = TestDb::create().await;
+        let prefix = TestPrefix::new();
+        let mut redis = queue::connect(&redis_url()).await.expect("Redis");
+        let apalis = apalis_config(&prefix.names);
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(run_with_backends(
+            test.db.clone(),
+            redis_url(),
+            prefix.names.clone(),
+            config(),
+            Backends::builtin(),
+            shutdown.clone(),
+        ));
+        let job = submit(&test.db, "script").await;
+
+        // Postgres goes away (for this database): no new connection is accepted and the
+        // open ones are cut.
+        test.admin_rows(&format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
+            test.name
+        ))
+        .await;
+        test.admin_rows(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            test.name
+        ))
+        .await;
+
+        push(&redis, &apalis, vec![job.clone()]).await;
+        let pushed = waiting_ids(&mut redis, &apalis).await;
+        assert_eq!(pushed.len(), 1);
+        eventually(
+            "the job, not claimable, is back in its queue under a new id",
+            || {
+                let (mut c, apalis, pushed) = (redis.clone(), apalis.clone(), pushed.clone());
+                async move {
+                    let ids = waiting_ids(&mut c, &apalis).await;
+                    if ids.len() == 1 && ids != pushed {
+                        Ok(())
+                    } else {
+                        Err(format!("{ids:?} (pushed {pushed:?})"))
+                    }
+                }
+            },
+        )
+        .await;
+        let handed_back = waiting_ids(&mut redis, &apalis).await;
+        // The consumers are paused: it stays there.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(waiting_ids(&mut redis, &apalis).await, handed_back);
+
+        // Postgres is back: the probe sees it, the consumers resume, the task runs.
+        test.admin_rows(&format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+            test.name
+        ))
+        .await;
+        eventually("the task runs once Postgres answers", || {
+            let db = test.db.clone();
+            let task = job.task_id;
+            async move {
+                match TaskStore::get(&db, task).await {
+                    Ok(t) if t.state == TaskState::Completed => Ok(()),
+                    Ok(t) => Err(format!("{:?}", t.state)),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+
+        shutdown.cancel();
+        timeout(Duration::from_secs(20), worker)
+            .await
+            .expect("the worker stops")
+            .unwrap()
+            .unwrap();
+        drop(prefix);
+        drop(test);
+    }
 }

@@ -30,6 +30,16 @@
 //! All queues of a process share one semaphore of `--concurrency` permits, taken in the
 //! handler before the claim, and each apalis worker has the same `.concurrency`, so a
 //! consumer never has more jobs in hand than the process could run.
+//!
+//! A gate (a `watch` of "may fetch", in the worker: "Postgres answers") pauses every
+//! consumer while it is shut (apalis' `WorkerContext::pause`: no fetch, while its
+//! Redis heartbeat goes on). A job whose claim found Postgres unreachable
+//! ([`Handled::PostgresUnavailable`]), or that was fetched or waiting for a slot when
+//! the gate shut, is pushed back onto its queue unstarted: never acknowledged and
+//! dropped. Only a consumer at its concurrency limit can still hold part of a fetched
+//! batch when it pauses; that waits in it until it resumes (or, should the pause
+//! outlast apalis' dead-consumer detection, is re-delivered elsewhere as well: a
+//! duplicate, which the conditional claim makes harmless).
 
 use std::{
     collections::BTreeMap,
@@ -39,13 +49,14 @@ use std::{
 };
 
 use apalis::prelude::{
-    BackendExt, Data, TaskSink, WorkerBuilder, WorkerBuilderExt, WorkerError as ApalisError,
+    BackendExt, Data, Event, EventListenerExt, TaskSink, WorkerBuilder, WorkerBuilderExt,
+    WorkerContext, WorkerError as ApalisError,
 };
 use apalis_redis::{Client, ConnectionManager, RedisStorage};
 use futures::future::BoxFuture;
 use redis::aio::ConnectionManagerConfig;
 use tokio::{
-    sync::Semaphore,
+    sync::{Semaphore, watch},
     task::JoinHandle,
     time::{Instant, sleep, timeout},
 };
@@ -79,6 +90,9 @@ const CLEANUP_ROUNDS: usize = 20;
 const METADATA_TTL: Duration = Duration::from_secs(600);
 /// How long stopping waits for each consumer to hand back and close.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
+/// How soon a gate change that apalis refused (its worker had not started yet) is
+/// applied again.
+const GATE_RETRY: Duration = Duration::from_millis(10);
 
 /// Removes acknowledged (and dead) jobs with their data and metadata.
 const CLEANUP_SCRIPT: &str = r"
@@ -117,7 +131,18 @@ return #ids
 ";
 
 /// What a consumer does with a job: claim it and run the turn. It owns the outcome.
-pub(crate) type JobHandler = Arc<dyn Fn(Job) -> BoxFuture<'static, ()> + Send + Sync>;
+pub(crate) type JobHandler = Arc<dyn Fn(Job) -> BoxFuture<'static, Handled> + Send + Sync>;
+
+/// What became of a job, as far as its queue is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Handled {
+    /// The outcome is recorded in Postgres (or the task is still queued there, and is
+    /// delivered again): acknowledge the job.
+    Done,
+    /// Postgres could not be reached, so nothing was started: put the job back on its
+    /// queue (and acknowledge the delivery that brought it).
+    PostgresUnavailable,
+}
 
 /// Where and how to consume.
 #[derive(Clone, Debug)]
@@ -132,7 +157,7 @@ pub(crate) struct QueueSettings {
 
 impl QueueSettings {
     /// apalis' settings for one turnq queue.
-    fn apalis_config(&self, queue: &str) -> apalis_redis::Config {
+    pub(crate) fn apalis_config(&self, queue: &str) -> apalis_redis::Config {
         let per_queue = self.concurrency / self.queues.len().max(1);
         apalis_redis::Config::default()
             .queue(self.names.queue(queue))
@@ -159,11 +184,17 @@ struct Shared {
     jobs: TaskTracker,
     /// Cancelled when the worker stops taking jobs.
     stop: CancellationToken,
+    /// While false, consumers are paused and jobs in hand go back unstarted.
+    gate: watch::Receiver<bool>,
     /// The live consumer of each queue, whose metadata the cleanup keeps from expiring.
     live: Mutex<BTreeMap<String, String>>,
 }
 
 impl Shared {
+    fn gate_open(&self) -> bool {
+        *self.gate.borrow()
+    }
+
     fn set_live(&self, queue: &str, name: Option<String>) {
         // A poisoned lock only means a panic elsewhere; the map is still consistent.
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -197,10 +228,11 @@ pub(crate) struct Consumers {
 
 impl Consumers {
     /// Starts one supervised consumer per queue and the cleanup; they take jobs until
-    /// `stop` is cancelled.
+    /// `stop` is cancelled, and only while `gate` is true.
     pub(crate) fn start(
         settings: QueueSettings,
         handler: JobHandler,
+        gate: watch::Receiver<bool>,
         stop: CancellationToken,
     ) -> Consumers {
         let shared = Arc::new(Shared {
@@ -209,6 +241,7 @@ impl Consumers {
             handler,
             jobs: TaskTracker::new(),
             stop,
+            gate,
             live: Mutex::default(),
         });
         let supervisors = shared
@@ -279,7 +312,7 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
+pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
     let client = Client::open(url)?;
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -437,18 +470,61 @@ async fn consume(
     let backend = RedisStorage::<Job>::new(conn)
         .with_config(config)
         .poll_with_interval(shared.settings.poll_interval);
+    let gate_at_start = shared.gate.clone();
     let worker = WorkerBuilder::new(name)
         .backend(backend)
         .concurrency(shared.settings.concurrency)
         .data(context)
+        // Paused as it starts, before its first fetch, if the gate is shut: apalis
+        // refuses to pause a worker that has not started, and `follow_gate` could
+        // only catch up after a fetch.
+        .on_event(move |ctx, event| {
+            if matches!(event, Event::Start) && !*gate_at_start.borrow() {
+                let _ = ctx.pause();
+            }
+        })
         .build(deliver);
     let stop = shared.stop.clone();
+    let gate = shared.gate.clone();
     worker
-        .run_until(async move {
-            stop.cancelled().await;
-            Ok::<(), std::io::Error>(())
-        })
+        .run_with_ctx(move |ctx| follow_gate(ctx, gate.clone(), stop.clone()))
         .await
+}
+
+/// Until `stop`: pauses the consumer while `gate` is shut and resumes it when it opens;
+/// then stops it.
+async fn follow_gate(
+    ctx: WorkerContext,
+    mut gate: watch::Receiver<bool>,
+    stop: CancellationToken,
+) -> Result<(), ApalisError> {
+    loop {
+        let open = *gate.borrow_and_update();
+        // apalis refuses to pause a worker that has not started yet: try again shortly.
+        let applied = ctx.is_shutting_down()
+            || if open {
+                !ctx.is_paused() || ctx.resume().is_ok()
+            } else {
+                ctx.is_paused() || ctx.pause().is_ok()
+            };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = gate.changed() => {
+                if changed.is_err() {
+                    // The gate is gone with its owner: keep the last state until stop.
+                    stop.cancelled().await;
+                    break;
+                }
+            }
+            _ = sleep(GATE_RETRY), if !applied => {}
+        }
+    }
+    // apalis refuses to stop a worker that has not started yet (this future is polled
+    // before the worker's first poll): wait for it to start, which is its next poll.
+    while ctx.stop().is_err() {
+        sleep(GATE_RETRY).await;
+    }
+    Ok(())
 }
 
 /// What the handler of one consumer needs.
@@ -480,13 +556,28 @@ impl QueueContext {
 async fn deliver(job: Job, context: Data<Arc<QueueContext>>) -> Result<(), Infallible> {
     let context: Arc<QueueContext> = (*context).clone();
     let shared = &context.shared;
+    if !shared.gate_open() {
+        // Fetched before the pause took effect.
+        context.hand_back(job).await;
+        return Ok(());
+    }
+    let mut gate = shared.gate.clone();
+    let shut = async move {
+        // The guard `wait_for` returns is dropped at once: it is not `Send`. A gate
+        // whose sender is gone stays as it was: open.
+        if gate.wait_for(|open| !*open).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     let slot = tokio::select! {
         biased;
         _ = shared.stop.cancelled() => None,
+        _ = shut => None,
         slot = shared.slots.clone().acquire_owned() => slot.ok(),
     };
     let Some(slot) = slot else {
-        // Stopping while this job waited for a slot: it was never started.
+        // Stopping, or Postgres went away, while this job waited for a slot: it was
+        // never started.
         context.hand_back(job).await;
         return Ok(());
     };
@@ -497,11 +588,14 @@ async fn deliver(job: Job, context: Data<Arc<QueueContext>>) -> Result<(), Infal
     // future), the turn still finishes and records its result.
     let handled = shared.jobs.spawn(async move {
         let _slot = slot;
-        if stop.is_cancelled() {
+        if stop.is_cancelled() || !job_context.shared.gate_open() {
             job_context.hand_back(job).await;
             return;
         }
-        handler(job).await;
+        match handler(job.clone()).await {
+            Handled::Done => {}
+            Handled::PostgresUnavailable => job_context.hand_back(job).await,
+        }
     });
     if let Err(e) = handled.await {
         tracing::error!(queue = %context.queue, error = %e, "handling a job panicked");
@@ -571,7 +665,7 @@ pub(crate) async fn clean_once(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use futures::FutureExt;
     use std::collections::HashSet;
@@ -613,17 +707,17 @@ mod tests {
     // ---- against a real Redis -------------------------------------------------
 
     /// The Redis the workspace's tests use (CI starts it).
-    fn redis_url() -> String {
+    pub(crate) fn redis_url() -> String {
         std::env::var("TURNQ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
     }
 
     /// A unique prefix per test; its keys are deleted with SCAN + UNLINK on drop.
-    struct TestPrefix {
-        names: RedisNames,
+    pub(crate) struct TestPrefix {
+        pub(crate) names: RedisNames,
     }
 
     impl TestPrefix {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             let id = uuid::Uuid::new_v4().simple().to_string();
             TestPrefix {
                 names: RedisNames::new(format!("turnq-worker-test-{}", &id[..12])),
@@ -688,7 +782,11 @@ mod tests {
         }
     }
 
-    async fn push(conn: &ConnectionManager, config: &apalis_redis::Config, jobs: Vec<Job>) {
+    pub(crate) async fn push(
+        conn: &ConnectionManager,
+        config: &apalis_redis::Config,
+        jobs: Vec<Job>,
+    ) {
         // As the dispatcher pushes.
         let mut storage = RedisStorage::<Job>::new(conn.clone()).with_config(config.clone());
         storage
@@ -697,12 +795,17 @@ mod tests {
             .expect("pushing jobs to Redis");
     }
 
-    async fn count(conn: &mut ConnectionManager, command: &str, key: String) -> usize {
+    pub(crate) async fn count(conn: &mut ConnectionManager, command: &str, key: String) -> usize {
         redis::cmd(command)
             .arg(key)
             .query_async(conn)
             .await
             .expect("counting in Redis")
+    }
+
+    /// A gate that never shuts.
+    fn always_open() -> watch::Receiver<bool> {
+        watch::channel(true).1
     }
 
     fn jobs(n: usize) -> Vec<Job> {
@@ -715,7 +818,7 @@ mod tests {
     }
 
     /// Waits until `check` holds, or fails saying what it last saw.
-    async fn eventually<F, Fut>(what: &str, mut check: F)
+    pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
@@ -749,11 +852,12 @@ mod tests {
             let seen = seen_tx.clone();
             async move {
                 let _ = seen.send(job);
+                Handled::Done
             }
             .boxed()
         });
         let stop = CancellationToken::new();
-        let consumers = Consumers::start(settings.clone(), handler, stop.clone());
+        let consumers = Consumers::start(settings.clone(), handler, always_open(), stop.clone());
         let config_a = settings.apalis_config("a");
         let config_b = settings.apalis_config("b");
 
@@ -897,12 +1001,13 @@ mod tests {
                 async move {
                     let _ = started.send(job);
                     release.cancelled().await;
+                    Handled::Done
                 }
                 .boxed()
             })
         };
         let stop = CancellationToken::new();
-        let consumers = Consumers::start(settings.clone(), handler, stop.clone());
+        let consumers = Consumers::start(settings.clone(), handler, always_open(), stop.clone());
         let (config_a, config_b) = (settings.apalis_config("a"), settings.apalis_config("b"));
         let running = jobs(1);
         push(&admin, &config_a, running.clone()).await;
@@ -974,6 +1079,140 @@ mod tests {
         // The job that ran was acknowledged, and the last cleanup removed it.
         assert_eq!(count(&mut c, "HLEN", config_a.job_data_hash()).await, 0);
         assert_eq!(count(&mut c, "LLEN", config_a.active_jobs_list()).await, 0);
+        drop(prefix);
+    }
+
+    /// The ids of the jobs waiting in `config`'s queue (scheduled or active).
+    pub(crate) async fn waiting_ids(
+        conn: &mut ConnectionManager,
+        config: &apalis_redis::Config,
+    ) -> Vec<String> {
+        let mut ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(config.scheduled_jobs_set())
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .expect("reading the scheduled set");
+        let active: Vec<String> = redis::cmd("LRANGE")
+            .arg(config.active_jobs_list())
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .expect("reading the active list");
+        ids.extend(active);
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shut_gate_pauses_fetching_and_a_job_postgres_refused_goes_back_to_its_queue() {
+        let prefix = TestPrefix::new();
+        let admin = connect(&redis_url())
+            .await
+            .expect("these tests need Redis at $TURNQ_TEST_REDIS_URL or redis://127.0.0.1:6379");
+        let settings = QueueSettings {
+            redis_url: redis_url(),
+            names: prefix.names.clone(),
+            queues: vec!["a".into()],
+            concurrency: 4,
+            poll_interval: Duration::from_millis(20),
+            worker_id: WorkerId(format!("smoke-{}", uuid::Uuid::new_v4().simple())),
+        };
+        let config = settings.apalis_config("a");
+        let (gate_tx, gate_rx) = watch::channel(false);
+        let gate_tx = Arc::new(gate_tx);
+        let refused = jobs(1).remove(0);
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Job>();
+        let handler: JobHandler = {
+            let (gate_tx, refused_once) = (gate_tx.clone(), Arc::new(Mutex::new(false)));
+            let refused = refused.clone();
+            Arc::new(move |job: Job| {
+                let (seen, gate_tx, refused_once, refused) = (
+                    seen_tx.clone(),
+                    gate_tx.clone(),
+                    refused_once.clone(),
+                    refused.clone(),
+                );
+                async move {
+                    let _ = seen.send(job.clone());
+                    let mut once = refused_once.lock().unwrap();
+                    if job == refused && !*once {
+                        // As the runner does when the claim finds Postgres unreachable.
+                        *once = true;
+                        gate_tx.send_replace(false);
+                        return Handled::PostgresUnavailable;
+                    }
+                    Handled::Done
+                }
+                .boxed()
+            })
+        };
+        let stop = CancellationToken::new();
+        let consumers = Consumers::start(settings.clone(), handler, gate_rx, stop.clone());
+
+        // Shut: nothing is fetched, the jobs wait in Redis.
+        let first = jobs(3);
+        push(&admin, &config, first.clone()).await;
+        sleep(Duration::from_millis(500)).await;
+        assert!(
+            seen_rx.try_recv().is_err(),
+            "a paused consumer fetches nothing"
+        );
+        assert_eq!(waiting_ids(&mut admin.clone(), &config).await.len(), 3);
+
+        // Open: they are delivered.
+        gate_tx.send_replace(true);
+        for _ in 0..first.len() {
+            timeout(Duration::from_secs(20), seen_rx.recv())
+                .await
+                .expect("an open gate delivers")
+                .unwrap();
+        }
+
+        // A job whose claim found Postgres unreachable goes back to the queue, and is
+        // not fetched again while the gate is shut.
+        push(&admin, &config, vec![refused.clone()]).await;
+        let delivered = timeout(Duration::from_secs(20), seen_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivered, refused);
+        eventually("the refused job is back in its queue", || {
+            let (mut c, config, refused) = (admin.clone(), config.clone(), refused.clone());
+            async move {
+                let ids = waiting_ids(&mut c, &config).await;
+                let mut jobs = Vec::new();
+                for id in &ids {
+                    let data: Vec<u8> = redis::cmd("HGET")
+                        .arg(config.job_data_hash())
+                        .arg(id)
+                        .query_async(&mut c)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    jobs.push(serde_json::from_slice::<Job>(&data).map_err(|e| e.to_string())?);
+                }
+                if jobs == [refused] {
+                    Ok(())
+                } else {
+                    Err(format!("{jobs:?}"))
+                }
+            }
+        })
+        .await;
+        sleep(Duration::from_millis(300)).await;
+        assert!(seen_rx.try_recv().is_err(), "not fetched again while shut");
+
+        gate_tx.send_replace(true);
+        let again = timeout(Duration::from_secs(20), seen_rx.recv())
+            .await
+            .expect("delivered again once the gate opens")
+            .unwrap();
+        assert_eq!(again, refused);
+
+        stop.cancel();
+        consumers.finished().await;
+        consumers.join().await;
         drop(prefix);
     }
 }

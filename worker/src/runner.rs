@@ -23,7 +23,7 @@ use std::{
 };
 
 use futures::{FutureExt, future::BoxFuture};
-use rand::Rng;
+use rand::RngExt;
 use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 use tokio::{
@@ -46,6 +46,8 @@ use turnq_core::{
 use crate::{
     WorkerConfig,
     backend::{AgentBackend, Backends, OutputSink, Turn, TurnError, TurnOutcome},
+    health::PostgresHealth,
+    queue::Handled,
 };
 
 /// The most chunks in one `task.output` event.
@@ -151,6 +153,20 @@ impl Turns {
         self.lock().values().cloned().collect()
     }
 
+    /// Stops every running turn of `task` (whatever its attempt); returns how many.
+    pub(crate) fn stop_task(&self, task: TaskId, reason: StopReason) -> usize {
+        let matching: Vec<Arc<TurnControl>> = self
+            .lock()
+            .iter()
+            .filter(|((id, _), _)| *id == task)
+            .map(|(_, control)| control.clone())
+            .collect();
+        for control in &matching {
+            control.stop(reason);
+        }
+        matching.len()
+    }
+
     /// Stops every running turn; returns how many there were.
     pub(crate) fn stop_all(&self, reason: StopReason) -> usize {
         let all = self.snapshot();
@@ -224,6 +240,7 @@ pub(crate) struct TurnSettings {
 /// Runs the jobs this worker receives.
 pub(crate) struct Runner {
     db: DatabaseConnection,
+    health: Arc<PostgresHealth>,
     backends: Backends,
     lease: Duration,
     metadata: Value,
@@ -237,9 +254,11 @@ impl Runner {
         worker: WorkerId,
         config: &WorkerConfig,
         backends: Backends,
+        health: Arc<PostgresHealth>,
     ) -> Self {
         Runner {
             db,
+            health,
             backends,
             lease: config.lease,
             metadata: json!({"actor": "worker", "worker_id": worker.0}),
@@ -259,8 +278,10 @@ impl Runner {
     }
 
     /// Handles one delivery. It never fails: whatever happened is recorded in Postgres,
-    /// or the task is still queued there and the dispatcher delivers it again.
-    pub(crate) async fn run_job(&self, job: Job) {
+    /// or the task is still queued there and is delivered again. When Postgres cannot
+    /// be reached nothing was started: Postgres is marked down and the job is to be
+    /// put back on its queue ([`Handled::PostgresUnavailable`]).
+    pub(crate) async fn run_job(&self, job: Job) -> Handled {
         let worker = &self.settings.worker;
         let claimed = TaskStore::claim(
             &self.db,
@@ -275,19 +296,22 @@ impl Runner {
             Ok(Some(claimed)) => claimed.task,
             Ok(None) => {
                 tracing::debug!(task_id = %job.task_id, attempt = job.attempt, worker_id = %worker,
-                    "stale or duplicate job: the task is no longer pending at this attempt");
-                return;
+                    "not claimed: the job is stale or a duplicate (the task is no longer pending at \
+                     this attempt), or another turn of its session is running (it stays queued and \
+                     is delivered again)");
+                return Handled::Done;
             }
             Err(e) if e.is_unavailable() => {
-                tracing::warn!(task_id = %job.task_id, attempt = job.attempt, worker_id = %worker,
-                    error = %error_chain(&e),
-                    "Postgres is unreachable, so the task cannot be claimed; it stays queued and is delivered again");
-                return;
+                // Logged once per outage by `health`; the job goes back to its queue.
+                tracing::debug!(task_id = %job.task_id, attempt = job.attempt, worker_id = %worker,
+                    "Postgres is unreachable, so the task cannot be claimed");
+                self.health.down(&e);
+                return Handled::PostgresUnavailable;
             }
             Err(e) => {
                 tracing::error!(task_id = %job.task_id, attempt = job.attempt, worker_id = %worker,
                     error = %error_chain(&e), "claiming the task failed");
-                return;
+                return Handled::Done;
             }
         };
 
@@ -341,6 +365,7 @@ impl Runner {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "turn ended"
         );
+        Handled::Done
     }
 }
 
@@ -1216,6 +1241,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_claim_that_cannot_reach_postgres_marks_it_down_and_asks_for_a_hand_back() {
+        // Nothing listens on port 1; the pool connects lazily, so the claim fails.
+        let mut options = sea_orm::ConnectOptions::new("postgres://postgres@127.0.0.1:1/none");
+        options
+            .connect_lazy(true)
+            .connect_timeout(Duration::from_millis(200))
+            .acquire_timeout(Duration::from_millis(200))
+            .sqlx_logging(false);
+        let db = sea_orm::Database::connect(options).await.unwrap();
+        let health = Arc::new(PostgresHealth::default());
+        let runner = Runner::new(
+            db,
+            WorkerId("w-1".into()),
+            &WorkerConfig::default(),
+            Backends::builtin(),
+            health.clone(),
+        );
+        let job = Job {
+            task_id: TaskId::new(),
+            attempt: 0,
+        };
+        assert_eq!(runner.run_job(job).await, Handled::PostgresUnavailable);
+        assert!(!health.is_up());
+        assert!(runner.turns().snapshot().is_empty(), "nothing was started");
+    }
+
+    #[tokio::test]
     async fn turns_are_registered_while_they_run_and_stoppable_together() {
         let turns = Turns::default();
         let a = turns.register(TaskId::new(), 1);
@@ -1230,5 +1282,21 @@ mod tests {
         assert_eq!(turns.snapshot().len(), 1);
         drop(b);
         assert!(turns.snapshot().is_empty());
+    }
+
+    #[test]
+    fn stopping_a_task_stops_each_of_its_attempts_here_and_no_other_task() {
+        let turns = Turns::default();
+        let task = TaskId::new();
+        let (a, b, other) = (
+            turns.register(task, 1),
+            turns.register(task, 2),
+            turns.register(TaskId::new(), 1),
+        );
+        assert_eq!(turns.stop_task(task, StopReason::Lost), 2);
+        assert_eq!(a.control().reason(), Some(StopReason::Lost));
+        assert_eq!(b.control().reason(), Some(StopReason::Lost));
+        assert_eq!(other.control().reason(), None);
+        assert_eq!(turns.stop_task(TaskId::new(), StopReason::Lost), 0);
     }
 }
