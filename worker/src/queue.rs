@@ -68,9 +68,15 @@ use crate::runner::error_chain;
 /// apalis' own heartbeat: how often a consumer tells Redis it is alive and re-enqueues
 /// the in-flight jobs of consumers that stopped beating. Postgres leases, not this,
 /// decide who owns a task, so it only bounds how long a dead consumer's jobs wait.
-const APALIS_HEARTBEAT: Duration = Duration::from_secs(5);
-/// Missed apalis heartbeats before a consumer's in-flight jobs are re-enqueued (30 s).
-const APALIS_MISSED_HEARTBEATS: usize = 6;
+///
+/// Short, because a killed worker's fetched-but-unclaimed jobs wait this long times
+/// `APALIS_MISSED_HEARTBEATS` before another consumer re-enqueues them (the lease sweep
+/// only recovers tasks that were claimed). A live consumer that misses beats while all
+/// its slots are busy may see its waiting jobs re-delivered: harmless, the claim is
+/// conditional.
+const APALIS_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Missed apalis heartbeats before a consumer's in-flight jobs are re-enqueued (8 s).
+const APALIS_MISSED_HEARTBEATS: usize = 4;
 /// The most jobs one fetch takes; fewer when the process has few slots per queue, so a
 /// busy consumer does not sit on jobs another worker could start now.
 const MAX_BATCH: usize = 10;

@@ -5,7 +5,7 @@
 use std::{
     future::Future,
     path::PathBuf,
-    process::Command,
+    process::{Child, Command, ExitStatus, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -129,20 +129,27 @@ impl Drop for TestDb {
     }
 }
 
-/// This test's Redis key prefix; its keys are deleted (SCAN + UNLINK) on drop.
+/// This test's Redis key prefix on a Redis server (the shared one unless the test
+/// started its own); its keys are deleted (SCAN + UNLINK) on drop.
 pub struct TestRedis {
+    pub url: String,
     pub names: RedisNames,
 }
 
+/// apalis-redis registers every queue in one global sorted set, outside any prefix.
+const APALIS_QUEUES: &str = "core:apalis:queues:list";
+
 impl TestRedis {
-    pub fn new() -> TestRedis {
+    /// A fresh prefix on the Redis at `url`.
+    pub fn on(url: &str) -> TestRedis {
         TestRedis {
+            url: url.to_owned(),
             names: RedisNames::new(format!("turnq-test-{}", uuid::Uuid::new_v4().simple())),
         }
     }
 
-    pub async fn delete_keys(names: &RedisNames) -> Result<()> {
-        let client = redis::Client::open(REDIS)?;
+    pub async fn delete_keys(url: &str, names: &RedisNames) -> Result<()> {
+        let client = redis::Client::open(url)?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let mut cursor: u64 = 0;
         loop {
@@ -161,21 +168,43 @@ impl TestRedis {
                     .await?;
             }
             if next == 0 {
-                return Ok(());
+                break;
             }
             cursor = next;
         }
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(APALIS_QUEUES)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        let ours: Vec<&String> = members
+            .iter()
+            .filter(|m| m.starts_with(&format!("{}:", names.prefix())))
+            .collect();
+        if !ours.is_empty() {
+            let _: () = redis::cmd("ZREM")
+                .arg(APALIS_QUEUES)
+                .arg(ours)
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(())
     }
 }
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
-        let names = self.names.clone();
+        let (url, names) = (self.url.clone(), self.names.clone());
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(TestRedis::delete_keys(&names))
+            // A private server may be gone already: bounded, and errors are ignored.
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), TestRedis::delete_keys(&url, &names))
+                    .await?
+            })
         })
         .join();
     }
@@ -218,13 +247,40 @@ pub fn dispatcher_config() -> turnq_api::dispatcher::DispatcherConfig {
         .config
 }
 
+/// AUTH: creates the admin token the app's client sends. Every `/v1` route asks for a
+/// bearer token; each test database gets its own token, made through the core store
+/// (not the API), so the harness needs no token to make one.
+async fn admin_token(db: &DatabaseConnection) -> Result<String> {
+    let (secret, _info) =
+        turnq_core::auth::TokenStore::create(db, "test", &[turnq_core::auth::Scope::Admin])
+            .await
+            .context("creating the test's admin token")?;
+    Ok(secret.expose().to_owned())
+}
+
+/// An HTTP client that sends `Authorization: Bearer <token>` with every request.
+/// Tests of what happens without a token use `reqwest::Client::new()`.
+fn client_with_token(token: &str) -> Result<reqwest::Client> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("the token is a valid header value")?;
+    // Kept out of reqwest's Debug output.
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
 /// The real app: API on port 0, dispatcher and a worker pool, on this test's own
 /// database and Redis prefix.
 pub struct TestApp {
     pub base: String,
+    /// Sends the admin token with every request.
     pub http: reqwest::Client,
     pub db: DatabaseConnection,
     pub redis: TestRedis,
+    token: String,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     // Last, so the database is dropped after everything that uses it has stopped.
@@ -234,18 +290,25 @@ pub struct TestApp {
 impl TestApp {
     /// API, dispatcher and one worker pool.
     pub async fn spawn() -> Result<TestApp> {
-        Self::spawn_with(true).await
+        Self::spawn_with(true, REDIS).await
     }
 
     /// API and dispatcher only: tasks stay queued until a worker is started.
     pub async fn spawn_without_workers() -> Result<TestApp> {
-        Self::spawn_with(false).await
+        Self::spawn_with(false, REDIS).await
     }
 
-    async fn spawn_with(workers: bool) -> Result<TestApp> {
+    /// API and dispatcher only, delivering through the Redis at `redis_url` (a test's
+    /// private server, for tests that flush or restart it).
+    pub async fn spawn_without_workers_on(redis_url: &str) -> Result<TestApp> {
+        Self::spawn_with(false, redis_url).await
+    }
+
+    async fn spawn_with(workers: bool, redis_url: &str) -> Result<TestApp> {
         let test_db = TestDb::new().await?;
-        let redis = TestRedis::new();
+        let redis = TestRedis::on(redis_url);
         let db = test_db.db.clone();
+        let token = admin_token(&db).await?;
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -257,32 +320,41 @@ impl TestApp {
         }));
         tasks.push(tokio::spawn(turnq_api::dispatcher::run(
             db.clone(),
-            REDIS.into(),
+            redis.url.clone(),
             redis.names.clone(),
             dispatcher_config(),
             shutdown.clone(),
         )));
-        let app = TestApp {
+        let mut app = TestApp {
             base,
-            http: reqwest::Client::new(),
+            http: client_with_token(&token)?,
             db,
             redis,
+            token,
             shutdown,
             tasks,
             test_db,
         };
-        let mut app = app;
         if workers {
             app.start_worker(&[]);
         }
         Ok(app)
     }
 
+    /// The admin token the app's client sends, for requests built by hand.
+    #[allow(
+        dead_code,
+        reason = "for tests that build requests by hand (the auth tests)"
+    )]
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Starts another in-process worker pool.
     pub fn start_worker(&mut self, extra: &[&str]) {
         let run = turnq_worker::run(
             self.db.clone(),
-            REDIS.into(),
+            self.redis.url.clone(),
             self.redis.names.clone(),
             worker_config(extra),
             self.shutdown.clone(),
@@ -458,4 +530,215 @@ pub fn turnq_bin() -> Result<PathBuf> {
     })
     .clone()
     .map_err(anyhow::Error::msg)
+}
+
+/// A child process of the test, killed (SIGKILL) and reaped on drop, so a failing test
+/// leaves nothing running.
+pub struct ChildProcess {
+    name: String,
+    child: Child,
+}
+
+impl ChildProcess {
+    pub fn spawn(name: impl Into<String>, command: &mut Command) -> Result<ChildProcess> {
+        let name = name.into();
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}: {command:?}"))?;
+        Ok(ChildProcess { name, child })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: the process gets no chance to clean up. Returns once it is reaped.
+    pub fn kill_9(&mut self) -> Result<()> {
+        // std's `Child::kill` is SIGKILL on Unix, sent to a child we have not reaped,
+        // so the pid cannot have been reused by another process.
+        self.child
+            .kill()
+            .with_context(|| format!("kill -9 {}", self.name))?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// `kill -TERM`: asks the process to shut down the way a deploy does.
+    pub fn terminate(&self) -> Result<()> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .context("running kill -TERM")?;
+        anyhow::ensure!(
+            status.success(),
+            "kill -TERM {} failed: {status}",
+            self.name
+        );
+        Ok(())
+    }
+
+    /// Waits for the process to exit on its own, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() >= timeout {
+                bail!(
+                    "{} (pid {}) still runs after {timeout:?}",
+                    self.name,
+                    self.pid()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The exit status if the process has ended.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A `turnq worker` process of the real binary, on this app's database and Redis.
+pub struct WorkerProcess {
+    pub host: String,
+    pub process: ChildProcess,
+}
+
+impl WorkerProcess {
+    /// Every worker id this process registers starts with this (`{host}-{pid}-…`).
+    pub fn id_prefix(&self) -> String {
+        format!("{}-{}-", self.host, self.process.pid())
+    }
+
+    pub fn owns(&self, worker_id: &str) -> bool {
+        worker_id.starts_with(&self.id_prefix())
+    }
+}
+
+/// Postgres connections each worker process may open: several test fleets share one
+/// Postgres (100 connections by default).
+const WORKER_PROCESS_CONNECTIONS: &str = "6";
+
+impl TestApp {
+    /// Starts `turnq worker --host {host} --queues default {extra…}` as a separate
+    /// process against this app's database, Redis and prefix. Its log (RUST_LOG=warn)
+    /// goes to the test's stderr, shown when the test fails.
+    pub fn worker_process(&self, host: &str, extra: &[&str]) -> Result<WorkerProcess> {
+        let mut command = Command::new(turnq_bin()?);
+        command
+            .args(["worker", "--host", host, "--queues", "default"])
+            .args(extra)
+            .env("DATABASE_URL", self.test_db.url.expose())
+            .env("TURNQ_DATABASE_MAX_CONNECTIONS", WORKER_PROCESS_CONNECTIONS)
+            .env("REDIS_URL", &self.redis.url)
+            .env("TURNQ_REDIS_PREFIX", self.redis.names.prefix())
+            .env("RUST_LOG", "warn")
+            // Plain text in the captured test output.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let process = ChildProcess::spawn(format!("turnq worker {host}"), &mut command)?;
+        Ok(WorkerProcess {
+            host: host.to_owned(),
+            process,
+        })
+    }
+}
+
+/// A Redis server of the test's own, for faults that must not touch the shared one
+/// (FLUSHALL, restarts): no persistence, killed on drop.
+pub struct PrivateRedis {
+    pub port: u16,
+    process: ChildProcess,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` on a free port and waits until it answers.
+    pub async fn start() -> Result<PrivateRedis> {
+        // Bind port 0 to learn a free port, then release it for redis-server. Another
+        // process could take it in between; redis-server would then fail to start and
+        // `wait_ready` says so.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        Self::start_on(port).await
+    }
+
+    async fn start_on(port: u16) -> Result<PrivateRedis> {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let process = ChildProcess::spawn(format!("redis-server :{port}"), &mut command)
+            .context("the fault tests need redis-server on the PATH")?;
+        let mut redis = PrivateRedis { port, process };
+        redis.wait_ready().await?;
+        Ok(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let url = self.url();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.process.exited()? {
+                bail!("{} exited at start: {status}", self.process.name());
+            }
+            let ping = async {
+                let client = redis::Client::open(url.as_str())?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+                anyhow::Ok(pong)
+            };
+            match ping.await {
+                Ok(_) => return Ok(()),
+                Err(e) if started.elapsed() > Duration::from_secs(10) => {
+                    bail!(
+                        "{} does not answer PING after 10s: {e:#}",
+                        self.process.name()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Runs one command on this server.
+    pub async fn command(&self, cmd: &str) -> Result<String> {
+        let client = redis::Client::open(self.url().as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        Ok(redis::cmd(cmd).query_async(&mut conn).await?)
+    }
+
+    /// `kill -9` the server and start a new, empty one on the same port: what a crash
+    /// and restart of a Redis without persistence looks like to its clients.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.kill_9()?;
+        // redis-server binds with SO_REUSEADDR, so the port is free again at once.
+        let fresh = Self::start_on(self.port).await?;
+        *self = fresh;
+        Ok(())
+    }
 }

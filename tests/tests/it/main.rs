@@ -4,7 +4,10 @@
 
 mod harness;
 
+mod auth;
 mod event_log;
+mod fleet;
 mod migrations;
 mod replay;
+mod scheduling;
 mod tasks;
