@@ -134,8 +134,15 @@ fn cursor(raw: Option<&str>) -> Result<Option<TaskId>, ApiError> {
     .transpose()
 }
 
-fn page_json(page: turnq_core::task::TaskPage) -> Json<Value> {
-    Json(json!({ "tasks": page.tasks, "next_cursor": page.next_cursor }))
+/// One page of tasks matching `filter`, as `{"tasks": [...], "next_cursor": ...}`.
+async fn page(
+    state: &AppState,
+    filter: &TaskFilter,
+    raw_cursor: Option<&str>,
+    limit: Option<u64>,
+) -> Result<Json<Value>, ApiError> {
+    let page = TaskStore::list(state.db(), filter, cursor(raw_cursor)?, page_limit(limit)?).await?;
+    Ok(Json(json!({ "tasks": page.tasks, "next_cursor": page.next_cursor })))
 }
 
 /// `GET /v1/tasks`: newest first, filtered, a page at a time.
@@ -156,14 +163,7 @@ pub(super) async fn list(
         project: query.project,
         queue: query.queue,
     };
-    let page = TaskStore::list(
-        state.db(),
-        &filter,
-        cursor(query.cursor.as_deref())?,
-        page_limit(query.limit)?,
-    )
-    .await?;
-    Ok(page_json(page))
+    page(&state, &filter, query.cursor.as_deref(), query.limit).await
 }
 
 #[derive(Deserialize, Default)]
@@ -182,14 +182,7 @@ pub(super) async fn inbox(
         states: vec![TaskState::Blocked, TaskState::Failed],
         ..Default::default()
     };
-    let page = TaskStore::list(
-        state.db(),
-        &filter,
-        cursor(query.cursor.as_deref())?,
-        page_limit(query.limit)?,
-    )
-    .await?;
-    Ok(page_json(page))
+    page(&state, &filter, query.cursor.as_deref(), query.limit).await
 }
 
 /// `GET /v1/tasks/{id}`
