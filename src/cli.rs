@@ -66,6 +66,8 @@ pub struct UpArgs {
     #[arg(long, env = "TURNQ_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     #[command(flatten)]
+    pub api: turnq_api::ApiConfig,
+    #[command(flatten)]
     pub dispatcher: turnq_api::dispatcher::DispatcherConfig,
     #[command(flatten)]
     pub worker: turnq_worker::WorkerConfig,
@@ -80,6 +82,8 @@ pub struct ApiArgs {
     /// Address the API and UI listen on.
     #[arg(long, env = "TURNQ_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub api: turnq_api::ApiConfig,
     #[command(flatten)]
     pub dispatcher: turnq_api::dispatcher::DispatcherConfig,
 }

@@ -60,7 +60,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             let names = RedisNames::new(&args.redis.redis_prefix);
             let api = tokio::spawn(turnq_api::serve(
                 listener,
-                turnq_api::AppState::new(db.clone()),
+                turnq_api::AppState::with_config(db.clone(), args.api),
                 shutdown.clone(),
             ));
             let dispatcher = tokio::spawn(turnq_api::dispatcher::run(
@@ -97,8 +97,12 @@ async fn run(command: Command) -> Result<ExitCode> {
                 args.dispatcher,
                 shutdown.clone(),
             ));
-            let served =
-                turnq_api::serve(listener, turnq_api::AppState::new(db), shutdown.clone()).await;
+            let served = turnq_api::serve(
+                listener,
+                turnq_api::AppState::with_config(db, args.api),
+                shutdown.clone(),
+            )
+            .await;
             shutdown.cancel();
             let _ = dispatcher.await;
             served.context("serving the API")?;

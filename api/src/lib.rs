@@ -4,8 +4,8 @@
 //!
 //! - [`serve`]: the one seam. It runs the router on a listener until `shutdown`; the
 //!   binary and the tests both start the API through it.
-//! - `routes/`: one module per resource (`tasks`, `health`, `workers`), thin handlers
-//!   that validate input, call a `turnq-core` store and shape the JSON.
+//! - `routes/`: one module per resource (`tasks`, `sessions`, `health`, `workers`), thin
+//!   handlers that validate input, call a `turnq-core` store and shape the JSON.
 //! - `auth`: bearer tokens with scopes (`submit`, `read`, `admin`); health stays open.
 //! - `error`: the one error type; core errors and extractor rejections map to the
 //!   `{"error":{"code","message"}}` envelope in one place.
@@ -27,8 +27,30 @@ use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
+use turnq_core::session::PgSessionStore;
 
 pub use error::ApiError;
+
+/// The default of [`ApiConfig::session_body_limit`]: 16 MiB. The SDK flushes its batches
+/// at about 1 MiB, but one entry can carry a large tool output on top of that.
+pub const DEFAULT_SESSION_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The API's settings. `clap::Args`, so the binary can flatten it into its subcommands.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ApiConfig {
+    /// The largest body `POST /v1/sessions/{project}/{session}/entries` accepts, in
+    /// bytes (default 16 MiB); a larger one is refused with 413.
+    #[arg(long, env = "TURNQ_SESSION_BODY_LIMIT", default_value_t = DEFAULT_SESSION_BODY_LIMIT)]
+    pub session_body_limit: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            session_body_limit: DEFAULT_SESSION_BODY_LIMIT,
+        }
+    }
+}
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -38,17 +60,36 @@ pub struct AppState {
 
 struct Inner {
     db: DatabaseConnection,
+    sessions: PgSessionStore,
+    config: ApiConfig,
 }
 
 impl AppState {
+    /// The state with the default [`ApiConfig`].
     pub fn new(db: DatabaseConnection) -> Self {
+        Self::with_config(db, ApiConfig::default())
+    }
+
+    pub fn with_config(db: DatabaseConnection, config: ApiConfig) -> Self {
         AppState {
-            inner: Arc::new(Inner { db }),
+            inner: Arc::new(Inner {
+                sessions: PgSessionStore::new(db.clone()),
+                db,
+                config,
+            }),
         }
     }
 
     pub(crate) fn db(&self) -> &DatabaseConnection {
         &self.inner.db
+    }
+
+    pub(crate) fn sessions(&self) -> &PgSessionStore {
+        &self.inner.sessions
+    }
+
+    pub(crate) fn config(&self) -> &ApiConfig {
+        &self.inner.config
     }
 }
 

@@ -10,6 +10,9 @@
 //!   (append with an expected version, read a stream, read the global log).
 //! - [`projection`]: rebuilding the projections from the log (`turnq replay`) and
 //!   reporting drift (`--verify`).
+//! - [`session`]: the session store: agent transcripts as append-only JSON entries per
+//!   (project key, session id, subpath), the contract of the Claude Agent SDK's
+//!   `SessionStore`, with a per-session summary kept in the same transaction.
 //! - [`worker`]: the worker registry.
 //! - [`auth`]: API tokens with scopes, stored hashed.
 //! - [`delivery`]: the job the dispatcher pushes to Redis and the names of its keys.
@@ -28,6 +31,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod projection;
+pub mod session;
 pub mod task;
 pub mod time;
 pub mod worker;

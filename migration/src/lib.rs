@@ -30,6 +30,9 @@ mod m20261126_000012_create_pending_changes;
 mod m20261126_000013_one_running_turn_per_session;
 mod m20261126_000014_tasks_queued_index;
 mod m20261126_000015_create_api_tokens;
+mod m20261126_000016_session_entries_uuid_dedup;
+mod m20261126_000017_create_session_summaries;
+mod m20261126_000018_session_entries_checks;
 
 /// Runs the turnq migrations, in the order they must be applied.
 pub struct Migrator;
@@ -53,6 +56,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000013_one_running_turn_per_session::Migration),
             Box::new(m20261126_000014_tasks_queued_index::Migration),
             Box::new(m20261126_000015_create_api_tokens::Migration),
+            Box::new(m20261126_000016_session_entries_uuid_dedup::Migration),
+            Box::new(m20261126_000017_create_session_summaries::Migration),
+            Box::new(m20261126_000018_session_entries_checks::Migration),
         ]
     }
 }

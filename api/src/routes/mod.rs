@@ -1,6 +1,7 @@
 //! The routes, one module per resource, grouped by the scope they need.
 
 mod health;
+mod sessions;
 mod tasks;
 mod workers;
 
@@ -8,7 +9,7 @@ use axum::{
     Router,
     extract::DefaultBodyLimit,
     middleware,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use turnq_core::auth::Scope;
 
@@ -34,7 +35,20 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/events", get(tasks::events))
         .route("/v1/inbox", get(tasks::inbox))
-        .route("/v1/workers", get(workers::list));
+        .route("/v1/workers", get(workers::list))
+        .route("/v1/sessions/{project_key}", get(sessions::list))
+        .route(
+            "/v1/sessions/{project_key}/summaries",
+            get(sessions::summaries),
+        )
+        .route(
+            "/v1/sessions/{project_key}/{session_id}/entries",
+            get(sessions::load),
+        )
+        .route(
+            "/v1/sessions/{project_key}/{session_id}/subkeys",
+            get(sessions::subkeys),
+        );
     let submit = Router::new()
         .route(
             "/v1/tasks",
@@ -44,10 +58,24 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
             "/v1/tasks/batch",
             post(tasks::submit_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
         )
-        .route("/v1/tasks/{id}/cancel", post(tasks::cancel));
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route(
+            "/v1/sessions/{project_key}/{session_id}/entries",
+            post(sessions::append).layer(DefaultBodyLimit::max(state.config().session_body_limit)),
+        );
     let admin = Router::new()
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
-        .route("/v1/tasks/{id}/approve", post(tasks::approve));
+        .route("/v1/tasks/{id}/approve", post(tasks::approve))
+        // Deleting a transcript destroys the only record of a conversation: an operator's
+        // act, not an agent's, so it needs `admin` (see docs/sessions.md).
+        .route(
+            "/v1/sessions/{project_key}/{session_id}",
+            delete(sessions::delete),
+        )
+        .route(
+            "/v1/sessions/{project_key}/summaries",
+            delete(sessions::delete_session_named_summaries),
+        );
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

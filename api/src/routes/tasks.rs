@@ -142,7 +142,9 @@ async fn page(
     limit: Option<u64>,
 ) -> Result<Json<Value>, ApiError> {
     let page = TaskStore::list(state.db(), filter, cursor(raw_cursor)?, page_limit(limit)?).await?;
-    Ok(Json(json!({ "tasks": page.tasks, "next_cursor": page.next_cursor })))
+    Ok(Json(
+        json!({ "tasks": page.tasks, "next_cursor": page.next_cursor }),
+    ))
 }
 
 /// `GET /v1/tasks`: newest first, filtered, a page at a time.

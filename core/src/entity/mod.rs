@@ -3,5 +3,7 @@
 
 pub mod api_tokens;
 pub mod events;
+pub mod session_entries;
+pub mod session_summaries;
 pub mod tasks;
 pub mod workers;

@@ -10,4 +10,5 @@ mod fleet;
 mod migrations;
 mod replay;
 mod scheduling;
+mod sessions;
 mod tasks;

@@ -12,7 +12,7 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 const SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// Every relation the migrations create in `public`, with the type information_schema reports.
-const RELATIONS: [(&str, &str); 11] = [
+const RELATIONS: [(&str, &str); 12] = [
     ("events", "BASE TABLE"),
     ("tasks", "BASE TABLE"),
     ("workers", "BASE TABLE"),
@@ -23,6 +23,7 @@ const RELATIONS: [(&str, &str); 11] = [
     ("checkpoints", "BASE TABLE"),
     ("pending_changes", "BASE TABLE"),
     ("api_tokens", "BASE TABLE"),
+    ("session_summaries", "BASE TABLE"),
     ("human_inbox", "VIEW"),
 ];
 

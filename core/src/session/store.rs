@@ -1,0 +1,319 @@
+//! The Postgres session store.
+//!
+//! Every write to a transcript first takes a transaction-scoped advisory lock on its key,
+//! so writes to one transcript are serialised: a batch's entries get consecutive ids (two
+//! concurrent batches never interleave), two retries of one batch cannot deadlock on
+//! each other's `uuid`s, and the read-fold-write of the summary sees every earlier
+//! append. Writes to different transcripts do not wait for each other.
+
+use std::collections::HashSet;
+
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, Statement, TransactionTrait,
+    sea_query::{Expr, OnConflict, Query},
+};
+use serde_json::{Map, Value};
+
+use super::{
+    Appended, BoxFuture, Entries, ProjectKey, SessionId, SessionKey, SessionListing, SessionStore,
+    SessionSummary, Subpath, entries::uuid_of, summary,
+};
+use crate::{
+    entity::{
+        session_entries::{self, Column as E},
+        session_summaries::{self, Column as S},
+    },
+    error::Result,
+    time::{self, Timestamp},
+};
+
+/// The first key of the two-key advisory locks this store takes ("sess"), which keeps
+/// them apart from every other advisory lock the application takes.
+const LOCK_CLASS: i32 = 0x7365_7373;
+
+/// The session store on Postgres (tables `session_entries` and `session_summaries`).
+#[derive(Clone, Debug)]
+pub struct PgSessionStore {
+    db: DatabaseConnection,
+}
+
+impl PgSessionStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        PgSessionStore { db }
+    }
+
+    async fn append_entries(&self, key: &SessionKey, entries: Entries) -> Result<Appended> {
+        if entries.is_empty() {
+            return Ok(Appended::default());
+        }
+        // The database would skip a repeat within the batch as well, but the summary
+        // must fold exactly the entries stored, so repeats are dropped here first.
+        let mut seen = HashSet::new();
+        let mut batch = Vec::with_capacity(entries.len());
+        let mut duplicates = 0;
+        for entry in entries.into_vec() {
+            match uuid_of(&entry) {
+                Some(uuid) if !seen.insert(uuid.to_owned()) => duplicates += 1,
+                _ => batch.push(entry),
+            }
+        }
+
+        let at = time::now();
+        let txn = self.db.begin().await?;
+        lock(&txn, key).await?;
+        let stored_uuids = insert(&txn, key, &batch, at).await?;
+        let stored: Vec<&Value> = batch
+            .iter()
+            .filter(|e| uuid_of(e).is_none_or(|u| stored_uuids.contains(u)))
+            .collect();
+        duplicates += batch.len() - stored.len();
+        if key.is_main() && !stored.is_empty() {
+            update_summary(&txn, key, &stored, at).await?;
+        }
+        txn.commit().await?;
+        Ok(Appended {
+            appended: stored.len(),
+            duplicates,
+        })
+    }
+
+    async fn load_entries(&self, key: &SessionKey) -> Result<Option<Vec<Value>>> {
+        let entries: Vec<Value> = session_entries::Entity::find()
+            .select_only()
+            .column(E::Entry)
+            .filter(E::ProjectKey.eq(key.project.as_str()))
+            .filter(E::SessionId.eq(key.session.as_str()))
+            .filter(E::Subpath.eq(key.subpath_column()))
+            .order_by_asc(E::Id)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(if entries.is_empty() {
+            None
+        } else {
+            Some(entries)
+        })
+    }
+
+    async fn summaries(&self, project: &ProjectKey) -> Result<Vec<session_summaries::Model>> {
+        Ok(session_summaries::Entity::find()
+            .filter(S::ProjectKey.eq(project.as_str()))
+            .order_by_desc(S::Mtime)
+            .order_by_asc(S::SessionId)
+            .all(&self.db)
+            .await?)
+    }
+
+    async fn subkeys(&self, project: &ProjectKey, session: &SessionId) -> Result<Vec<Subpath>> {
+        let subpaths: Vec<String> = session_entries::Entity::find()
+            .select_only()
+            .column(E::Subpath)
+            .distinct()
+            .filter(E::ProjectKey.eq(project.as_str()))
+            .filter(E::SessionId.eq(session.as_str()))
+            .filter(E::Subpath.ne(""))
+            .order_by_asc(E::Subpath)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(subpaths.into_iter().map(Subpath::stored).collect())
+    }
+
+    async fn delete_key(&self, key: &SessionKey) -> Result<()> {
+        let txn = self.db.begin().await?;
+        // The main key's lock is the one its appends hold while they fold the summary,
+        // so a delete never leaves entries behind without their summary or the reverse.
+        lock(&txn, key).await?;
+        let mut entries = session_entries::Entity::delete_many()
+            .filter(E::ProjectKey.eq(key.project.as_str()))
+            .filter(E::SessionId.eq(key.session.as_str()));
+        if let Some(subpath) = &key.subpath {
+            entries = entries.filter(E::Subpath.eq(subpath.as_str()));
+        }
+        entries.exec(&txn).await?;
+        if key.is_main() {
+            session_summaries::Entity::delete_many()
+                .filter(S::ProjectKey.eq(key.project.as_str()))
+                .filter(S::SessionId.eq(key.session.as_str()))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+/// Serialises writers of one transcript until the transaction ends. Raw SQL: the ORM has
+/// no advisory locks. A hash collision between two keys only makes them wait for each
+/// other, never lets two writers of one key in.
+async fn lock(txn: &DatabaseTransaction, key: &SessionKey) -> Result<()> {
+    // U+001F cannot occur in a validated key, so the joined text is unambiguous.
+    let name = format!(
+        "{}\u{1f}{}\u{1f}{}",
+        key.project.as_str(),
+        key.session.as_str(),
+        key.subpath_column()
+    );
+    txn.execute_raw(Statement::from_sql_and_values(
+        txn.get_database_backend(),
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        [LOCK_CLASS.into(), name.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The index expression of `session_entries_uuid_uidx`; the ON CONFLICT target must
+/// repeat it exactly for Postgres to use the index as the arbiter.
+const UUID_EXPR: &str = "entry->>'uuid'";
+const UUID_PREDICATE: &str = "jsonb_typeof(entry->'uuid') = 'string'";
+
+/// Inserts `batch` in ONE statement, skipping entries whose `uuid` the transcript holds.
+/// Returns the `uuid`s of the entries stored.
+async fn insert(
+    txn: &DatabaseTransaction,
+    key: &SessionKey,
+    batch: &[Value],
+    at: Timestamp,
+) -> Result<HashSet<String>> {
+    if batch.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // Five parameters per row: 10,000 entries stay under Postgres' 65,535.
+    let rows = batch.iter().map(|entry| session_entries::ActiveModel {
+        project_key: Set(key.project.as_str().to_owned()),
+        session_id: Set(key.session.as_str().to_owned()),
+        subpath: Set(key.subpath_column().to_owned()),
+        entry: Set(entry.clone()),
+        created_at: Set(at),
+        ..Default::default()
+    });
+    let mut statement = session_entries::Entity::insert_many(rows).into_query();
+    statement
+        .on_conflict(
+            OnConflict::columns([E::ProjectKey, E::SessionId, E::Subpath])
+                .expr(Expr::cust(UUID_EXPR))
+                .target_and_where(Expr::cust(UUID_PREDICATE))
+                .do_nothing()
+                .to_owned(),
+        )
+        .returning(Query::returning().expr(Expr::cust(UUID_EXPR)));
+    let stored = txn.query_all(&statement).await?;
+    let mut uuids = HashSet::with_capacity(stored.len());
+    for row in stored {
+        if let Some(uuid) = row.try_get_by_index::<Option<String>>(0)? {
+            uuids.insert(uuid);
+        }
+    }
+    Ok(uuids)
+}
+
+/// Folds the stored entries into the session's summary. The caller holds the main key's
+/// lock, so no other append changes the summary between the read and the write.
+async fn update_summary(
+    txn: &DatabaseTransaction,
+    key: &SessionKey,
+    stored: &[&Value],
+    at: Timestamp,
+) -> Result<()> {
+    let previous = session_summaries::Entity::find_by_id((
+        key.project.as_str().to_owned(),
+        key.session.as_str().to_owned(),
+    ))
+    .one(txn)
+    .await?;
+    let (mtime, data) = match previous {
+        Some(row) => (
+            row.mtime,
+            match row.data {
+                Value::Object(map) => map,
+                // A CHECK constraint keeps `data` an object.
+                _ => Map::new(),
+            },
+        ),
+        None => (0, Map::new()),
+    };
+    let data = summary::fold(data, stored.iter().copied());
+    // Never backwards, even if this host's clock is behind the last writer's: readers
+    // compare mtimes to tell a fresh summary from a stale one.
+    let mtime = mtime.max(at.timestamp_millis());
+    session_summaries::Entity::insert(session_summaries::ActiveModel {
+        project_key: Set(key.project.as_str().to_owned()),
+        session_id: Set(key.session.as_str().to_owned()),
+        mtime: Set(mtime),
+        data: Set(Value::Object(data)),
+    })
+    .on_conflict(
+        OnConflict::columns([S::ProjectKey, S::SessionId])
+            .update_columns([S::Mtime, S::Data])
+            .to_owned(),
+    )
+    .exec_without_returning(txn)
+    .await?;
+    Ok(())
+}
+
+impl SessionStore for PgSessionStore {
+    fn append<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        entries: Entries,
+    ) -> BoxFuture<'a, Result<Appended>> {
+        Box::pin(self.append_entries(key, entries))
+    }
+
+    fn load<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<Option<Vec<Value>>>> {
+        Box::pin(self.load_entries(key))
+    }
+
+    fn list_sessions<'a>(
+        &'a self,
+        project: &'a ProjectKey,
+    ) -> BoxFuture<'a, Result<Vec<SessionListing>>> {
+        // Read from the summaries: the session's summary row exists exactly when its main
+        // transcript has entries, and its mtime is the one `list_session_summaries`
+        // reports, so the two can never disagree.
+        Box::pin(async move {
+            Ok(self
+                .summaries(project)
+                .await?
+                .into_iter()
+                .map(|row| SessionListing {
+                    session_id: row.session_id,
+                    mtime: row.mtime,
+                })
+                .collect())
+        })
+    }
+
+    fn list_session_summaries<'a>(
+        &'a self,
+        project: &'a ProjectKey,
+    ) -> BoxFuture<'a, Result<Vec<SessionSummary>>> {
+        Box::pin(async move {
+            Ok(self
+                .summaries(project)
+                .await?
+                .into_iter()
+                .map(|row| SessionSummary {
+                    session_id: row.session_id,
+                    mtime: row.mtime,
+                    data: row.data,
+                })
+                .collect())
+        })
+    }
+
+    fn list_subkeys<'a>(
+        &'a self,
+        project: &'a ProjectKey,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Vec<Subpath>>> {
+        Box::pin(self.subkeys(project, session))
+    }
+
+    fn delete<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.delete_key(key))
+    }
+}
