@@ -39,6 +39,7 @@ use turnq_core::{
         Blocked, Completed, ErrorClass, Failed, Output, OutputChunk, Released, Retrying, TaskEvent,
         TaskFailure, Usage,
     },
+    session::{PgSessionStore, SessionStore},
     task::{Task, TaskStore},
     time::{self, Timestamp},
 };
@@ -240,6 +241,8 @@ pub(crate) struct TurnSettings {
 /// Runs the jobs this worker receives.
 pub(crate) struct Runner {
     db: DatabaseConnection,
+    /// Handed to every turn; on the same connection pool as the task writes.
+    sessions: Arc<dyn SessionStore>,
     health: Arc<PostgresHealth>,
     backends: Backends,
     lease: Duration,
@@ -257,6 +260,7 @@ impl Runner {
         health: Arc<PostgresHealth>,
     ) -> Self {
         Runner {
+            sessions: Arc::new(PgSessionStore::new(db.clone())),
             db,
             health,
             backends,
@@ -335,6 +339,7 @@ impl Runner {
                         &recorder,
                         backend,
                         task.clone(),
+                        self.sessions.clone(),
                         guard.control(),
                         &self.settings,
                     )
@@ -377,6 +382,7 @@ pub(crate) async fn drive_turn(
     recorder: &dyn Recorder,
     backend: Arc<dyn AgentBackend>,
     task: Task,
+    sessions: Arc<dyn SessionStore>,
     control: &TurnControl,
     settings: &TurnSettings,
 ) -> &'static str {
@@ -388,6 +394,7 @@ pub(crate) async fn drive_turn(
         output: sink,
         cancel: control.token().clone(),
         deadline,
+        sessions,
     };
     let mut running = tokio::spawn(backend.run(turn));
     let mut output = OutputWriter::new(task.attempt, settings.output_flush);
@@ -760,7 +767,10 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{ScriptBackend, tests::task};
+    use crate::backend::{
+        ScriptBackend,
+        tests::{sessions, task},
+    };
     use sea_orm::{DbErr, RuntimeErr};
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -836,7 +846,15 @@ mod tests {
 
     async fn drive(events: &Events, task: Task, settings: &TurnSettings) -> &'static str {
         let control = TurnControl::new(task.id, task.attempt);
-        drive_turn(events, Arc::new(ScriptBackend), task, &control, settings).await
+        drive_turn(
+            events,
+            Arc::new(ScriptBackend),
+            task,
+            sessions(),
+            &control,
+            settings,
+        )
+        .await
     }
 
     /// A backend defined by a closure, for behaviours the script backend does not have.
@@ -1095,7 +1113,15 @@ mod tests {
         let t = task(json!({"script": {"latency_ms": 10_000, "chunks": ["a", "b", "c"]}}));
         let control = TurnControl::new(t.id, t.attempt);
         let started = Instant::now();
-        let outcome = drive_turn(&events, Arc::new(ScriptBackend), t, &control, &settings()).await;
+        let outcome = drive_turn(
+            &events,
+            Arc::new(ScriptBackend),
+            t,
+            sessions(),
+            &control,
+            &settings(),
+        )
+        .await;
         assert_eq!(outcome, "fenced");
         assert!(events.all().is_empty());
         assert_eq!(control.reason(), Some(StopReason::Lost));
@@ -1147,7 +1173,15 @@ mod tests {
                 control.stop(StopReason::Lost);
             })
         };
-        let outcome = drive_turn(&events, Arc::new(ScriptBackend), t, &control, &settings()).await;
+        let outcome = drive_turn(
+            &events,
+            Arc::new(ScriptBackend),
+            t,
+            sessions(),
+            &control,
+            &settings(),
+        )
+        .await;
         stopper.await.unwrap();
         assert_eq!(outcome, "stopped");
         assert!(events.all().is_empty());
@@ -1165,7 +1199,15 @@ mod tests {
                 control.stop(StopReason::Shutdown);
             })
         };
-        let outcome = drive_turn(&events, Arc::new(ScriptBackend), t, &control, &settings()).await;
+        let outcome = drive_turn(
+            &events,
+            Arc::new(ScriptBackend),
+            t,
+            sessions(),
+            &control,
+            &settings(),
+        )
+        .await;
         stopper.await.unwrap();
         assert_eq!(outcome, "released");
         assert_eq!(events.output_batches(), [vec!["partial"]]);
@@ -1190,7 +1232,15 @@ mod tests {
         let t = task(json!("x"));
         let control = TurnControl::new(t.id, t.attempt);
         let started = Instant::now();
-        let outcome = drive_turn(&events, Arc::new(stubborn), t, &control, &settings).await;
+        let outcome = drive_turn(
+            &events,
+            Arc::new(stubborn),
+            t,
+            sessions(),
+            &control,
+            &settings,
+        )
+        .await;
         assert_eq!(outcome, "retrying");
         assert_eq!(
             started.elapsed(),
@@ -1204,7 +1254,15 @@ mod tests {
         let panicking = FnBackend(|_turn: Turn| async { panic!("boom") }.boxed());
         let t = task(json!("x"));
         let control = TurnControl::new(t.id, t.attempt);
-        let outcome = drive_turn(&events, Arc::new(panicking), t, &control, &settings()).await;
+        let outcome = drive_turn(
+            &events,
+            Arc::new(panicking),
+            t,
+            sessions(),
+            &control,
+            &settings(),
+        )
+        .await;
         assert_eq!(outcome, "retrying");
         let TaskEvent::Retrying(retrying) = events.last() else {
             panic!("{:?}", events.all())

@@ -1,27 +1,34 @@
 //! Agent backends: what actually runs a turn.
 //!
-//! A backend gets a [`Turn`] (the claimed task, a sink for streamed output, a
-//! cancellation token and a deadline) and returns a [`TurnOutcome`] or a classified
-//! [`TurnError`]. It never writes to Postgres: the runner owns every write, so batching,
-//! fencing of a lost or cancelled attempt, and the retry decision live in one place for
-//! every backend. The class of a failure, never its message, decides what happens next.
+//! A backend gets a [`Turn`] (the claimed task, the session store, a sink for streamed
+//! output, a cancellation token and a deadline) and returns a [`TurnOutcome`] or a classified
+//! [`TurnError`]. It never writes task events: the runner owns every such write, so
+//! batching, fencing of a lost or cancelled attempt, and the retry decision live in one
+//! place for every backend. The one thing a backend writes is its session's transcript,
+//! through the [`SessionStore`] trait, so it never knows Postgres. The class of a failure, never its message, decides what happens next.
 //!
 //! Backends must stop promptly when `cancel` fires and return [`TurnError::Cancelled`];
 //! one that ignores it is dropped (its task aborted) a few seconds later, so whatever it
 //! holds must clean up on drop (a child process with `kill_on_drop`, say).
 
+pub mod command;
+pub mod openai;
 pub mod script;
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use futures::future::BoxFuture;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use turnq_core::{
     event::{OutputChunk, Usage},
+    session::SessionStore,
     task::Task,
 };
 
+pub use command::{CommandBackend, CommandConfig, CommandMode};
+pub use openai::{OpenAiBackend, OpenAiConfig};
 pub use script::ScriptBackend;
 
 /// Something that can run an agent turn. Dyn-compatible: a worker keeps its backends as
@@ -47,9 +54,12 @@ pub struct Turn {
     /// When the runner cancels the turn for running too long (`--turn-timeout`); a
     /// backend may pass it on, e.g. as an HTTP timeout.
     pub deadline: tokio::time::Instant,
-    // why no session store yet: the session-store issue adds it here, so that backends
-    // resuming a session (`openai`, `command`) can load its history and append their
-    // transcript without knowing Postgres. Until then no backend resumes sessions.
+    /// The session transcripts (`task.project` / `task.session_id`).
+    // why here: a backend that resumes a session (`openai`) loads its history and
+    // appends its transcript through the trait, so it never knows Postgres and its
+    // tests run on an in-memory store. The runner hands every turn the worker's
+    // `PgSessionStore`.
+    pub sessions: Arc<dyn SessionStore>,
 }
 
 impl fmt::Debug for Turn {
@@ -131,6 +141,15 @@ impl TurnError {
     }
 }
 
+/// The task's input as the text an agent is given: a JSON string as it is, anything
+/// else as its compact JSON.
+pub(crate) fn input_text(input: &Value) -> String {
+    match input {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The backends a worker has, by name.
 #[derive(Clone, Default)]
 pub struct Backends {
@@ -149,7 +168,9 @@ impl Backends {
         Self::default()
     }
 
-    /// The backends every worker has: `script`.
+    /// The backends every worker has: `script`. `command` and `openai` need an agent's
+    /// configuration: build them with `CommandBackend::from_config` and
+    /// `OpenAiBackend::from_config` and add them with [`Backends::with`].
     pub fn builtin() -> Self {
         Self::new().with(ScriptBackend)
     }
@@ -200,8 +221,107 @@ impl Backends {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use serde_json::{Value, json};
-    use turnq_core::{StreamVersion, TaskId, task::TaskState, time};
+    use serde_json::json;
+    use std::sync::Mutex;
+    use turnq_core::{
+        StreamVersion, TaskId,
+        session::{
+            Appended, BoxFuture as StoreFuture, Entries, ProjectKey, SessionId, SessionKey,
+            SessionListing, SessionSummary, Subpath,
+        },
+        task::TaskState,
+        time,
+    };
+
+    /// An in-memory [`SessionStore`] for backend and runner tests: append (skipping known
+    /// `uuid`s) and load keep the contract; the listings are not needed by backends.
+    #[derive(Default)]
+    pub(crate) struct MemorySessions {
+        transcripts: Mutex<Vec<(SessionKey, Vec<Value>)>>,
+    }
+
+    /// A fresh, empty in-memory session store.
+    pub(crate) fn sessions() -> Arc<dyn SessionStore> {
+        Arc::new(MemorySessions::default())
+    }
+
+    impl SessionStore for MemorySessions {
+        fn append<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            entries: Entries,
+        ) -> StoreFuture<'a, turnq_core::error::Result<Appended>> {
+            Box::pin(async move {
+                let mut all = self.transcripts.lock().unwrap();
+                let i = match all.iter().position(|(k, _)| k == key) {
+                    Some(i) => i,
+                    None => {
+                        all.push((key.clone(), Vec::new()));
+                        all.len() - 1
+                    }
+                };
+                let transcript = &mut all[i].1;
+                let mut appended = Appended::default();
+                for entry in entries.into_vec() {
+                    let uuid = entry.get("uuid").and_then(Value::as_str);
+                    let known = uuid.is_some_and(|u| {
+                        transcript
+                            .iter()
+                            .any(|e| e.get("uuid").and_then(Value::as_str) == Some(u))
+                    });
+                    if known {
+                        appended.duplicates += 1;
+                    } else {
+                        transcript.push(entry);
+                        appended.appended += 1;
+                    }
+                }
+                Ok(appended)
+            })
+        }
+
+        fn load<'a>(
+            &'a self,
+            key: &'a SessionKey,
+        ) -> StoreFuture<'a, turnq_core::error::Result<Option<Vec<Value>>>> {
+            Box::pin(async move {
+                let all = self.transcripts.lock().unwrap();
+                Ok(all.iter().find(|(k, _)| k == key).map(|(_, t)| t.clone()))
+            })
+        }
+
+        fn list_sessions<'a>(
+            &'a self,
+            _project: &'a ProjectKey,
+        ) -> StoreFuture<'a, turnq_core::error::Result<Vec<SessionListing>>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn list_session_summaries<'a>(
+            &'a self,
+            _project: &'a ProjectKey,
+        ) -> StoreFuture<'a, turnq_core::error::Result<Vec<SessionSummary>>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn list_subkeys<'a>(
+            &'a self,
+            _project: &'a ProjectKey,
+            _session: &'a SessionId,
+        ) -> StoreFuture<'a, turnq_core::error::Result<Vec<Subpath>>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn delete<'a>(
+            &'a self,
+            key: &'a SessionKey,
+        ) -> StoreFuture<'a, turnq_core::error::Result<()>> {
+            Box::pin(async move {
+                self.transcripts.lock().unwrap().retain(|(k, _)| k != key);
+                Ok(())
+            })
+        }
+    }
 
     /// A running task with `input` at attempt 1 of 3, for backend and runner tests.
     pub(crate) fn task(input: Value) -> Task {

@@ -227,7 +227,7 @@ async fn pause(wait: Duration, cancel: &CancellationToken) -> Result<(), TurnErr
 }
 
 /// `text` cut to at most `max` characters (never inside a character).
-fn truncate(mut text: String, max: usize) -> String {
+pub(crate) fn truncate(mut text: String, max: usize) -> String {
     if let Some((end, _)) = text.char_indices().nth(max) {
         text.truncate(end);
     }
@@ -237,7 +237,7 @@ fn truncate(mut text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::tests::task;
+    use crate::backend::tests::{sessions, task};
     use serde_json::json;
     use tokio::time::Instant;
     use turnq_core::event::OutputChunk;
@@ -256,6 +256,7 @@ mod tests {
             output,
             cancel,
             deadline: Instant::now() + Duration::from_secs(60),
+            sessions: sessions(),
         };
         let result = ScriptBackend.run(turn).await;
         let mut chunks = Vec::new();
@@ -463,6 +464,7 @@ mod tests {
             output,
             cancel: CancellationToken::new(),
             deadline: Instant::now() + Duration::from_secs(60),
+            sessions: sessions(),
         };
         let running = tokio::spawn(ScriptBackend.run(turn));
         let mut arrivals = Vec::new();
