@@ -13,6 +13,10 @@
 //! - [`session`]: the session store: agent transcripts as append-only JSON entries per
 //!   (project key, session id, subpath), the contract of the Claude Agent SDK's
 //!   `SessionStore`, with a per-session summary kept in the same transaction.
+//! - [`agent`]: the agent registry (which agent CLIs exist, their backend, config and
+//!   what probing found) and agent sessions (per session and agent: the backend's own
+//!   session id and the running usage).
+//! - [`stats`]: usage (tasks, tokens, cost) grouped by project, agent or day.
 //! - [`worker`]: the worker registry.
 //! - [`auth`]: API tokens with scopes, stored hashed.
 //! - [`delivery`]: the job the dispatcher pushes to Redis and the names of its keys.
@@ -23,6 +27,7 @@
 //! This crate knows no HTTP and no Redis: the API, the dispatcher and the workers
 //! build on it; it builds on nothing of theirs.
 
+pub mod agent;
 pub mod auth;
 pub mod db;
 pub mod delivery;
@@ -32,6 +37,7 @@ pub mod event;
 pub mod ids;
 pub mod projection;
 pub mod session;
+pub mod stats;
 pub mod task;
 pub mod time;
 pub mod worker;

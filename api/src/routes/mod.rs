@@ -1,7 +1,9 @@
 //! The routes, one module per resource, grouped by the scope they need.
 
+mod agents;
 mod health;
 mod sessions;
+mod stats;
 mod tasks;
 mod workers;
 
@@ -9,7 +11,7 @@ use axum::{
     Router,
     extract::DefaultBodyLimit,
     middleware,
-    routing::{delete, get, post},
+    routing::{delete, get, post, put},
 };
 use turnq_core::auth::Scope;
 
@@ -36,6 +38,9 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/tasks/{id}/events", get(tasks::events))
         .route("/v1/inbox", get(tasks::inbox))
         .route("/v1/workers", get(workers::list))
+        .route("/v1/agents", get(agents::list))
+        .route("/v1/agents/{name}", get(agents::get))
+        .route("/v1/stats/usage", get(stats::usage))
         .route("/v1/sessions/{project_key}", get(sessions::list))
         .route(
             "/v1/sessions/{project_key}/summaries",
@@ -66,6 +71,8 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
     let admin = Router::new()
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
         .route("/v1/tasks/{id}/approve", post(tasks::approve))
+        // An agent's config decides what workers run: an operator's act.
+        .route("/v1/agents/{name}", put(agents::put))
         // Deleting a transcript destroys the only record of a conversation: an operator's
         // act, not an agent's, so it needs `admin` (see docs/sessions.md).
         .route(

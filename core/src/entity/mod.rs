@@ -1,6 +1,8 @@
 //! sea-orm entities: one module per table. Private to the domain: stores turn these
 //! rows into domain types before anything leaves this crate.
 
+pub mod agent_sessions;
+pub mod agents;
 pub mod api_tokens;
 pub mod events;
 pub mod session_entries;

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod agents;
 mod auth;
 mod event_log;
 mod fleet;
@@ -11,4 +12,5 @@ mod migrations;
 mod replay;
 mod scheduling;
 mod sessions;
+mod stats;
 mod tasks;

@@ -1,0 +1,409 @@
+//! The agent registry (table `agents`).
+
+use sea_orm::{
+    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    QueryFilter, QueryOrder, Set, TransactionTrait, TryInsertResult,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::validate_name;
+use crate::{
+    Error,
+    entity::agents::{self, Column},
+    error::Result,
+    time::Timestamp,
+};
+
+/// The longest label.
+pub const MAX_LABEL_CHARS: usize = 256;
+
+/// An agent as readers see it: the columns of `agents`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Agent {
+    pub name: String,
+    pub label: Option<String>,
+    pub backend: String,
+    /// A JSON object, passed to the backend.
+    pub config: Value,
+    /// A JSON array of model names.
+    pub models: Value,
+    /// What probing found the CLI reports; `None` until probed.
+    pub version: Option<String>,
+    /// A JSON object.
+    pub capabilities: Value,
+    /// A JSON array.
+    pub commands: Value,
+    pub install_path: Option<String>,
+    pub last_probed_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl From<agents::Model> for Agent {
+    fn from(m: agents::Model) -> Self {
+        Agent {
+            name: m.name,
+            label: m.label,
+            backend: m.backend,
+            config: m.config,
+            models: m.models,
+            version: m.version,
+            capabilities: m.capabilities,
+            commands: m.commands,
+            install_path: m.install_path,
+            last_probed_at: m.last_probed_at,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+/// The body of `PUT /v1/agents/{name}`: what an operator declares about an agent.
+///
+/// The JSON fields are kept as [`Value`]s so that a wrong type gets a message naming the
+/// field (from [`AgentSpec::validate`]) rather than a deserializer's.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    #[serde(default)]
+    pub label: Option<String>,
+    pub backend: String,
+    /// A JSON object; absent means `{}`.
+    #[serde(default)]
+    pub config: Option<Value>,
+    /// A JSON array of strings; absent keeps what is stored (probing also writes it).
+    #[serde(default)]
+    pub models: Option<Value>,
+    /// A JSON object; absent keeps what is stored (probing also writes it).
+    #[serde(default)]
+    pub capabilities: Option<Value>,
+}
+
+impl AgentSpec {
+    /// Checks every rule; the message of the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        validate_name("backend", &self.backend)?;
+        if let Some(label) = &self.label {
+            if label.trim().is_empty() {
+                return Err(Error::Invalid(
+                    "label must not be blank; omit it instead".into(),
+                ));
+            }
+            let chars = label.chars().count();
+            if chars > MAX_LABEL_CHARS {
+                return Err(Error::Invalid(format!(
+                    "label is {chars} characters long; the limit is {MAX_LABEL_CHARS}"
+                )));
+            }
+        }
+        if let Some(config) = &self.config
+            && !config.is_object()
+        {
+            return Err(Error::Invalid(format!(
+                "config must be a JSON object, not {}",
+                json_type(config)
+            )));
+        }
+        if let Some(models) = &self.models {
+            let Some(models) = models.as_array() else {
+                return Err(Error::Invalid(format!(
+                    "models must be an array of strings, not {}",
+                    json_type(models)
+                )));
+            };
+            if let Some((i, m)) = models.iter().enumerate().find(|(_, m)| !m.is_string()) {
+                return Err(Error::Invalid(format!(
+                    "models[{i}] must be a string, not {}",
+                    json_type(m)
+                )));
+            }
+        }
+        if let Some(capabilities) = &self.capabilities
+            && !capabilities.is_object()
+        {
+            return Err(Error::Invalid(format!(
+                "capabilities must be a JSON object, not {}",
+                json_type(capabilities)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// What [`AgentRegistry::put`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Put {
+    pub agent: Agent,
+    /// True when the agent did not exist before.
+    pub created: bool,
+}
+
+/// The fingerprint of what decides how an agent's backend sessions behave: the SHA-256
+/// (lowercase hex) of the canonical JSON of `{"backend": …, "config": …}`, keys sorted
+/// at every depth and no whitespace, so equal configs hash equal whatever their key
+/// order. Label, models and probe results do not take part.
+pub fn config_hash(agent: &Agent) -> String {
+    let mut doc = Map::new();
+    doc.insert("backend".into(), Value::String(agent.backend.clone()));
+    doc.insert("config".into(), agent.config.clone());
+    let mut canonical = String::new();
+    write_canonical(&Value::Object(doc), &mut canonical);
+    let digest = Sha256::digest(canonical.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `v` as JSON with object keys sorted. Sorted here rather than trusting the map
+/// type, because serde_json keeps insertion order when any crate in the build enables
+/// its `preserve_order` feature.
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+pub struct AgentRegistry;
+
+impl AgentRegistry {
+    /// Every agent, by name.
+    pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<Agent>> {
+        Ok(agents::Entity::find()
+            .order_by_asc(Column::Name)
+            .all(db)
+            .await?
+            .into_iter()
+            .map(Agent::from)
+            .collect())
+    }
+
+    pub async fn get<C: ConnectionTrait>(db: &C, name: &str) -> Result<Option<Agent>> {
+        Ok(agents::Entity::find_by_id(name.to_owned())
+            .one(db)
+            .await?
+            .map(Agent::from))
+    }
+
+    /// Creates the agent `name`, or replaces its label, backend and config (and its
+    /// models and capabilities, when the spec gives them). Probe results are kept.
+    /// Validates `name` and `spec` first; an invalid one writes nothing.
+    pub async fn put(
+        db: &DatabaseConnection,
+        name: &str,
+        spec: AgentSpec,
+        at: Timestamp,
+    ) -> Result<Put> {
+        validate_name("agent name", name)?;
+        spec.validate()?;
+        let config = spec.config.unwrap_or_else(|| Value::Object(Map::new()));
+        let txn = db.begin().await?;
+        // Insert-or-nothing first, then update: unlike comparing timestamps, this tells
+        // "created" from "updated" exactly, also when two PUTs of a new name race (the
+        // loser's insert does nothing and it updates the winner's row).
+        let inserted = agents::Entity::insert(agents::ActiveModel {
+            name: Set(name.to_owned()),
+            label: Set(spec.label.clone()),
+            backend: Set(spec.backend.clone()),
+            config: Set(config.clone()),
+            models: Set(spec
+                .models
+                .clone()
+                .unwrap_or_else(|| Value::Array(Vec::new()))),
+            capabilities: Set(spec
+                .capabilities
+                .clone()
+                .unwrap_or_else(|| Value::Object(Map::new()))),
+            created_at: Set(at),
+            updated_at: Set(at),
+            ..Default::default()
+        })
+        .on_conflict_do_nothing_on([Column::Name])
+        .exec_without_returning(&txn)
+        .await?;
+        let created = matches!(inserted, TryInsertResult::Inserted(n) if n > 0);
+        let model = if created {
+            agents::Entity::find_by_id(name.to_owned())
+                .one(&txn)
+                .await?
+                .ok_or_else(|| Error::Corrupt(format!("agent {name} vanished after insert")))?
+        } else {
+            let update = agents::ActiveModel {
+                name: Set(name.to_owned()),
+                label: Set(spec.label),
+                backend: Set(spec.backend),
+                config: Set(config),
+                models: spec.models.map_or(NotSet, Set),
+                capabilities: spec.capabilities.map_or(NotSet, Set),
+                updated_at: Set(at),
+                ..Default::default()
+            };
+            agents::Entity::update(update).exec(&txn).await?
+        };
+        txn.commit().await?;
+        Ok(Put {
+            agent: model.into(),
+            created,
+        })
+    }
+
+    /// Records that `name` was probed at `at` and found at `version` (`None`: the CLI
+    /// did not say). Returns the updated agent, or `None` when no such agent exists.
+    pub async fn record_probe<C: ConnectionTrait>(
+        db: &C,
+        name: &str,
+        version: Option<String>,
+        at: Timestamp,
+    ) -> Result<Option<Agent>> {
+        let updated = agents::Entity::update_many()
+            .col_expr(Column::Version, version.into())
+            .col_expr(Column::LastProbedAt, Some(at).into())
+            .col_expr(Column::UpdatedAt, at.into())
+            .filter(Column::Name.eq(name))
+            .exec_with_returning(db)
+            .await?;
+        Ok(updated.into_iter().next().map(Agent::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn agent(backend: &str, config: Value) -> Agent {
+        Agent {
+            name: "a".into(),
+            label: None,
+            backend: backend.into(),
+            config,
+            models: json!([]),
+            version: None,
+            capabilities: json!({}),
+            commands: json!([]),
+            install_path: None,
+            last_probed_at: None,
+            created_at: Timestamp::default(),
+            updated_at: Timestamp::default(),
+        }
+    }
+
+    #[test]
+    fn config_hash_ignores_key_order_but_not_values_or_backend() {
+        let a = config_hash(&agent(
+            "claude",
+            json!({"x": 1, "y": {"b": 2, "a": [1, 2]}}),
+        ));
+        let b = config_hash(&agent(
+            "claude",
+            json!({"y": {"a": [1, 2], "b": 2}, "x": 1}),
+        ));
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(
+            a,
+            config_hash(&agent(
+                "claude",
+                json!({"x": 2, "y": {"b": 2, "a": [1, 2]}})
+            ))
+        );
+        assert_ne!(
+            a,
+            config_hash(&agent("codex", json!({"x": 1, "y": {"b": 2, "a": [1, 2]}})))
+        );
+    }
+
+    #[test]
+    fn config_hash_is_sha256_of_the_canonical_json() {
+        let mut canonical = String::new();
+        write_canonical(
+            &json!({"config": {"b": "\"q\"", "a": null}, "backend": "x"}),
+            &mut canonical,
+        );
+        assert_eq!(
+            canonical,
+            r#"{"backend":"x","config":{"a":null,"b":"\"q\""}}"#
+        );
+    }
+
+    #[test]
+    fn spec_validation_names_the_field() {
+        let ok: AgentSpec = serde_json::from_value(json!({"backend": "claude"})).unwrap();
+        assert!(ok.validate().is_ok());
+        let cases = [
+            (json!({"backend": ""}), "backend must not be empty"),
+            (json!({"backend": "a b"}), "backend \"a b\" contains ' '"),
+            (
+                json!({"backend": "x", "config": []}),
+                "config must be a JSON object, not an array",
+            ),
+            (
+                json!({"backend": "x", "models": ["a", 1]}),
+                "models[1] must be a string, not a number",
+            ),
+            (
+                json!({"backend": "x", "models": {}}),
+                "models must be an array of strings",
+            ),
+            (
+                json!({"backend": "x", "capabilities": "yes"}),
+                "capabilities must be a JSON object",
+            ),
+            (
+                json!({"backend": "x", "label": " "}),
+                "label must not be blank",
+            ),
+        ];
+        for (body, want) in cases {
+            let spec: AgentSpec = serde_json::from_value(body.clone()).unwrap();
+            let err = spec.validate().unwrap_err().to_string();
+            assert!(err.starts_with(want), "{body}: {err}");
+        }
+        let unknown = serde_json::from_value::<AgentSpec>(json!({"backend": "x", "extra": 1}));
+        assert!(
+            unknown
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `extra`")
+        );
+    }
+}

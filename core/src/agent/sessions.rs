@@ -1,0 +1,274 @@
+//! Agent sessions (table `agent_sessions`): per (turnq session, agent), the backend's own
+//! session id, a status and the running usage.
+
+use std::{fmt, str::FromStr};
+
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    sea_query::{Alias, Expr, ExprTrait, OnConflict},
+};
+use serde::{Deserialize, Serialize};
+
+use super::validate_name;
+use crate::{
+    Error,
+    entity::agent_sessions::{self, Column},
+    error::Result,
+    event::Usage,
+    session::MAX_ID_CHARS,
+    time::Timestamp,
+};
+
+/// Where an agent's backend session stands. The database's CHECK on
+/// `agent_sessions.status` allows exactly these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    /// No turn is running; the next one resumes the backend session.
+    Idle,
+    /// A turn is running.
+    Active,
+    /// The backend process died mid-turn; its session may not resume cleanly.
+    Crashed,
+    /// Ended on purpose; nothing resumes it.
+    Closed,
+}
+
+impl AgentStatus {
+    pub const ALL: [AgentStatus; 4] = [
+        AgentStatus::Idle,
+        AgentStatus::Active,
+        AgentStatus::Crashed,
+        AgentStatus::Closed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Idle => "idle",
+            AgentStatus::Active => "active",
+            AgentStatus::Crashed => "crashed",
+            AgentStatus::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for AgentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AgentStatus {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        AgentStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "agent session status {s:?} is not one of idle, active, crashed, closed"
+                ))
+            })
+    }
+}
+
+/// A row of `agent_sessions`, as readers see it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentSession {
+    pub session_id: String,
+    pub agent: String,
+    pub backend: String,
+    /// The backend's own id of the conversation, to resume it; `None` until the backend
+    /// reports one, and again after a config change until the fresh session reports one.
+    pub backend_session_id: Option<String>,
+    pub worktree_id: Option<uuid::Uuid>,
+    pub status: AgentStatus,
+    /// The [`super::config_hash`] of the agent when the last turn ran.
+    pub config_hash: Option<String>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+    pub last_active_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+impl TryFrom<agent_sessions::Model> for AgentSession {
+    type Error = Error;
+
+    fn try_from(m: agent_sessions::Model) -> Result<Self> {
+        Ok(AgentSession {
+            status: m.status.parse().map_err(|_| {
+                Error::Corrupt(format!(
+                    "agent session ({}, {}) has status {:?}",
+                    m.session_id, m.agent, m.status
+                ))
+            })?,
+            session_id: m.session_id,
+            agent: m.agent,
+            backend: m.backend,
+            backend_session_id: m.backend_session_id,
+            worktree_id: m.worktree_id,
+            config_hash: m.config_hash,
+            input_tokens: m.input_tokens,
+            output_tokens: m.output_tokens,
+            cost_usd: m.cost_usd,
+            last_active_at: m.last_active_at,
+            created_at: m.created_at,
+        })
+    }
+}
+
+/// One turn's outcome, as [`AgentSessions::record_turn`] takes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Turn {
+    pub session_id: String,
+    pub agent: String,
+    pub backend: String,
+    /// The backend session the turn ran in, if the backend reported one.
+    pub backend_session_id: Option<String>,
+    /// The [`super::config_hash`] of the agent the turn ran with.
+    pub config_hash: String,
+    pub usage: Usage,
+    /// The status after the turn.
+    pub status: AgentStatus,
+    pub at: Timestamp,
+}
+
+impl Turn {
+    fn validate(&self) -> Result<()> {
+        if self.session_id.is_empty() {
+            return Err(Error::Invalid("session id must not be empty".into()));
+        }
+        let chars = self.session_id.chars().count();
+        if chars > MAX_ID_CHARS {
+            return Err(Error::Invalid(format!(
+                "session id is {chars} characters long; the limit is {MAX_ID_CHARS}"
+            )));
+        }
+        validate_name("agent name", &self.agent)?;
+        validate_name("backend", &self.backend)?;
+        let Usage {
+            input_tokens,
+            output_tokens,
+            cost_usd,
+        } = self.usage;
+        // Finite first: NaN passes the CHECK (`NaN >= 0` is true in Postgres).
+        if input_tokens < 0 || output_tokens < 0 || !cost_usd.is_finite() || cost_usd < 0.0 {
+            return Err(Error::Invalid(format!(
+                "usage must not be negative: {input_tokens} input tokens, {output_tokens} output tokens, {cost_usd} USD"
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub struct AgentSessions;
+
+impl AgentSessions {
+    /// Records a turn of `agent` in `session_id`, in ONE statement (so two turns recorded
+    /// at once both count): creates the row, or adds the turn's usage to the running
+    /// totals and sets status, backend, config hash and last activity. A turn whose
+    /// config hash differs from the stored one (or finds none stored) starts a fresh
+    /// backend session: `backend_session_id` becomes the turn's, even when that is
+    /// `None`. With the same config, a turn without one keeps the stored id.
+    pub async fn record_turn<C: ConnectionTrait>(db: &C, turn: Turn) -> Result<AgentSession> {
+        turn.validate()?;
+        let row = agent_sessions::ActiveModel {
+            session_id: Set(turn.session_id),
+            agent: Set(turn.agent),
+            backend: Set(turn.backend),
+            backend_session_id: Set(turn.backend_session_id),
+            status: Set(turn.status.as_str().to_owned()),
+            config_hash: Set(Some(turn.config_hash)),
+            input_tokens: Set(turn.usage.input_tokens),
+            output_tokens: Set(turn.usage.output_tokens),
+            cost_usd: Set(turn.usage.cost_usd),
+            last_active_at: Set(Some(turn.at)),
+            created_at: Set(turn.at),
+            ..Default::default()
+        };
+        let stored = |c: Column| Expr::col((agent_sessions::Entity, c));
+        let excluded = |c: Column| Expr::col((Alias::new("excluded"), c));
+        // `=` is NULL for a stored NULL hash, so CASE takes the fresh-session branch.
+        let same_config = stored(Column::ConfigHash).eq(excluded(Column::ConfigHash));
+        let backend_session_id = Expr::case(
+            same_config,
+            excluded(Column::BackendSessionId).if_null(stored(Column::BackendSessionId)),
+        )
+        .finally(excluded(Column::BackendSessionId));
+        let model = agent_sessions::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([Column::SessionId, Column::Agent])
+                    // Order matters only to the reader: every right-hand side sees the
+                    // row as stored before this statement.
+                    .value(
+                        Column::InputTokens,
+                        stored(Column::InputTokens).add(excluded(Column::InputTokens)),
+                    )
+                    .value(
+                        Column::OutputTokens,
+                        stored(Column::OutputTokens).add(excluded(Column::OutputTokens)),
+                    )
+                    .value(
+                        Column::CostUsd,
+                        stored(Column::CostUsd).add(excluded(Column::CostUsd)),
+                    )
+                    .value(Column::BackendSessionId, backend_session_id)
+                    .update_columns([
+                        Column::Backend,
+                        Column::Status,
+                        Column::ConfigHash,
+                        Column::LastActiveAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec_with_returning(db)
+            .await?;
+        model.try_into()
+    }
+
+    pub async fn get<C: ConnectionTrait>(
+        db: &C,
+        session_id: &str,
+        agent: &str,
+    ) -> Result<Option<AgentSession>> {
+        agent_sessions::Entity::find_by_id((session_id.to_owned(), agent.to_owned()))
+            .one(db)
+            .await?
+            .map(AgentSession::try_from)
+            .transpose()
+    }
+
+    /// The agents of a session, by agent name.
+    pub async fn list_for_session<C: ConnectionTrait>(
+        db: &C,
+        session_id: &str,
+    ) -> Result<Vec<AgentSession>> {
+        agent_sessions::Entity::find()
+            .filter(Column::SessionId.eq(session_id))
+            .order_by_asc(Column::Agent)
+            .all(db)
+            .await?
+            .into_iter()
+            .map(AgentSession::try_from)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_through_text_and_json() {
+        for status in AgentStatus::ALL {
+            assert_eq!(status.as_str().parse::<AgentStatus>().unwrap(), status);
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.as_str())
+            );
+        }
+        assert!("running".parse::<AgentStatus>().is_err());
+    }
+}

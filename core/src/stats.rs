@@ -1,0 +1,137 @@
+//! Usage statistics: tasks, tokens and cost from the `tasks` projection, grouped by
+//! project, agent or day.
+//!
+//! Every task counts, whatever its state: a failed or retried attempt spent tokens too.
+//! Usage lands on a task as its attempts end, so the numbers of running tasks grow.
+//!
+//! Depends on the database layer only; knows no HTTP.
+
+use std::{fmt, str::FromStr};
+
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect,
+    sea_query::{Alias, Expr, ExprTrait, Func, Order},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Error,
+    entity::tasks::{self, Column},
+    error::Result,
+    time::Timestamp,
+};
+
+/// What to group usage by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    Project,
+    Agent,
+    /// The UTC day a task was created, as `YYYY-MM-DD`.
+    Day,
+}
+
+impl GroupBy {
+    pub const ALL: [GroupBy; 3] = [GroupBy::Project, GroupBy::Agent, GroupBy::Day];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Project => "project",
+            GroupBy::Agent => "agent",
+            GroupBy::Day => "day",
+        }
+    }
+
+    /// The expression the rows are keyed and grouped by.
+    fn key(self) -> Expr {
+        match self {
+            GroupBy::Project => Expr::col(Column::Project),
+            GroupBy::Agent => Expr::col(Column::Agent),
+            // Raw SQL: the ORM has no AT TIME ZONE or to_char. The session's TimeZone
+            // must not move a task to another day, hence UTC spelled out.
+            GroupBy::Day => Expr::cust(
+                "to_char(date_trunc('day', created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD')",
+            ),
+        }
+    }
+}
+
+impl fmt::Display for GroupBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for GroupBy {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        GroupBy::ALL
+            .into_iter()
+            .find(|g| g.as_str() == s)
+            .ok_or_else(|| {
+                Error::Invalid(format!("group_by {s:?} is not one of project, agent, day"))
+            })
+    }
+}
+
+/// The usage of one group.
+#[derive(Clone, Debug, PartialEq, Serialize, FromQueryResult)]
+pub struct UsageRow {
+    /// The project, the agent, or the day (`YYYY-MM-DD`, UTC).
+    pub key: String,
+    pub tasks: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+}
+
+pub struct UsageStats;
+
+impl UsageStats {
+    /// Usage of the tasks created at or after `since` (all when `None`), one row per
+    /// group: by day in day order, by project or agent most expensive first (ties by key).
+    pub async fn group_by<C: ConnectionTrait>(
+        db: &C,
+        group_by: GroupBy,
+        since: Option<Timestamp>,
+    ) -> Result<Vec<UsageRow>> {
+        // SUM of a bigint is a numeric in Postgres; cast back so it reads as i64.
+        let sum_i64 =
+            |c: Column| Expr::from(Func::cast_as(Func::sum(Expr::col(c)), Alias::new("bigint")));
+        let cost = || Expr::from(Func::sum(Expr::col(Column::CostUsd)));
+        let mut query = tasks::Entity::find()
+            .select_only()
+            .column_as(group_by.key(), "key")
+            .column_as(Expr::col(Column::Id).count(), "tasks")
+            .column_as(sum_i64(Column::InputTokens), "input_tokens")
+            .column_as(sum_i64(Column::OutputTokens), "output_tokens")
+            .column_as(cost(), "cost_usd")
+            .group_by(group_by.key());
+        if let Some(since) = since {
+            query = query.filter(Column::CreatedAt.gte(since));
+        }
+        query = match group_by {
+            GroupBy::Day => query.order_by(group_by.key(), Order::Asc),
+            GroupBy::Project | GroupBy::Agent => query
+                .order_by(cost(), Order::Desc)
+                .order_by(group_by.key(), Order::Asc),
+        };
+        Ok(query.into_model::<UsageRow>().all(db).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_by_parses_its_names_and_refuses_others() {
+        for g in GroupBy::ALL {
+            assert_eq!(g.as_str().parse::<GroupBy>().unwrap(), g);
+        }
+        let err = "week".parse::<GroupBy>().unwrap_err().to_string();
+        assert_eq!(err, r#"group_by "week" is not one of project, agent, day"#);
+    }
+}

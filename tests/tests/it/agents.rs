@@ -1,0 +1,316 @@
+//! The agent registry and agent sessions: the stores against a real database, and
+//! `/v1/agents` through the real router.
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use turnq_core::{
+    agent::{AgentRegistry, AgentSessions, AgentSpec, AgentStatus, Turn, config_hash},
+    auth::{Scope, TokenStore},
+    event::Usage,
+    time,
+};
+
+use crate::harness::{TestApp, TestDb, count};
+
+fn spec(body: Value) -> Result<AgentSpec> {
+    Ok(serde_json::from_value(body)?)
+}
+
+#[tokio::test]
+async fn agent_put_creates_then_updates_and_keeps_probe_results() -> Result<()> {
+    let t = TestDb::new().await?;
+    let first = AgentRegistry::put(
+        &t.db,
+        "claude",
+        spec(json!({"backend": "claude-code", "config": {"model": "opus"}, "models": ["opus"]}))?,
+        time::now(),
+    )
+    .await?;
+    assert!(first.created);
+    assert_eq!(first.agent.config, json!({"model": "opus"}));
+    assert_eq!(first.agent.models, json!(["opus"]));
+    assert_eq!(first.agent.version, None);
+
+    let probed_at = time::now();
+    let probed = AgentRegistry::record_probe(&t.db, "claude", Some("2.1.0".into()), probed_at)
+        .await?
+        .expect("the agent exists");
+    assert_eq!(probed.version.as_deref(), Some("2.1.0"));
+    assert_eq!(probed.last_probed_at, Some(probed_at));
+    assert!(
+        AgentRegistry::record_probe(&t.db, "nobody", None, probed_at)
+            .await?
+            .is_none()
+    );
+
+    let second = AgentRegistry::put(
+        &t.db,
+        "claude",
+        spec(json!({"backend": "claude-code", "label": "Claude", "config": {"model": "sonnet"}}))?,
+        time::now(),
+    )
+    .await?;
+    assert!(!second.created);
+    assert_eq!(second.agent.label.as_deref(), Some("Claude"));
+    assert_eq!(second.agent.config, json!({"model": "sonnet"}));
+    assert_eq!(
+        second.agent.models,
+        json!(["opus"]),
+        "omitted models are kept"
+    );
+    assert_eq!(
+        second.agent.version.as_deref(),
+        Some("2.1.0"),
+        "probe results are kept"
+    );
+    assert_eq!(second.agent.created_at, first.agent.created_at);
+    assert!(second.agent.updated_at >= first.agent.updated_at);
+    assert_ne!(config_hash(&first.agent), config_hash(&second.agent));
+
+    assert_eq!(
+        AgentRegistry::list(&t.db).await?,
+        std::slice::from_ref(&second.agent)
+    );
+    assert_eq!(
+        AgentRegistry::get(&t.db, "claude").await?,
+        Some(second.agent)
+    );
+    assert_eq!(AgentRegistry::get(&t.db, "codex").await?, None);
+    Ok(())
+}
+
+fn turn(backend_session_id: Option<&str>, hash: &str, usage: Usage, status: AgentStatus) -> Turn {
+    Turn {
+        session_id: "s1".into(),
+        agent: "claude".into(),
+        backend: "claude-code".into(),
+        backend_session_id: backend_session_id.map(str::to_owned),
+        config_hash: hash.into(),
+        usage,
+        status,
+        at: time::now(),
+    }
+}
+
+fn usage(input_tokens: i64, output_tokens: i64, cost_usd: f64) -> Usage {
+    Usage {
+        input_tokens,
+        output_tokens,
+        cost_usd,
+    }
+}
+
+#[tokio::test]
+async fn agent_session_record_turn_accumulates_usage_and_resets_on_config_change() -> Result<()> {
+    let t = TestDb::new().await?;
+    let first = AgentSessions::record_turn(
+        &t.db,
+        turn(Some("b-1"), "h1", usage(10, 5, 0.25), AgentStatus::Active),
+    )
+    .await?;
+    assert_eq!(
+        (first.input_tokens, first.output_tokens, first.cost_usd),
+        (10, 5, 0.25)
+    );
+    assert_eq!(first.status, AgentStatus::Active);
+
+    // Same config, no id reported: the stored backend session carries on.
+    let second =
+        AgentSessions::record_turn(&t.db, turn(None, "h1", usage(7, 3, 0.5), AgentStatus::Idle))
+            .await?;
+    assert_eq!(
+        (second.input_tokens, second.output_tokens, second.cost_usd),
+        (17, 8, 0.75)
+    );
+    assert_eq!(second.backend_session_id.as_deref(), Some("b-1"));
+    assert_eq!(second.status, AgentStatus::Idle);
+    assert_eq!(second.created_at, first.created_at);
+    assert!(second.last_active_at >= first.last_active_at);
+
+    // A changed config starts a fresh backend session, even before it reports an id...
+    let third =
+        AgentSessions::record_turn(&t.db, turn(None, "h2", usage(1, 1, 0.0), AgentStatus::Idle))
+            .await?;
+    assert_eq!(third.backend_session_id, None);
+    assert_eq!(third.config_hash.as_deref(), Some("h2"));
+    assert_eq!((third.input_tokens, third.output_tokens), (18, 9));
+
+    // ...and then keeps the one the fresh session reports.
+    let fourth = AgentSessions::record_turn(
+        &t.db,
+        turn(Some("b-2"), "h2", usage(0, 0, 0.0), AgentStatus::Closed),
+    )
+    .await?;
+    assert_eq!(fourth.backend_session_id.as_deref(), Some("b-2"));
+    let changed = AgentSessions::record_turn(
+        &t.db,
+        turn(Some("b-3"), "h3", usage(0, 0, 0.0), AgentStatus::Crashed),
+    )
+    .await?;
+    assert_eq!(changed.backend_session_id.as_deref(), Some("b-3"));
+
+    assert_eq!(
+        AgentSessions::get(&t.db, "s1", "claude").await?,
+        Some(changed.clone())
+    );
+    assert_eq!(AgentSessions::get(&t.db, "s1", "codex").await?, None);
+    let mut other = turn(None, "h1", usage(1, 1, 0.0), AgentStatus::Idle);
+    other.agent = "codex".into();
+    AgentSessions::record_turn(&t.db, other).await?;
+    let listed = AgentSessions::list_for_session(&t.db, "s1").await?;
+    let agents: Vec<&str> = listed.iter().map(|s| s.agent.as_str()).collect();
+    assert_eq!(agents, ["claude", "codex"]);
+    assert!(
+        AgentSessions::list_for_session(&t.db, "s2")
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_session_refuses_negative_usage_and_bad_names() -> Result<()> {
+    let t = TestDb::new().await?;
+    let negative = turn(None, "h", usage(-1, 0, 0.0), AgentStatus::Idle);
+    let err = AgentSessions::record_turn(&t.db, negative)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("must not be negative"), "{err}");
+    let mut bad = turn(None, "h", usage(0, 0, 0.0), AgentStatus::Idle);
+    bad.agent = "no spaces".into();
+    assert!(AgentSessions::record_turn(&t.db, bad).await.is_err());
+    assert_eq!(count(&t.db, "agent_sessions").await?, 0);
+    Ok(())
+}
+
+async fn put(app: &TestApp, name: &str, body: &Value) -> Result<(u16, Value)> {
+    let response = app
+        .http
+        .put(app.url(&format!("/v1/agents/{name}")))
+        .json(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
+}
+
+#[tokio::test]
+async fn agent_put_over_http_is_201_then_200_and_lists() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let (status, created) = put(
+        &app,
+        "claude",
+        &json!({"backend": "claude-code", "config": {"permission_mode": "plan"}, "models": ["opus", "sonnet"], "capabilities": {"resume": true}}),
+    )
+    .await?;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["name"], "claude");
+    assert_eq!(created["config"], json!({"permission_mode": "plan"}));
+    assert_eq!(created["commands"], json!([]));
+    assert_eq!(created["last_probed_at"], Value::Null);
+
+    let (status, updated) = put(
+        &app,
+        "claude",
+        &json!({"backend": "claude-code", "label": "Claude"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["label"], "Claude");
+    assert_eq!(updated["config"], json!({}));
+    assert_eq!(updated["models"], json!(["opus", "sonnet"]));
+
+    put(&app, "codex", &json!({"backend": "codex"})).await?;
+    let (status, list) = app.get("/v1/agents").await?;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["claude", "codex"]);
+
+    let (status, one) = app.get("/v1/agents/claude").await?;
+    assert_eq!((status, one), (200, updated));
+    let (status, missing) = app.get("/v1/agents/nobody").await?;
+    assert_eq!(status, 404);
+    assert_eq!(missing["error"]["code"], "not_found");
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_put_with_a_bad_spec_is_400_and_writes_nothing() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let cases = [
+        (
+            "claude",
+            json!({"backend": "x", "extra": 1}),
+            "unknown field `extra`",
+        ),
+        ("claude", json!({"config": {}}), "missing field `backend`"),
+        (
+            "bad%20name",
+            json!({"backend": "x"}),
+            "agent name \"bad name\" contains ' '",
+        ),
+        (
+            "claude",
+            json!({"backend": "x", "config": [1]}),
+            "config must be a JSON object",
+        ),
+        (
+            "claude",
+            json!({"backend": "x", "models": ["a", 2]}),
+            "models[1] must be a string",
+        ),
+        (
+            "claude",
+            json!({"backend": "bad/backend"}),
+            "backend \"bad/backend\" contains '/'",
+        ),
+    ];
+    for (name, body, want) in cases {
+        let (status, error) = put(&app, name, &body).await?;
+        assert_eq!(status, 400, "{name} {body}: {error}");
+        assert_eq!(error["error"]["code"], "invalid_request", "{error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(want), "{body}: {message}");
+    }
+    let response = app
+        .http
+        .put(app.url("/v1/agents/claude"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(count(&app.db, "agents").await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_put_needs_admin_but_reading_agents_needs_only_read() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let (reader, _) = TokenStore::create(&app.db, "reader", &[Scope::Read, Scope::Submit]).await?;
+    let client = reqwest::Client::new();
+    let status = client
+        .put(app.url("/v1/agents/claude"))
+        .bearer_auth(reader.expose())
+        .json(&json!({"backend": "x"}))
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    assert_eq!(status, 403);
+    assert_eq!(count(&app.db, "agents").await?, 0);
+    let status = client
+        .get(app.url("/v1/agents"))
+        .bearer_auth(reader.expose())
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    assert_eq!(status, 200);
+    Ok(())
+}
