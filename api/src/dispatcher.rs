@@ -4,7 +4,8 @@
 //! `--dispatch-poll-interval`, because a notification sent while the listener was
 //! reconnecting is lost and a retry's `run_at` passes without any insert. Each round
 //! takes due tasks with `FOR UPDATE SKIP LOCKED` (several API replicas can run it),
-//! pushes one apalis job per task, then commits `task.queued`: push before commit, so a
+//! pushes one apalis job per task onto the queue of its (queue, agent) pair
+//! (`{prefix}:q:{queue}:{agent}`), then commits `task.queued`: push before commit, so a
 //! crash in between re-pushes and never loses.
 //!
 //! What it pushes is bounded (`--dispatch-max-queued`): Redis holds what workers can
@@ -196,29 +197,33 @@ async fn drain(
     }
 }
 
-/// Pushes one job per task onto its queue, one bulk push per queue.
+/// Pushes one job per task onto the Redis queue of its (queue, agent) pair, one bulk push
+/// per pair: only workers that run the task's agent consume it.
 async fn push(
     conn: ConnectionManager,
     names: &RedisNames,
     due: Vec<DueTask>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut by_queue: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+    let mut by_pair: BTreeMap<(String, String), Vec<Job>> = BTreeMap::new();
     for task in due {
-        by_queue.entry(task.queue).or_default().push(Job {
-            task_id: task.id,
-            attempt: task.attempt,
-        });
+        by_pair
+            .entry((task.queue, task.agent))
+            .or_default()
+            .push(Job {
+                task_id: task.id,
+                attempt: task.attempt,
+            });
     }
-    for (queue, jobs) in by_queue {
+    for ((queue, agent), jobs) in by_pair {
         let config = apalis_redis::Config::default()
-            .queue(names.queue(&queue))
+            .queue(names.agent_queue(&queue, &agent))
             // Postgres holds results; apalis need not.
             .persist_results(false);
         let mut storage = RedisStorage::<Job>::new(conn.clone()).with_config(config);
         storage
             .push_bulk(jobs)
             .await
-            .map_err(|e| format!("pushing to Redis queue {queue}: {e}"))?;
+            .map_err(|e| format!("pushing to the Redis queue of {queue}/{agent}: {e}"))?;
     }
     Ok(())
 }

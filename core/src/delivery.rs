@@ -1,5 +1,9 @@
 //! What the dispatcher hands to workers, and where. Plain data: the Redis client lives in
 //! the API (which pushes) and the worker (which consumes), never here.
+//!
+//! Every task goes onto the apalis queue of its (queue, agent) pair,
+//! [`RedisNames::agent_queue`] (`{prefix}:q:{queue}:{agent}`); a worker consumes the pairs
+//! of its `--queues` and of the agents it runs (and probed successfully at start).
 
 use serde::{Deserialize, Serialize};
 
@@ -33,9 +37,12 @@ impl RedisNames {
         &self.prefix
     }
 
-    /// The apalis queue of a turnq queue.
-    pub fn queue(&self, queue: &str) -> String {
-        format!("{}:q:{queue}", self.prefix)
+    /// The apalis queue of the tasks of `agent` in the turnq queue `queue`:
+    /// `{prefix}:q:{queue}:{agent}`. Delivery is by (queue, agent) so that a worker only
+    /// receives work for the agents it runs. Queue and agent names are
+    /// `[A-Za-z0-9_.-]{1,64}` (no `:`), so no two pairs share a name.
+    pub fn agent_queue(&self, queue: &str, agent: &str) -> String {
+        format!("{}:q:{queue}:{agent}", self.prefix)
     }
 
     /// A random value the dispatcher writes once and checks every round: when it is gone

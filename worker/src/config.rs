@@ -21,6 +21,14 @@ pub struct WorkerConfig {
     )]
     pub queues: Vec<String>,
 
+    /// The agents this worker runs, comma-separated (names in the agent registry, or the
+    /// built-in `script`). Default: every registered agent whose backend this worker
+    /// supports (`script`, `command`, `openai`), plus `script`. Each is probed at start
+    /// and only the ones that pass have their work taken. The registry is read at start
+    /// only: restart the worker to pick up agents registered or changed since.
+    #[arg(long, env = "TURNQ_AGENTS", value_delimiter = ',')]
+    pub agents: Vec<String>,
+
     /// Turns running at once in this process, across all its queues. Default: 16.
     #[arg(long, env = "TURNQ_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
@@ -66,6 +74,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             queues: vec!["default".into()],
+            agents: Vec::new(),
             concurrency: 16,
             lease: Duration::from_secs(10),
             poll_interval: Duration::from_millis(50),
@@ -96,6 +105,7 @@ impl WorkerConfig {
         if queues.is_empty() {
             return Err("no queue to take tasks from: give at least one with --queues".into());
         }
+        self.agent_filter()?;
         if self.concurrency == 0 {
             return Err("--concurrency must be at least 1".into());
         }
@@ -136,6 +146,23 @@ impl WorkerConfig {
             ));
         }
         Ok(queues)
+    }
+
+    /// The agents of `--agents`, trimmed and without repeats, in the order given (empty:
+    /// every agent); or what is wrong.
+    pub fn agent_filter(&self) -> Result<Vec<String>, String> {
+        let mut agents: Vec<String> = Vec::new();
+        for agent in self.agents.iter().map(|a| a.trim()) {
+            if agent.is_empty() {
+                continue;
+            }
+            turnq_core::agent::validate_name("--agents: agent", agent)
+                .map_err(|e| e.to_string())?;
+            if !agents.iter().any(|a| a == agent) {
+                agents.push(agent.to_owned());
+            }
+        }
+        Ok(agents)
     }
 
     /// The host name to register under: `--host`, else the machine's.
@@ -185,7 +212,9 @@ mod tests {
         assert_eq!(parsed.shutdown_grace, Duration::from_secs(30));
         assert_eq!(parsed.heartbeat, Duration::from_secs(2));
         assert_eq!(parsed.host, None);
+        assert!(parsed.agents.is_empty());
         assert_eq!(parsed.validate().unwrap(), ["default"]);
+        assert!(parsed.agent_filter().unwrap().is_empty());
     }
 
     #[test]
@@ -195,6 +224,14 @@ mod tests {
             .worker;
         assert_eq!(parsed.validate().unwrap(), ["a", "b", "c"]);
         assert_eq!(parsed.lease, Duration::from_secs(60));
+        let parsed = Cli::try_parse_from(["turnq", "--agents", "claude, script,claude,"])
+            .unwrap()
+            .worker;
+        assert_eq!(parsed.agent_filter().unwrap(), ["claude", "script"]);
+        let bad = Cli::try_parse_from(["turnq", "--agents", "a b"])
+            .unwrap()
+            .worker;
+        assert!(bad.validate().unwrap_err().contains("\"a b\""));
     }
 
     #[test]

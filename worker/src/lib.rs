@@ -8,7 +8,8 @@
 //!   its queues until `shutdown`, lets running turns finish within the grace period,
 //!   hands back the rest, marks the worker stopped.
 //! - [`WorkerConfig`] (`config`): every setting, a flag and an env var.
-//! - `queue`: apalis-redis consumption: one supervised consumer per queue (rebuilt
+//! - `queue`: apalis-redis consumption: one supervised consumer per (queue, agent) pair
+//!   (`{prefix}:q:{queue}:{agent}`, for the worker's queues and agents; rebuilt
 //!   after any Redis failure, under a new name), the process-wide limit on running
 //!   turns, and the cleanup of acknowledged jobs.
 //! - `runner`: one turn: claim, run the backend, batch its output into events, map the
@@ -19,7 +20,11 @@
 //!   host stops here within a second.
 //! - `health`: whether Postgres answers; while it does not, the consumers take no jobs
 //!   and a probe waits for it with a backoff.
-//! - [`backend`]: the agent-backend trait, the registry of backends, and `script`.
+//! - `agents`: which agents the worker runs: the agent registry read at start, a
+//!   backend built per agent from its config, each agent probed before its work is
+//!   taken.
+//! - [`backend`]: the agent-backend trait, the worker's agents ([`Backends`], by agent
+//!   name) and the backends `script`, `command` and `openai`.
 //!
 //! Invariants: a job never runs a turn without a successful claim; a handler always
 //! acknowledges its job (Postgres holds every outcome, apalis never retries), and a job
@@ -28,6 +33,7 @@
 //! `turnq-core`'s stores only, never an entity directly. Depends on `turnq-core`, never
 //! on `turnq-api`.
 
+mod agents;
 pub mod backend;
 mod cancel;
 mod config;
@@ -56,7 +62,7 @@ pub use config::WorkerConfig;
 use crate::{
     health::PostgresHealth,
     lease::Heartbeat,
-    queue::{Consumers, JobHandler, QueueSettings},
+    queue::{Consumers, Delivery, JobHandler, QueueSettings},
     runner::{CANCEL_GRACE, Runner, StopReason, error_chain},
 };
 
@@ -68,6 +74,13 @@ pub enum WorkerError {
     #[error("invalid worker settings: {0}")]
     Config(String),
 
+    /// The worker could not read the agent registry to learn which agents to run.
+    #[error("the worker could not read the agent registry")]
+    Agents {
+        #[source]
+        source: turnq_core::Error,
+    },
+
     /// The worker could not add itself to the worker registry in Postgres.
     #[error("worker {worker} could not register in the worker registry")]
     Register {
@@ -77,7 +90,10 @@ pub enum WorkerError {
     },
 }
 
-/// Runs a worker with the built-in backends until `shutdown` is cancelled. See
+/// Runs a worker until `shutdown` is cancelled, with the agents of the agent registry
+/// it can run (and the built-in `script`), narrowed by `--agents`: each is probed at
+/// start and only the ones that pass have their work taken (see `docs/agents.md`).
+/// The registry is read once: agents registered later are picked up on restart. See
 /// [`run_with_backends`].
 pub async fn run(
     db: DatabaseConnection,
@@ -86,10 +102,16 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    run_with_backends(db, redis_url, names, config, Backends::builtin(), shutdown).await
+    let only = config.agent_filter().map_err(WorkerError::Config)?;
+    let backends = agents::discover(&db, &only)
+        .await
+        .map_err(|source| WorkerError::Agents { source })?;
+    run_with_backends(db, redis_url, names, config, backends, shutdown).await
 }
 
-/// Runs a worker with `backends` until `shutdown` is cancelled.
+/// Runs a worker with the agents of `backends` (narrowed by `--agents`; not probed)
+/// until `shutdown` is cancelled. It consumes one Redis queue per (queue, agent) pair of
+/// its `--queues` and those agents.
 ///
 /// `db` must be a Postgres pool: one of its connections LISTENs for cancellations.
 ///
@@ -108,6 +130,24 @@ pub async fn run_with_backends(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let queues = config.validate().map_err(WorkerError::Config)?;
+    let only = config.agent_filter().map_err(WorkerError::Config)?;
+    let mut backends = backends;
+    if !only.is_empty() {
+        backends.retain(|name| only.iter().any(|a| a == name));
+    }
+    if backends.is_empty() {
+        return Err(WorkerError::Config(if only.is_empty() {
+            "no agent to run: none was given, or none passed its probe (see the warnings above)"
+                .into()
+        } else {
+            format!(
+                "no agent to run: none of --agents ({}) is available, or none passed its probe \
+                 (see the warnings above)",
+                only.join(", ")
+            )
+        }));
+    }
+    let deliveries = Delivery::pairs(&queues, &backends.names().collect::<Vec<_>>());
     let pool = match &db.inner {
         DatabaseConnectionType::SqlxPostgresPoolConnection(_) => {
             db.get_postgres_connection_pool().clone()
@@ -135,7 +175,7 @@ pub async fn run_with_backends(
             source,
         })?;
     tracing::info!(worker_id = %worker, queues = ?queues, concurrency = config.concurrency,
-        backends = ?backends, "worker registered; taking jobs");
+        agents = ?backends, "worker registered; taking jobs");
 
     let health = Arc::new(PostgresHealth::default());
     let runner = Arc::new(Runner::new(
@@ -184,7 +224,7 @@ pub async fn run_with_backends(
         QueueSettings {
             redis_url,
             names,
-            queues,
+            queues: deliveries,
             concurrency: config.concurrency,
             poll_interval: config.poll_interval,
             worker_id: worker.clone(),
@@ -277,16 +317,17 @@ mod tests {
         }
     }
 
-    fn apalis_config(names: &RedisNames) -> apalis_redis::Config {
+    fn apalis_config(names: &RedisNames, agent: &str) -> apalis_redis::Config {
+        let delivery = Delivery::new("default", agent);
         QueueSettings {
             redis_url: redis_url(),
             names: names.clone(),
-            queues: vec!["default".into()],
+            queues: vec![delivery.clone()],
             concurrency: 2,
             poll_interval: Duration::from_millis(20),
             worker_id: WorkerId("test".into()),
         }
-        .apalis_config("default")
+        .apalis_config(&delivery)
     }
 
     async fn submit(db: &DatabaseConnection, agent: &str) -> Job {
@@ -346,7 +387,12 @@ mod tests {
         })
         .await;
         let job = submit(&test.db, "until-cancelled").await;
-        push(&redis, &apalis_config(&prefix.names), vec![job.clone()]).await;
+        push(
+            &redis,
+            &apalis_config(&prefix.names, "until-cancelled"),
+            vec![job.clone()],
+        )
+        .await;
         let (task, cancel) = timeout(Duration::from_secs(20), started_rx.recv())
             .await
             .expect("the turn starts")
@@ -394,7 +440,7 @@ mod tests {
         let test = TestDb::create().await;
         let prefix = TestPrefix::new();
         let mut redis = queue::connect(&redis_url()).await.expect("Redis");
-        let apalis = apalis_config(&prefix.names);
+        let apalis = apalis_config(&prefix.names, "script");
         let shutdown = CancellationToken::new();
         let worker = tokio::spawn(run_with_backends(
             test.db.clone(),

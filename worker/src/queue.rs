@@ -150,23 +150,56 @@ pub(crate) enum Handled {
     PostgresUnavailable,
 }
 
+/// One Redis queue a worker consumes: the tasks of `agent` in the turnq queue `queue`
+/// ([`RedisNames::agent_queue`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Delivery {
+    pub(crate) queue: String,
+    pub(crate) agent: String,
+}
+
+impl Delivery {
+    pub(crate) fn new(queue: impl Into<String>, agent: impl Into<String>) -> Self {
+        Delivery {
+            queue: queue.into(),
+            agent: agent.into(),
+        }
+    }
+
+    /// Every (queue, agent) pair of `queues` and `agents`.
+    pub(crate) fn pairs(queues: &[String], agents: &[&str]) -> Vec<Delivery> {
+        queues
+            .iter()
+            .flat_map(|q| agents.iter().map(move |a| Delivery::new(q.as_str(), *a)))
+            .collect()
+    }
+}
+
+/// `queue:agent`: how logs, consumer names and the live map name a delivery.
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.queue, self.agent)
+    }
+}
+
 /// Where and how to consume.
 #[derive(Clone, Debug)]
 pub(crate) struct QueueSettings {
     pub(crate) redis_url: String,
     pub(crate) names: RedisNames,
-    pub(crate) queues: Vec<String>,
+    /// The (queue, agent) pairs to consume, one consumer each.
+    pub(crate) queues: Vec<Delivery>,
     pub(crate) concurrency: usize,
     pub(crate) poll_interval: Duration,
     pub(crate) worker_id: WorkerId,
 }
 
 impl QueueSettings {
-    /// apalis' settings for one turnq queue.
-    pub(crate) fn apalis_config(&self, queue: &str) -> apalis_redis::Config {
+    /// apalis' settings for one (queue, agent) pair.
+    pub(crate) fn apalis_config(&self, delivery: &Delivery) -> apalis_redis::Config {
         let per_queue = self.concurrency / self.queues.len().max(1);
         apalis_redis::Config::default()
-            .queue(self.names.queue(queue))
+            .queue(self.names.agent_queue(&delivery.queue, &delivery.agent))
             .heartbeat_interval(APALIS_HEARTBEAT)
             .missed_heartbeats(APALIS_MISSED_HEARTBEATS)
             .batch_size(per_queue.clamp(1, MAX_BATCH))
@@ -215,7 +248,7 @@ impl Shared {
         self.settings
             .queues
             .iter()
-            .map(|q| (q.clone(), self.settings.apalis_config(q)))
+            .map(|d| (d.to_string(), self.settings.apalis_config(d)))
             .collect()
     }
 
@@ -254,7 +287,7 @@ impl Consumers {
             .settings
             .queues
             .iter()
-            .map(|queue| tokio::spawn(supervise(shared.clone(), queue.clone())))
+            .map(|delivery| tokio::spawn(supervise(shared.clone(), delivery.clone())))
             .collect();
         let cleanup = tokio::spawn(clean(shared.clone()));
         Consumers {
@@ -336,10 +369,12 @@ async fn pause(wait: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-/// Keeps a consumer running on `queue` until `stop`, rebuilding it after any failure.
-async fn supervise(shared: Arc<Shared>, queue: String) {
+/// Keeps a consumer running on `delivery` until `stop`, rebuilding it after any failure.
+async fn supervise(shared: Arc<Shared>, delivery: Delivery) {
     let settings = &shared.settings;
-    let config = settings.apalis_config(&queue);
+    let config = settings.apalis_config(&delivery);
+    // `queue:agent`, in logs, the consumer's name and the live map.
+    let queue = delivery.to_string();
     let url = redact(&settings.redis_url);
     let (first, most) = REBUILD_BACKOFF;
     let mut backoff = first;
@@ -678,6 +713,19 @@ pub(crate) mod tests {
     use tokio::sync::mpsc;
     use turnq_core::TaskId;
 
+    /// The pair of queue `queue` and the agent `script`.
+    pub(crate) fn d(queue: &str) -> Delivery {
+        Delivery::new(queue, "script")
+    }
+
+    #[test]
+    fn deliveries_pair_every_queue_with_every_agent() {
+        let queues = ["a".to_owned(), "b".to_owned()];
+        let pairs = Delivery::pairs(&queues, &["x", "y"]);
+        let names: Vec<String> = pairs.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["a:x", "a:y", "b:x", "b:y"]);
+    }
+
     #[test]
     fn passwords_in_redis_urls_are_hidden() {
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
@@ -694,19 +742,24 @@ pub(crate) mod tests {
         let settings = |concurrency, queues: &[&str]| QueueSettings {
             redis_url: String::new(),
             names: RedisNames::new("t"),
-            queues: queues.iter().map(|q| q.to_string()).collect(),
+            queues: queues.iter().map(|q| d(q)).collect(),
             concurrency,
             poll_interval: Duration::from_millis(50),
             worker_id: WorkerId("w".into()),
         };
-        assert_eq!(settings(16, &["a"]).apalis_config("a").batch_size, 10);
+        assert_eq!(settings(16, &["a"]).apalis_config(&d("a")).batch_size, 10);
         assert_eq!(
-            settings(16, &["a", "b", "c"]).apalis_config("a").batch_size,
+            settings(16, &["a", "b", "c"])
+                .apalis_config(&d("a"))
+                .batch_size,
             5
         );
-        assert_eq!(settings(1, &["a", "b"]).apalis_config("a").batch_size, 1);
-        let config = settings(4, &["a"]).apalis_config("a");
-        assert_eq!(config.queue.to_string(), "t:q:a");
+        assert_eq!(
+            settings(1, &["a", "b"]).apalis_config(&d("a")).batch_size,
+            1
+        );
+        let config = settings(4, &["a"]).apalis_config(&d("a"));
+        assert_eq!(config.queue.to_string(), "t:q:a:script");
         assert!(config.persist_results);
     }
 
@@ -848,7 +901,7 @@ pub(crate) mod tests {
         let settings = QueueSettings {
             redis_url: redis_url(),
             names: prefix.names.clone(),
-            queues: vec!["a".into(), "b".into()],
+            queues: vec![d("a"), d("b")],
             concurrency: 4,
             poll_interval: Duration::from_millis(20),
             worker_id: WorkerId(format!("smoke-{}", uuid::Uuid::new_v4().simple())),
@@ -864,8 +917,8 @@ pub(crate) mod tests {
         });
         let stop = CancellationToken::new();
         let consumers = Consumers::start(settings.clone(), handler, always_open(), stop.clone());
-        let config_a = settings.apalis_config("a");
-        let config_b = settings.apalis_config("b");
+        let config_a = settings.apalis_config(&d("a"));
+        let config_b = settings.apalis_config(&d("b"));
 
         // Both queues are consumed.
         let first = jobs(30);
@@ -887,7 +940,7 @@ pub(crate) mod tests {
                 .shared
                 .live()
                 .into_iter()
-                .find(|(q, _)| q == "a")
+                .find(|(q, _)| *q == d("a").to_string())
                 .map(|(_, n)| n)
         };
         eventually("queue a has a live consumer", || async {
@@ -993,7 +1046,7 @@ pub(crate) mod tests {
         let settings = QueueSettings {
             redis_url: redis_url(),
             names: prefix.names.clone(),
-            queues: vec!["a".into(), "b".into()],
+            queues: vec![d("a"), d("b")],
             concurrency: 1,
             poll_interval: Duration::from_millis(20),
             worker_id: WorkerId(format!("smoke-{}", uuid::Uuid::new_v4().simple())),
@@ -1014,7 +1067,10 @@ pub(crate) mod tests {
         };
         let stop = CancellationToken::new();
         let consumers = Consumers::start(settings.clone(), handler, always_open(), stop.clone());
-        let (config_a, config_b) = (settings.apalis_config("a"), settings.apalis_config("b"));
+        let (config_a, config_b) = (
+            settings.apalis_config(&d("a")),
+            settings.apalis_config(&d("b")),
+        );
         let running = jobs(1);
         push(&admin, &config_a, running.clone()).await;
         let started = timeout(Duration::from_secs(20), started_rx.recv())
@@ -1120,12 +1176,12 @@ pub(crate) mod tests {
         let settings = QueueSettings {
             redis_url: redis_url(),
             names: prefix.names.clone(),
-            queues: vec!["a".into()],
+            queues: vec![d("a")],
             concurrency: 4,
             poll_interval: Duration::from_millis(20),
             worker_id: WorkerId(format!("smoke-{}", uuid::Uuid::new_v4().simple())),
         };
-        let config = settings.apalis_config("a");
+        let config = settings.apalis_config(&d("a"));
         let (gate_tx, gate_rx) = watch::channel(false);
         let gate_tx = Arc::new(gate_tx);
         let refused = jobs(1).remove(0);

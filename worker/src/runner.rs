@@ -12,6 +12,12 @@
 //!   class of a failure, never its message, picks it. A turn stopped by its owner
 //!   writes nothing; one stopped by a timeout is retried; one stopped by shutdown is
 //!   handed back (`task.released`).
+//! - After every turn of a task in a session that ended in a result (completed,
+//!   blocked, retryable or fatal failure; not a cancelled or stopped one), the agent
+//!   session of (session, agent) records the turn's usage, the agent's config hash,
+//!   the backend session id (the last `session` output chunk) and the status (`idle`
+//!   after a result, `crashed` after a failure). Failing to record it is logged and
+//!   never fails the task.
 //! - The backend runs on a task of its own: a panic in it fails the attempt
 //!   (retryably) instead of taking the worker down, and a backend that ignores its
 //!   cancellation token is aborted after [`CANCEL_GRACE`].
@@ -34,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use turnq_core::{
     Error, TaskId, WorkerId,
+    agent::{AgentSessions, AgentStatus, Turn as AgentTurn, config_hash},
     delivery::Job,
     event::{
         Blocked, Completed, ErrorClass, Failed, Output, OutputChunk, Released, Retrying, TaskEvent,
@@ -46,7 +53,7 @@ use turnq_core::{
 
 use crate::{
     WorkerConfig,
-    backend::{AgentBackend, Backends, OutputSink, Turn, TurnError, TurnOutcome},
+    backend::{AgentBackend, AgentEntry, Backends, OutputSink, Turn, TurnError, TurnOutcome},
     health::PostgresHealth,
     queue::Handled,
 };
@@ -333,18 +340,19 @@ impl Runner {
         let span = tracing::info_span!("turn", task_id = %task.id, attempt, worker_id = %worker);
         let (backend_name, ending) = async {
             match self.backends.for_task(&task) {
-                Ok(backend) => (
-                    backend.name(),
-                    drive_turn(
+                Ok(entry) => {
+                    let report = drive_turn_reporting(
                         &recorder,
-                        backend,
+                        entry.backend.clone(),
                         task.clone(),
                         self.sessions.clone(),
                         guard.control(),
                         &self.settings,
                     )
-                    .await,
-                ),
+                    .await;
+                    self.record_agent_session(&task, entry, &report).await;
+                    (entry.backend.name(), report.outcome)
+                }
                 Err(message) => {
                     let event = TaskEvent::Failed(Failed {
                         attempt,
@@ -372,12 +380,59 @@ impl Runner {
         );
         Handled::Done
     }
+
+    /// Records the turn in the agent session of (`task.session_id`, `task.agent`), when
+    /// the task has a session and the turn ended in a result. Logs a failure, never
+    /// returns one: the task's own record is what counts.
+    async fn record_agent_session(&self, task: &Task, entry: &AgentEntry, report: &TurnReport) {
+        let (Some(session_id), Some((status, usage))) = (&task.session_id, report.result) else {
+            return;
+        };
+        let turn = AgentTurn {
+            session_id: session_id.clone(),
+            agent: entry.agent.name.clone(),
+            backend: entry.agent.backend.clone(),
+            backend_session_id: report.backend_session_id.clone(),
+            config_hash: config_hash(&entry.agent),
+            usage,
+            status,
+            at: time::now(),
+        };
+        if let Err(e) = AgentSessions::record_turn(&self.db, turn).await {
+            tracing::warn!(task_id = %task.id, session_id = %session_id, agent = %entry.agent.name,
+                error = %error_chain(&e),
+                "could not record the turn in its agent session; the task is recorded regardless");
+        }
+    }
 }
 
-/// Runs `backend` on `task` to the end and records what happened. Returns the outcome
-/// for the log: `completed`, `blocked`, `retrying`, `failed`, `released` (written),
-/// `stopped` (stopped by its owner, nothing written), `fenced` (a write was refused),
-/// or `unrecorded` (Postgres did not take the last write).
+/// What [`drive_turn_reporting`] tells its caller about a turn.
+pub(crate) struct TurnReport {
+    /// The outcome for the log (see [`drive_turn_reporting`]).
+    pub(crate) outcome: &'static str,
+    /// When the backend returned a result (not a cancellation): the agent session's
+    /// status after it and the turn's usage.
+    pub(crate) result: Option<(AgentStatus, Usage)>,
+    /// The last provider session id the backend streamed (a `session` chunk).
+    pub(crate) backend_session_id: Option<String>,
+}
+
+/// The agent session's status after a turn that returned `result`, and its usage;
+/// `None` for a cancelled turn (whoever stopped it decides what happens next).
+fn session_result(result: &Result<TurnOutcome, TurnError>) -> Option<(AgentStatus, Usage)> {
+    match result {
+        Ok(TurnOutcome::Completed { usage, .. } | TurnOutcome::Blocked { usage, .. }) => {
+            Some((AgentStatus::Idle, *usage))
+        }
+        Err(TurnError::Retryable { usage, .. } | TurnError::Fatal { usage, .. }) => {
+            Some((AgentStatus::Crashed, *usage))
+        }
+        Err(TurnError::Cancelled) => None,
+    }
+}
+
+/// [`drive_turn_reporting`]'s outcome only (what the tests look at).
+#[cfg(test)]
 pub(crate) async fn drive_turn(
     recorder: &dyn Recorder,
     backend: Arc<dyn AgentBackend>,
@@ -386,6 +441,24 @@ pub(crate) async fn drive_turn(
     control: &TurnControl,
     settings: &TurnSettings,
 ) -> &'static str {
+    drive_turn_reporting(recorder, backend, task, sessions, control, settings)
+        .await
+        .outcome
+}
+
+/// Runs `backend` on `task` to the end and records what happened. Reports the outcome
+/// for the log: `completed`, `blocked`, `retrying`, `failed`, `released` (written),
+/// `stopped` (stopped by its owner, nothing written), `fenced` (a write was refused),
+/// or `unrecorded` (Postgres did not take the last write); and what the agent session
+/// records.
+pub(crate) async fn drive_turn_reporting(
+    recorder: &dyn Recorder,
+    backend: Arc<dyn AgentBackend>,
+    task: Task,
+    sessions: Arc<dyn SessionStore>,
+    control: &TurnControl,
+    settings: &TurnSettings,
+) -> TurnReport {
     let name = backend.name();
     let deadline = Instant::now() + settings.turn_timeout;
     let (sink, mut rx) = OutputSink::channel(OUTPUT_CHANNEL);
@@ -442,8 +515,13 @@ pub(crate) async fn drive_turn(
     if !output.fenced {
         output.flush_all(recorder, control, settings).await;
     }
+    let mut report = TurnReport {
+        outcome: "fenced",
+        result: session_result(&result),
+        backend_session_id: output.backend_session.take(),
+    };
     if output.fenced {
-        return "fenced";
+        return report;
     }
     let Some((event, outcome)) = ending_event(
         &task,
@@ -455,9 +533,11 @@ pub(crate) async fn drive_turn(
         time::now(),
         rand::rng().random::<f64>(),
     ) else {
-        return "stopped";
+        report.outcome = "stopped";
+        return report;
     };
-    write_end(recorder, event, outcome, settings).await
+    report.outcome = write_end(recorder, event, outcome, settings).await;
+    report
 }
 
 /// Writes the last event of a turn, waiting out a short Postgres outage.
@@ -638,6 +718,9 @@ struct OutputWriter {
     due: Option<Instant>,
     backing_off: bool,
     fenced: bool,
+    /// The last provider session id streamed (a `session` chunk, as the `command`
+    /// backend emits), for the agent session.
+    backend_session: Option<String>,
 }
 
 impl OutputWriter {
@@ -649,11 +732,15 @@ impl OutputWriter {
             due: None,
             backing_off: false,
             fenced: false,
+            backend_session: None,
         }
     }
 
     /// Adds a chunk; true when the batch should be written now.
     fn push(&mut self, chunk: OutputChunk) -> bool {
+        if chunk.stream == "session" && !chunk.text.is_empty() {
+            self.backend_session = Some(chunk.text.clone());
+        }
         if self.fenced {
             return false;
         }
@@ -1085,6 +1172,60 @@ mod tests {
             [vec!["a", "b", "c", "d"], vec!["e", "f"]]
         );
         assert_eq!(events.kinds().last(), Some(&"task.completed"));
+    }
+
+    #[tokio::test]
+    async fn the_report_carries_the_last_backend_session_and_the_agent_status() {
+        let usage = Usage {
+            input_tokens: 7,
+            output_tokens: 3,
+            cost_usd: 0.5,
+        };
+        let run = |result: Result<TurnOutcome, TurnError>| {
+            let backend = FnBackend(move |turn: Turn| {
+                let result = result.clone();
+                async move {
+                    turn.output.send("session", "s-1").await;
+                    turn.output.send("text", "hi").await;
+                    turn.output.send("session", "s-2").await;
+                    result
+                }
+                .boxed()
+            });
+            async move {
+                let events = Events::default();
+                let t = task(json!("hi"));
+                let control = TurnControl::new(t.id, t.attempt);
+                drive_turn_reporting(
+                    &events,
+                    Arc::new(backend),
+                    t,
+                    sessions(),
+                    &control,
+                    &settings(),
+                )
+                .await
+            }
+        };
+        let done = run(Ok(TurnOutcome::Completed {
+            summary: "ok".into(),
+            usage,
+        }))
+        .await;
+        assert_eq!(done.outcome, "completed");
+        assert_eq!(done.backend_session_id.as_deref(), Some("s-2"));
+        assert_eq!(done.result, Some((AgentStatus::Idle, usage)));
+        let crashed = run(Err(TurnError::Fatal {
+            message: "boom".into(),
+            usage,
+        }))
+        .await;
+        assert_eq!(crashed.result, Some((AgentStatus::Crashed, usage)));
+        let retrying = run(Err(TurnError::retryable("busy"))).await;
+        assert_eq!(
+            retrying.result,
+            Some((AgentStatus::Crashed, Usage::default()))
+        );
     }
 
     #[tokio::test(start_paused = true)]

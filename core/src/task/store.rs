@@ -62,6 +62,9 @@ pub struct TaskPage {
 pub struct DueTask {
     pub id: TaskId,
     pub queue: String,
+    /// The agent that runs it: workers consume one Redis queue per (queue, agent), so a
+    /// task only reaches workers that run its agent.
+    pub agent: String,
     /// The attempts made so far: the job carries it, and the claim only succeeds if the
     /// task is still at this attempt, so a stale or duplicate job is harmless.
     pub attempt: i32,
@@ -478,9 +481,9 @@ impl TaskStore {
     {
         let at = time::now();
         let txn = db.begin().await?;
-        let due: Vec<(Uuid, String, i32)> = tasks::Entity::find()
+        let due: Vec<(Uuid, String, String, i32)> = tasks::Entity::find()
             .select_only()
-            .columns([Column::Id, Column::Queue, Column::Attempt])
+            .columns([Column::Id, Column::Queue, Column::Agent, Column::Attempt])
             .filter(Column::State.eq(TaskState::Pending.as_str()))
             .filter(Column::RunAt.lte(at))
             .filter(
@@ -514,12 +517,13 @@ impl TaskStore {
         if due.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<Uuid> = due.iter().map(|(id, _, _)| *id).collect();
+        let ids: Vec<Uuid> = due.iter().map(|(id, _, _, _)| *id).collect();
         push(
             due.into_iter()
-                .map(|(id, queue, attempt)| DueTask {
+                .map(|(id, queue, agent, attempt)| DueTask {
                     id: TaskId(id),
                     queue,
+                    agent,
                     attempt,
                 })
                 .collect(),

@@ -510,7 +510,10 @@ pub fn turnq_bin() -> Result<PathBuf> {
             .map(PathBuf::from)
             .ok_or("the tests crate sits inside the workspace")?;
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // The test process inherits CARGO_MANIFEST_DIR from cargo; passing it on would
+        // change build-script fingerprints (ring's) and make every run rebuild the world.
         let output = Command::new(cargo)
+            .env_remove("CARGO_MANIFEST_DIR")
             .args(["build", "--bin", "turnq", "--message-format=json"])
             .current_dir(&workspace)
             .output()

@@ -5,7 +5,9 @@
 mod harness;
 
 mod agents;
+mod agents_e2e;
 mod auth;
+mod cli;
 mod event_log;
 mod fleet;
 mod migrations;

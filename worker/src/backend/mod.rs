@@ -22,6 +22,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use turnq_core::{
+    agent::Agent,
     event::{OutputChunk, Usage},
     session::SessionStore,
     task::Task,
@@ -34,7 +35,8 @@ pub use script::ScriptBackend;
 /// Something that can run an agent turn. Dyn-compatible: a worker keeps its backends as
 /// `Arc<dyn AgentBackend>` and picks one per task.
 pub trait AgentBackend: Send + Sync {
-    /// The name tasks use to ask for this backend (`task.backend`, else `task.agent`).
+    /// The backend's kind (`script`, `command`, `openai`): it names the backend in logs
+    /// and agent sessions, and is the agent name [`Backends::with`] adds it under.
     fn name(&self) -> &'static str;
 
     /// Runs one turn to its end. The future owns what it needs (`'static`), so the
@@ -150,64 +152,126 @@ pub(crate) fn input_text(input: &Value) -> String {
     }
 }
 
-/// The backends a worker has, by name.
+/// The agents a worker runs, by agent name, each with the backend that runs it. Several
+/// agents may share a backend kind with different configs (two `command` agents, say).
 #[derive(Clone, Default)]
 pub struct Backends {
-    by_name: BTreeMap<&'static str, Arc<dyn AgentBackend>>,
+    by_agent: BTreeMap<String, AgentEntry>,
+}
+
+/// One agent a worker runs: the registry's view of it and its backend.
+#[derive(Clone)]
+pub struct AgentEntry {
+    /// The agent as registered, or as synthesized for an agent that is not (the
+    /// built-in `script`, a backend added with [`Backends::with`]): its `config_hash`
+    /// fingerprints agent sessions.
+    pub agent: Agent,
+    pub backend: Arc<dyn AgentBackend>,
 }
 
 impl fmt::Debug for Backends {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.by_name.keys()).finish()
+        f.debug_map()
+            .entries(
+                self.by_agent
+                    .iter()
+                    .map(|(name, e)| (name, e.backend.name())),
+            )
+            .finish()
+    }
+}
+
+/// An agent that is not in the registry, as [`Backends::with`] and the built-in `script`
+/// agent see it: named like its backend, with an empty config.
+pub fn unregistered_agent(name: &str, backend: &str) -> Agent {
+    let at = turnq_core::time::now();
+    Agent {
+        name: name.to_owned(),
+        label: None,
+        backend: backend.to_owned(),
+        config: Value::Object(Default::default()),
+        models: Value::Array(Vec::new()),
+        version: None,
+        capabilities: Value::Object(Default::default()),
+        commands: Value::Array(Vec::new()),
+        install_path: None,
+        last_probed_at: None,
+        created_at: at,
+        updated_at: at,
     }
 }
 
 impl Backends {
-    /// No backends at all.
+    /// No agents at all.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The backends every worker has: `script`. `command` and `openai` need an agent's
-    /// configuration: build them with `CommandBackend::from_config` and
-    /// `OpenAiBackend::from_config` and add them with [`Backends::with`].
+    /// The built-in agent every worker can run: `script` (the `script` backend), even
+    /// when the registry does not list it. `command` and `openai` agents need a config:
+    /// the worker builds them from the agent registry at start.
     pub fn builtin() -> Self {
         Self::new().with(ScriptBackend)
     }
 
-    /// Adds `backend` under its name, replacing one of the same name.
+    /// Adds `backend` as the agent named like it (`backend.name()`), with an empty
+    /// config, replacing an agent of that name.
     pub fn with(mut self, backend: impl AgentBackend + 'static) -> Self {
         self.insert(Arc::new(backend));
         self
     }
 
-    /// Adds `backend` under its name, replacing one of the same name.
+    /// Adds `backend` as the agent named like it, replacing an agent of that name.
     pub fn insert(&mut self, backend: Arc<dyn AgentBackend>) {
-        self.by_name.insert(backend.name(), backend);
+        let agent = unregistered_agent(backend.name(), backend.name());
+        self.insert_agent(agent, backend);
     }
 
-    /// The names of the backends, sorted.
-    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.by_name.keys().copied()
+    /// Adds `agent`, run by `backend`, replacing an agent of the same name.
+    pub fn insert_agent(&mut self, agent: Agent, backend: Arc<dyn AgentBackend>) {
+        self.by_agent
+            .insert(agent.name.clone(), AgentEntry { agent, backend });
     }
 
-    /// The backend `name`, if this worker has it.
+    /// Removes the agent `name`; true when there was one.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.by_agent.remove(name).is_some()
+    }
+
+    /// Keeps only the agents `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.by_agent.retain(|name, _| keep(name));
+    }
+
+    /// The names of the agents, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.by_agent.keys().map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_agent.is_empty()
+    }
+
+    /// The agent `name` and its backend, if this worker runs it.
+    pub fn agent(&self, name: &str) -> Option<&AgentEntry> {
+        self.by_agent.get(name)
+    }
+
+    /// The backend of the agent `name`, if this worker runs it.
     pub fn get(&self, name: &str) -> Option<Arc<dyn AgentBackend>> {
-        self.by_name.get(name).cloned()
+        self.by_agent.get(name).map(|e| e.backend.clone())
     }
 
-    /// The backend that runs `task`: `task.backend`, else `task.agent`. An unknown name
-    /// comes back as the message of a fatal failure: another attempt on this worker
-    /// would fail the same way.
-    pub fn for_task(&self, task: &Task) -> Result<Arc<dyn AgentBackend>, String> {
-        let (name, field) = match task.backend.as_deref() {
-            Some(backend) => (backend, "backend"),
-            None => (task.agent.as_str(), "agent"),
-        };
-        self.get(name).ok_or_else(|| {
+    /// The agent that runs `task`: `task.agent` (delivery is by queue and agent, so a
+    /// worker only receives tasks of its agents). An unknown agent comes back as the
+    /// message of a fatal failure: another attempt on this worker would fail the same
+    /// way.
+    pub fn for_task(&self, task: &Task) -> Result<&AgentEntry, String> {
+        let name = task.agent.as_str();
+        self.agent(name).ok_or_else(|| {
             let known: Vec<&str> = self.names().collect();
             format!(
-                "no agent backend named {name:?} (the task's {field}); this worker has: {}",
+                "no agent named {name:?} (the task's agent) runs on this worker; it runs: {}",
                 if known.is_empty() {
                     "none".to_owned()
                 } else {
@@ -364,19 +428,28 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_task_runs_on_its_backend_field_before_its_agent() {
-        let backends = Backends::builtin();
+    fn a_task_runs_on_the_backend_of_its_agent() {
+        let mut backends = Backends::builtin();
+        let mut other = unregistered_agent("scripted-2", "script");
+        other.config = json!({"x": 1});
+        backends.insert_agent(other, Arc::new(ScriptBackend));
         let mut t = task(json!("hi"));
-        t.agent = "claude".into();
-        t.backend = Some("script".into());
-        assert_eq!(backends.for_task(&t).unwrap().name(), "script");
-        t.backend = None;
+        t.agent = "scripted-2".into();
+        // The task's `backend` field does not pick the backend: its agent does.
+        t.backend = Some("openai".into());
+        let entry = backends.for_task(&t).unwrap();
+        assert_eq!(entry.backend.name(), "script");
+        assert_eq!(entry.agent.config, json!({"x": 1}));
         t.agent = "script".into();
-        assert_eq!(backends.for_task(&t).unwrap().name(), "script");
+        assert_eq!(backends.for_task(&t).unwrap().agent.name, "script");
+        assert_eq!(
+            backends.names().collect::<Vec<_>>(),
+            ["script", "scripted-2"]
+        );
     }
 
     #[test]
-    fn an_unknown_backend_is_named_with_the_ones_this_worker_has() {
+    fn an_unknown_agent_is_named_with_the_ones_this_worker_runs() {
         let mut t = task(json!("hi"));
         t.agent = "claude".into();
         let message = Backends::builtin().for_task(&t).err().unwrap();
@@ -384,9 +457,9 @@ pub(crate) mod tests {
             message.contains("\"claude\" (the task's agent)"),
             "{message}"
         );
-        assert!(message.ends_with("this worker has: script"), "{message}");
+        assert!(message.ends_with("it runs: script"), "{message}");
         let message = Backends::new().for_task(&t).err().unwrap();
-        assert!(message.ends_with("this worker has: none"), "{message}");
+        assert!(message.ends_with("it runs: none"), "{message}");
     }
 
     #[tokio::test]
