@@ -38,8 +38,8 @@ pub struct DispatcherConfig {
     #[arg(long, env = "TURNQ_DISPATCH_BATCH", default_value_t = 500)]
     pub dispatch_batch: u64,
 
-    /// The most tasks waiting in Redis (queued, not yet started) at once; the rest wait
-    /// in Postgres until workers catch up.
+    /// The most tasks waiting in Redis (queued, not yet started) per queue and agent; the
+    /// rest wait in Postgres until workers catch up.
     #[arg(long, env = "TURNQ_DISPATCH_MAX_QUEUED", default_value_t = 5000)]
     pub dispatch_max_queued: u64,
 
@@ -95,7 +95,7 @@ pub async fn run(
                         now - chrono::TimeDelta::from_std(config.redeliver_after)
                             .unwrap_or(chrono::TimeDelta::MAX)
                     };
-                    drain(&db, conn, &names, &config, stale, lost).await
+                    drain(&db, conn, &names, &config, stale).await
                 }
                 Err(e) => Err(turnq_core::Error::Delivery(Box::new(e))),
             },
@@ -162,34 +162,34 @@ async fn check_epoch(
     Ok(lost)
 }
 
-/// Dispatches until nothing is due or the queued bound is reached.
+/// Dispatches until nothing is due or every (queue, agent) pair with due work holds
+/// `--dispatch-max-queued` tasks in Redis. The bound is per pair, so an agent that no
+/// worker runs fills only its own queue; one batch may overshoot a pair's bound by at most
+/// `--dispatch-batch`.
 async fn drain(
     db: &DatabaseConnection,
     redis: &ConnectionManager,
     names: &RedisNames,
     config: &DispatcherConfig,
     stale: turnq_core::time::Timestamp,
-    redis_lost: bool,
 ) -> Result<usize, turnq_core::Error> {
     let metadata = json!({"actor": "dispatcher"});
+    let limit = config.dispatch_batch.max(1);
     let mut total = 0;
     loop {
-        // Right after a loss every queued task is gone from Redis: the bound counts
-        // only what Redis still holds.
-        let queued = if redis_lost {
-            0
-        } else {
-            TaskStore::count_queued(db).await?
-        };
-        let room = config.dispatch_max_queued.saturating_sub(queued);
-        let limit = room.min(config.dispatch_batch);
-        if limit == 0 {
-            return Ok(total);
-        }
-        let pushed = TaskStore::dispatch_due_queued_before(db, limit, stale, &metadata, |due| {
-            push(redis.clone(), names, due)
-        })
-        .await?;
+        // Only what was queued since the cutoff is still in Redis (after a loss, the
+        // cutoff is the moment of the loss, so nothing counts and everything is re-pushed).
+        let full: Vec<(String, String)> = TaskStore::queued_by_pair(db, stale)
+            .await?
+            .into_iter()
+            .filter(|(_, _, n)| *n as u64 >= config.dispatch_max_queued)
+            .map(|(queue, agent, _)| (queue, agent))
+            .collect();
+        let pushed =
+            TaskStore::dispatch_due_queued_before(db, limit, stale, &full, &metadata, |due| {
+                push(redis.clone(), names, due)
+            })
+            .await?;
         total += pushed;
         if (pushed as u64) < limit {
             return Ok(total);

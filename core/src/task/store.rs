@@ -13,9 +13,9 @@ use std::time::Duration;
 use std::collections::HashSet;
 
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
-    sea_query::{Expr, LockBehavior, LockType},
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
+    sea_query::{Expr, Func, LockBehavior, LockType},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -461,17 +461,19 @@ impl TaskStore {
     {
         let stale = time::now()
             - chrono::TimeDelta::from_std(redeliver_after).unwrap_or(chrono::TimeDelta::MAX);
-        Self::dispatch_due_queued_before(db, limit, stale, metadata, push).await
+        Self::dispatch_due_queued_before(db, limit, stale, &[], metadata, push).await
     }
 
     /// [`TaskStore::dispatch_due`] with the re-delivery cutoff given as a time: tasks
     /// queued before `stale` count as lost. A caller draining in several rounds keeps
     /// one cutoff for all of them, so what it re-pushed in one round is not re-pushed
-    /// again in the next.
+    /// again in the next. Tasks of the (queue, agent) pairs in `skip` are left alone
+    /// (their Redis queue is full).
     pub async fn dispatch_due_queued_before<F, Fut>(
         db: &DatabaseConnection,
         limit: u64,
         stale: Timestamp,
+        skip: &[(String, String)],
         metadata: &Value,
         push: F,
     ) -> Result<usize>
@@ -506,6 +508,13 @@ impl TaskStore {
                            OR (other.state = 'pending' AND other.id < tasks.id))))",
                 [stale],
             ))
+            .filter(skip.iter().fold(Condition::all(), |all, (queue, agent)| {
+                all.add(
+                    Condition::any()
+                        .add(Column::Queue.ne(queue.as_str()))
+                        .add(Column::Agent.ne(agent.as_str())),
+                )
+            }))
             .order_by_desc(Column::Priority)
             .order_by_asc(Column::RunAt)
             .order_by_asc(Column::Id)
@@ -554,13 +563,25 @@ impl TaskStore {
         Ok(rows.len())
     }
 
-    /// How many tasks are handed to Redis and not yet started: the dispatcher keeps this
-    /// bounded, so Redis holds what workers can take soon and the rest waits here.
-    pub async fn count_queued<C: ConnectionTrait>(db: &C) -> Result<u64> {
+    /// How many tasks wait in each (queue, agent) Redis queue: handed over at or after
+    /// `since` and not yet started (tasks queued before `since` count as lost, and are
+    /// pushed again). The dispatcher bounds each pair on its own, so a backlog of an agent
+    /// no worker runs cannot hold back every other agent's work.
+    pub async fn queued_by_pair<C: ConnectionTrait>(
+        db: &C,
+        since: Timestamp,
+    ) -> Result<Vec<(String, String, i64)>> {
         Ok(tasks::Entity::find()
+            .select_only()
+            .column(Column::Queue)
+            .column(Column::Agent)
+            .expr(Func::count(Expr::col(Column::Id)))
             .filter(Column::State.eq(TaskState::Pending.as_str()))
-            .filter(Column::QueuedAt.is_not_null())
-            .count(db)
+            .filter(Column::QueuedAt.gte(since))
+            .group_by(Column::Queue)
+            .group_by(Column::Agent)
+            .into_tuple()
+            .all(db)
             .await?)
     }
 

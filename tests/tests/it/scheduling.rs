@@ -126,3 +126,57 @@ async fn turns_of_one_session_run_one_at_a_time_in_order() -> Result<()> {
     assert_eq!(next, [ids[1]]);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_full_queue_of_one_agent_does_not_hold_back_other_agents() -> Result<()> {
+    let t = TestDb::new().await?;
+    let batch = vec![
+        task(json!({"input": "a", "agent": "ghost"}))?,
+        task(json!({"input": "b", "agent": "ghost"}))?,
+        task(json!({"input": "c", "agent": "script"}))?,
+    ];
+    let submitted = TaskStore::submit_batch(&t.db, batch, &json!({})).await?;
+    let ids: Vec<_> = submitted.iter().map(|s| s.task.id).collect();
+    let since = time::now() - chrono::TimeDelta::minutes(5);
+
+    // Two ghost tasks are handed over; nobody runs the ghost agent, so they stay queued.
+    let pushed = Mutex::new(Vec::new());
+    let skip_none: Vec<(String, String)> = Vec::new();
+    TaskStore::dispatch_due_queued_before(&t.db, 2, since, &skip_none, &json!({}), |due| {
+        pushed
+            .lock()
+            .unwrap()
+            .extend(due.into_iter().map(|d| (d.id, d.agent)));
+        async { Ok(()) }
+    })
+    .await?;
+    assert_eq!(pushed.into_inner().unwrap().len(), 2);
+    let counts = TaskStore::queued_by_pair(&t.db, since).await?;
+    assert!(
+        counts
+            .iter()
+            .any(|(q, a, n)| q == "default" && a == "ghost" && *n == 2),
+        "{counts:?}"
+    );
+
+    // With the ghost queue full, the script task is still dispatched.
+    let full = vec![("default".to_owned(), "ghost".to_owned())];
+    let pushed = Mutex::new(Vec::new());
+    TaskStore::dispatch_due_queued_before(&t.db, 10, since, &full, &json!({}), |due| {
+        pushed
+            .lock()
+            .unwrap()
+            .extend(due.into_iter().map(|d| (d.id, d.agent)));
+        async { Ok(()) }
+    })
+    .await?;
+    let pushed = pushed.into_inner().unwrap();
+    let script_only: Vec<_> = pushed.iter().map(|(id, _)| *id).collect();
+    // The first two went to ghost; the third (script) must be the one pushed now.
+    assert!(script_only.contains(&ids[2]), "{pushed:?}");
+    assert!(
+        pushed.iter().all(|(_, agent)| agent == "script"),
+        "{pushed:?}"
+    );
+    Ok(())
+}
