@@ -30,16 +30,24 @@ pub enum GroupBy {
     Agent,
     /// The UTC day a task was created, as `YYYY-MM-DD`.
     Day,
+    /// The agent session, as `project/session_id` (tasks without a session are left out).
+    Session,
 }
 
 impl GroupBy {
-    pub const ALL: [GroupBy; 3] = [GroupBy::Project, GroupBy::Agent, GroupBy::Day];
+    pub const ALL: [GroupBy; 4] = [
+        GroupBy::Project,
+        GroupBy::Agent,
+        GroupBy::Day,
+        GroupBy::Session,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             GroupBy::Project => "project",
             GroupBy::Agent => "agent",
             GroupBy::Day => "day",
+            GroupBy::Session => "session",
         }
     }
 
@@ -53,6 +61,8 @@ impl GroupBy {
             GroupBy::Day => Expr::cust(
                 "to_char(date_trunc('day', created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD')",
             ),
+            // Raw SQL for the string concatenation; a session is keyed by its project.
+            GroupBy::Session => Expr::cust("project || '/' || session_id"),
         }
     }
 }
@@ -71,7 +81,9 @@ impl FromStr for GroupBy {
             .into_iter()
             .find(|g| g.as_str() == s)
             .ok_or_else(|| {
-                Error::Invalid(format!("group_by {s:?} is not one of project, agent, day"))
+                Error::Invalid(format!(
+                    "group_by {s:?} is not one of project, agent, day, session"
+                ))
             })
     }
 }
@@ -79,7 +91,8 @@ impl FromStr for GroupBy {
 /// The usage of one group.
 #[derive(Clone, Debug, PartialEq, Serialize, FromQueryResult)]
 pub struct UsageRow {
-    /// The project, the agent, or the day (`YYYY-MM-DD`, UTC).
+    /// The project, the agent, the day (`YYYY-MM-DD`, UTC) or the session
+    /// (`project/session_id`).
     pub key: String,
     pub tasks: i64,
     pub input_tokens: i64,
@@ -112,9 +125,12 @@ impl UsageStats {
         if let Some(since) = since {
             query = query.filter(Column::CreatedAt.gte(since));
         }
+        if group_by == GroupBy::Session {
+            query = query.filter(Column::SessionId.is_not_null());
+        }
         query = match group_by {
             GroupBy::Day => query.order_by(group_by.key(), Order::Asc),
-            GroupBy::Project | GroupBy::Agent => query
+            GroupBy::Project | GroupBy::Agent | GroupBy::Session => query
                 .order_by(cost(), Order::Desc)
                 .order_by(group_by.key(), Order::Asc),
         };
@@ -132,6 +148,9 @@ mod tests {
             assert_eq!(g.as_str().parse::<GroupBy>().unwrap(), g);
         }
         let err = "week".parse::<GroupBy>().unwrap_err().to_string();
-        assert_eq!(err, r#"group_by "week" is not one of project, agent, day"#);
+        assert_eq!(
+            err,
+            r#"group_by "week" is not one of project, agent, day, session"#
+        );
     }
 }

@@ -19,7 +19,7 @@ pub(super) struct UsageQuery {
     since: Option<String>,
 }
 
-/// `GET /v1/stats/usage?group_by=project|agent|day[&since=RFC3339]`:
+/// `GET /v1/stats/usage?group_by=project|agent|day|session[&since=RFC3339]`:
 /// `{"group_by": …, "rows": [{"key","tasks","input_tokens","output_tokens","cost_usd"}]}`.
 pub(super) async fn usage(
     State(state): State<AppState>,
@@ -28,7 +28,9 @@ pub(super) async fn usage(
     let group_by: GroupBy = query
         .group_by
         .as_deref()
-        .ok_or_else(|| ApiError::bad_request("group_by is required: one of project, agent, day"))?
+        .ok_or_else(|| {
+            ApiError::bad_request("group_by is required: one of project, agent, day, session")
+        })?
         .parse()?;
     let since: Option<Timestamp> = query
         .since

@@ -319,6 +319,12 @@ async fn a_session_resumes_on_another_worker_process_with_its_history() -> Resul
         (&json!(2), &json!(30), &json!(6)),
         "the gpt row: {gpt}"
     );
+    let (_, by_session) = app.get("/v1/stats/usage?group_by=session").await?;
+    assert_eq!(
+        by_session["rows"],
+        json!([{"key": "p/s1", "tasks": 2, "input_tokens": 30, "output_tokens": 6, "cost_usd": 0.0}]),
+        "usage per session"
+    );
     let session = AgentSessions::get(&app.db, "s1", "gpt")
         .await?
         .context("the runner recorded no agent session (s1, gpt)")?;

@@ -163,8 +163,11 @@ async fn usage_endpoint_groups_and_refuses_unknown_group_by() -> Result<()> {
     assert_eq!(body["rows"][0]["key"], "beta");
 
     for (query, want) in [
-        ("group_by=week", "not one of project, agent, day"),
-        ("", "group_by is required: one of project, agent, day"),
+        ("group_by=week", "not one of project, agent, day, session"),
+        (
+            "",
+            "group_by is required: one of project, agent, day, session",
+        ),
         (
             "group_by=day&since=yesterday",
             "since \"yesterday\" is not an RFC 3339 time",
