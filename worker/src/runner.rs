@@ -840,16 +840,7 @@ impl OutputWriter {
 }
 
 /// `e` and its causes, `: `-separated, for one log field.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
+pub(crate) use turnq_core::error::chain as error_chain;
 
 #[cfg(test)]
 mod tests {

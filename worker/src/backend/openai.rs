@@ -414,17 +414,8 @@ fn error_message(body: &str) -> String {
     }
 }
 
-/// `e` with its causes: reqwest's own message rarely says why a connection failed.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
+// `e` with its causes: reqwest's own message rarely says why a connection failed.
+use turnq_core::error::chain as error_chain;
 
 #[cfg(test)]
 mod tests {
