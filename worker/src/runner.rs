@@ -341,6 +341,14 @@ impl Runner {
         let (backend_name, ending) = async {
             match self.backends.for_task(&task) {
                 Ok(entry) => {
+                    // The agent session is active while its turn runs.
+                    self.record_agent_session(
+                        &task,
+                        entry,
+                        None,
+                        (AgentStatus::Active, Usage::default()),
+                    )
+                    .await;
                     let report = drive_turn_reporting(
                         &recorder,
                         entry.backend.clone(),
@@ -350,7 +358,15 @@ impl Runner {
                         &self.settings,
                     )
                     .await;
-                    self.record_agent_session(&task, entry, &report).await;
+                    if let Some(result) = report.result {
+                        self.record_agent_session(
+                            &task,
+                            entry,
+                            report.backend_session_id.clone(),
+                            result,
+                        )
+                        .await;
+                    }
                     (entry.backend.name(), report.outcome)
                 }
                 Err(message) => {
@@ -381,18 +397,25 @@ impl Runner {
         Handled::Done
     }
 
-    /// Records the turn in the agent session of (`task.session_id`, `task.agent`), when
-    /// the task has a session and the turn ended in a result. Logs a failure, never
-    /// returns one: the task's own record is what counts.
-    async fn record_agent_session(&self, task: &Task, entry: &AgentEntry, report: &TurnReport) {
-        let (Some(session_id), Some((status, usage))) = (&task.session_id, report.result) else {
+    /// Records the turn in the agent session of (`task.session_id`, `task.agent`) when the
+    /// task has a session: `active` when it starts, then `idle` or `crashed` with its
+    /// usage when it ends in a result. Logs a failure, never returns one: the task's own
+    /// record is what counts.
+    async fn record_agent_session(
+        &self,
+        task: &Task,
+        entry: &AgentEntry,
+        backend_session_id: Option<String>,
+        (status, usage): (AgentStatus, Usage),
+    ) {
+        let Some(session_id) = &task.session_id else {
             return;
         };
         let turn = AgentTurn {
             session_id: session_id.clone(),
             agent: entry.agent.name.clone(),
             backend: entry.agent.backend.clone(),
-            backend_session_id: report.backend_session_id.clone(),
+            backend_session_id,
             config_hash: config_hash(&entry.agent),
             usage,
             status,

@@ -337,6 +337,12 @@ async fn a_session_resumes_on_another_worker_process_with_its_history() -> Resul
         ("openai", 30, 6),
         "the agent session: {session:?}"
     );
+    // Active while a turn ran, idle once it completed.
+    assert_eq!(
+        session.status,
+        turnq_core::agent::AgentStatus::Idle,
+        "{session:?}"
+    );
     Ok(())
 }
 
