@@ -68,6 +68,20 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What kind of JSON value `v` is, for messages that say what was given instead
+/// ("config must be a JSON object, not an array").
+pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// An error and its sources on one line (`outer: cause: root cause`), for logs: the
 /// outer message never repeats its cause, so the chain is logged once, here.
 pub fn chain(e: &dyn std::error::Error) -> String {

@@ -156,8 +156,7 @@ impl WorkerConfig {
             if agent.is_empty() {
                 continue;
             }
-            turnq_core::agent::validate_name("--agents: agent", agent)
-                .map_err(|e| e.to_string())?;
+            turnq_core::task::check_name("--agents: agent", agent).map_err(|e| e.to_string())?;
             if !agents.iter().any(|a| a == agent) {
                 agents.push(agent.to_owned());
             }

@@ -20,44 +20,18 @@ mod sessions;
 pub use registry::{Agent, AgentRegistry, AgentSpec, Put, config_hash};
 pub use sessions::{AgentSession, AgentSessions, AgentStatus, Turn};
 
-use crate::{Error, error::Result};
-
-/// The longest agent or backend name.
-pub const MAX_NAME_CHARS: usize = 64;
-
-/// Checks `value` against the name rule (`[A-Za-z0-9_.-]{1,64}`); `field` names it in
-/// the message.
-pub fn validate_name(field: &str, value: &str) -> Result<()> {
-    if value.is_empty() {
-        return Err(Error::Invalid(format!("{field} must not be empty")));
-    }
-    let chars = value.chars().count();
-    if chars > MAX_NAME_CHARS {
-        return Err(Error::Invalid(format!(
-            "{field} is {chars} characters long; the limit is {MAX_NAME_CHARS}"
-        )));
-    }
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return Err(Error::Invalid(format!(
-            "{field} {value:?} contains {c:?}; only A-Z, a-z, 0-9, '_', '.' and '-' are allowed"
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::task::check_name;
 
+    /// Agent and backend names follow the queue name rule (`task::check_name`): they
+    /// appear in Redis keys.
     #[test]
     fn names_follow_the_queue_name_rule() {
-        assert!(validate_name("name", "claude-code_2.1").is_ok());
-        assert!(validate_name("name", &"a".repeat(64)).is_ok());
+        assert!(check_name("name", "claude-code_2.1").is_ok());
+        assert!(check_name("name", &"a".repeat(64)).is_ok());
         for bad in ["", "has space", "slash/y", "ümlaut", &"a".repeat(65)] {
-            let err = validate_name("name", bad).unwrap_err().to_string();
+            let err = check_name("name", bad).unwrap_err().to_string();
             assert!(err.starts_with("name"), "{bad:?}: {err}");
         }
     }

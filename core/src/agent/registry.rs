@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::validate_name;
+use crate::task::check_name;
 use crate::{
     Error,
     entity::agents::{self, Column},
@@ -84,7 +84,7 @@ pub struct AgentSpec {
 impl AgentSpec {
     /// Checks every rule; the message of the error names the field.
     pub fn validate(&self) -> Result<()> {
-        validate_name("backend", &self.backend)?;
+        check_name("backend", &self.backend)?;
         if let Some(label) = &self.label {
             if label.trim().is_empty() {
                 return Err(Error::Invalid(
@@ -103,20 +103,20 @@ impl AgentSpec {
         {
             return Err(Error::Invalid(format!(
                 "config must be a JSON object, not {}",
-                json_type(config)
+                crate::error::json_kind(config)
             )));
         }
         if let Some(models) = &self.models {
             let Some(models) = models.as_array() else {
                 return Err(Error::Invalid(format!(
                     "models must be an array of strings, not {}",
-                    json_type(models)
+                    crate::error::json_kind(models)
                 )));
             };
             if let Some((i, m)) = models.iter().enumerate().find(|(_, m)| !m.is_string()) {
                 return Err(Error::Invalid(format!(
                     "models[{i}] must be a string, not {}",
-                    json_type(m)
+                    crate::error::json_kind(m)
                 )));
             }
         }
@@ -125,21 +125,10 @@ impl AgentSpec {
         {
             return Err(Error::Invalid(format!(
                 "capabilities must be a JSON object, not {}",
-                json_type(capabilities)
+                crate::error::json_kind(capabilities)
             )));
         }
         Ok(())
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -228,7 +217,7 @@ impl AgentRegistry {
         spec: AgentSpec,
         at: Timestamp,
     ) -> Result<Put> {
-        validate_name("agent name", name)?;
+        check_name("agent name", name)?;
         spec.validate()?;
         let config = spec.config.unwrap_or_else(|| Value::Object(Map::new()));
         let txn = db.begin().await?;

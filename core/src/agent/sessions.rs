@@ -9,7 +9,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::validate_name;
+use crate::task::check_name;
 use crate::{
     Error,
     entity::agent_sessions::{self, Column},
@@ -146,8 +146,8 @@ impl Turn {
                 "session id is {chars} characters long; the limit is {MAX_ID_CHARS}"
             )));
         }
-        validate_name("agent name", &self.agent)?;
-        validate_name("backend", &self.backend)?;
+        check_name("agent name", &self.agent)?;
+        check_name("backend", &self.backend)?;
         let Usage {
             input_tokens,
             output_tokens,

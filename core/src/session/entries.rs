@@ -28,7 +28,7 @@ impl Entries {
             if !entry.is_object() {
                 return Err(Error::Invalid(format!(
                     "entries[{i}] is {}, not a JSON object",
-                    kind(entry)
+                    crate::error::json_kind(entry)
                 )));
             }
             if has_nul(entry) {
@@ -60,17 +60,6 @@ impl Entries {
 /// The entry's `uuid` when it is a string: the key the store deduplicates on.
 pub(crate) fn uuid_of(entry: &Value) -> Option<&str> {
     entry.get("uuid").and_then(Value::as_str)
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Walks the value with an explicit stack: a value built in code (not parsed, so not

@@ -84,20 +84,30 @@ fn invalid(message: String) -> Error {
     Error::Invalid(message)
 }
 
-/// A name used in keys and queues: 1–64 of `A-Z a-z 0-9 _ . -`.
+/// The longest name of a queue, agent or backend.
+const MAX_NAME_CHARS: usize = 64;
+
+/// The name rule of queues, agents and backends (`[A-Za-z0-9_.-]{1,64}`: they appear in
+/// Redis keys); `field` names the value in the message.
 pub fn check_name(field: &str, value: &str) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "{field} {value:?} is not a valid name: use 1 to 64 of the characters A-Z a-z 0-9 _ . -"
-        )))
+    if value.is_empty() {
+        return Err(invalid(format!("{field} must not be empty")));
     }
+    let chars = value.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(invalid(format!(
+            "{field} is {chars} characters long; the limit is {MAX_NAME_CHARS}"
+        )));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(invalid(format!(
+            "{field} {value:?} contains {c:?}; only A-Z, a-z, 0-9, '_', '.' and '-' are allowed"
+        )));
+    }
+    Ok(())
 }
 
 fn check_text(field: &str, value: Option<String>) -> Result<Option<String>> {
