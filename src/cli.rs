@@ -56,19 +56,11 @@ pub struct RedisArgs {
     pub redis_prefix: String,
 }
 
+/// `turnq up`: everything `turnq api` takes, plus a worker pool's settings.
 #[derive(Args, Debug)]
 pub struct UpArgs {
     #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub redis: RedisArgs,
-    /// Address the API and UI listen on.
-    #[arg(long, env = "TURNQ_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    #[command(flatten)]
-    pub api: turnq_api::ApiConfig,
-    #[command(flatten)]
-    pub dispatcher: turnq_api::dispatcher::DispatcherConfig,
+    pub api: ApiArgs,
     #[command(flatten)]
     pub worker: turnq_worker::WorkerConfig,
 }

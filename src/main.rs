@@ -17,7 +17,7 @@ use turnq_core::{
     delivery::RedisNames,
 };
 
-use cli::{Cli, Command, DatabaseArgs, LogFormat, MigrateCommand, TokenCommand};
+use cli::{ApiArgs, Cli, Command, DatabaseArgs, LogFormat, MigrateCommand, TokenCommand, UpArgs};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -65,40 +65,24 @@ fn init_tracing(format: LogFormat) {
 
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Up(args) => {
-            let db = connect(&args.database, true).await?;
+        Command::Up(UpArgs { api, worker }) => {
+            let db = connect(&api.database, true).await?;
             migrate_up(&db).await?;
             token::first_start_admin_token(&db).await?;
             let shutdown = shutdown_on_signal();
-            let listener = bind(args.listen).await?;
+            let listener = bind(api.listen).await?;
             let addr = listener.local_addr()?;
             println!("turnq is up: API and UI on http://{addr}  (Ctrl-C stops it)");
             println!("  try: turnq submit --api-url http://{addr} --wait \"hello\"");
-            let names = RedisNames::new(&args.redis.redis_prefix);
-            let api = tokio::spawn(turnq_api::serve(
-                listener,
-                turnq_api::AppState::with_config(db.clone(), args.api),
-                shutdown.clone(),
-            ));
-            let dispatcher = tokio::spawn(turnq_api::dispatcher::run(
-                db.clone(),
-                args.redis.redis_url.clone(),
-                names.clone(),
-                args.dispatcher,
-                shutdown.clone(),
-            ));
-            let worker = turnq_worker::run(
-                db.clone(),
-                args.redis.redis_url.clone(),
-                names,
-                args.worker,
-                shutdown.clone(),
-            )
-            .await;
+            let (redis_url, names) = (
+                api.redis.redis_url.clone(),
+                RedisNames::new(&api.redis.redis_prefix),
+            );
+            let served = tokio::spawn(serve_api(db.clone(), listener, api, shutdown.clone()));
+            let worked = turnq_worker::run(db, redis_url, names, worker, shutdown.clone()).await;
             shutdown.cancel();
-            let _ = dispatcher.await;
-            api.await.context("the API task panicked")??;
-            worker.context("the worker pool failed")?;
+            served.await.context("the API task panicked")??;
+            worked.context("the worker pool failed")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Api(args) => {
@@ -106,23 +90,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             let shutdown = shutdown_on_signal();
             let listener = bind(args.listen).await?;
             tracing::info!(addr = %listener.local_addr()?, "API listening");
-            let names = RedisNames::new(&args.redis.redis_prefix);
-            let dispatcher = tokio::spawn(turnq_api::dispatcher::run(
-                db.clone(),
-                args.redis.redis_url.clone(),
-                names,
-                args.dispatcher,
-                shutdown.clone(),
-            ));
-            let served = turnq_api::serve(
-                listener,
-                turnq_api::AppState::with_config(db, args.api),
-                shutdown.clone(),
-            )
-            .await;
-            shutdown.cancel();
-            let _ = dispatcher.await;
-            served.context("serving the API")?;
+            serve_api(db, listener, args, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker(args) => {
@@ -193,6 +161,32 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The API and the dispatcher until `shutdown` (or until serving fails, which stops the
+/// dispatcher too).
+async fn serve_api(
+    db: DatabaseConnection,
+    listener: tokio::net::TcpListener,
+    args: ApiArgs,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let dispatcher = tokio::spawn(turnq_api::dispatcher::run(
+        db.clone(),
+        args.redis.redis_url,
+        RedisNames::new(&args.redis.redis_prefix),
+        args.dispatcher,
+        shutdown.clone(),
+    ));
+    let served = turnq_api::serve(
+        listener,
+        turnq_api::AppState::with_config(db, args.api),
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = dispatcher.await;
+    served.context("serving the API")
 }
 
 async fn connect(args: &DatabaseArgs, create_if_missing: bool) -> Result<DatabaseConnection> {
