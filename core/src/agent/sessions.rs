@@ -172,6 +172,12 @@ impl AgentSessions {
     /// config hash differs from the stored one (or finds none stored) starts a fresh
     /// backend session: `backend_session_id` becomes the turn's, even when that is
     /// `None`. With the same config, a turn without one keeps the stored id.
+    ///
+    /// A `closed` session (see [`AgentSessions::close_session`]) is never resumed:
+    /// a turn recorded `active` in it starts a fresh backend session whatever the config
+    /// (`backend_session_id` becomes the turn's, status `active`); any other status
+    /// (the end of a turn that was running when the session was closed) adds its usage
+    /// but leaves the row `closed` with its backend session id.
     pub async fn record_turn<C: ConnectionTrait>(db: &C, turn: Turn) -> Result<AgentSession> {
         turn.validate()?;
         let row = agent_sessions::ActiveModel {
@@ -190,13 +196,27 @@ impl AgentSessions {
         };
         let stored = |c: Column| Expr::col((agent_sessions::Entity, c));
         let excluded = |c: Column| Expr::col((Alias::new("excluded"), c));
+        let closed = AgentStatus::Closed.as_str();
+        let active = AgentStatus::Active.as_str();
+        let was_closed = || stored(Column::Status).eq(closed);
+        let starts = || excluded(Column::Status).eq(active);
         // `=` is NULL for a stored NULL hash, so CASE takes the fresh-session branch.
         let same_config = stored(Column::ConfigHash).eq(excluded(Column::ConfigHash));
+        // A closed session is never resumed: a turn starting in it (`active`) starts a
+        // fresh backend session; a turn that was already running when the session was
+        // closed ends without reopening it, so the close is not lost.
         let backend_session_id = Expr::case(
+            was_closed().and(starts()),
+            excluded(Column::BackendSessionId),
+        )
+        .case(was_closed(), stored(Column::BackendSessionId))
+        .case(
             same_config,
             excluded(Column::BackendSessionId).if_null(stored(Column::BackendSessionId)),
         )
         .finally(excluded(Column::BackendSessionId));
+        let status = Expr::case(was_closed().and(starts().not()), Expr::val(closed))
+            .finally(excluded(Column::Status));
         let model = agent_sessions::Entity::insert(row)
             .on_conflict(
                 OnConflict::columns([Column::SessionId, Column::Agent])
@@ -215,17 +235,29 @@ impl AgentSessions {
                         stored(Column::CostUsd).add(excluded(Column::CostUsd)),
                     )
                     .value(Column::BackendSessionId, backend_session_id)
-                    .update_columns([
-                        Column::Backend,
-                        Column::Status,
-                        Column::ConfigHash,
-                        Column::LastActiveAt,
-                    ])
+                    .value(Column::Status, status)
+                    .update_columns([Column::Backend, Column::ConfigHash, Column::LastActiveAt])
                     .to_owned(),
             )
             .exec_with_returning(db)
             .await?;
         model.try_into()
+    }
+
+    /// Marks every agent session of `session_id` `closed`; returns how many changed.
+    /// The session store calls it when a session's main transcript is deleted, in the
+    /// same transaction. `agent_sessions` has no project column (its key is (session
+    /// id, agent), as tasks give it), so this closes the agent sessions of that session
+    /// id whatever project they ran in.
+    pub async fn close_session<C: ConnectionTrait>(db: &C, session_id: &str) -> Result<u64> {
+        let closed = AgentStatus::Closed.as_str();
+        let result = agent_sessions::Entity::update_many()
+            .col_expr(Column::Status, Expr::val(closed))
+            .filter(Column::SessionId.eq(session_id))
+            .filter(Column::Status.ne(closed))
+            .exec(db)
+            .await?;
+        Ok(result.rows_affected)
     }
 
     pub async fn get<C: ConnectionTrait>(

@@ -20,6 +20,7 @@ use super::{
     SessionSummary, Subpath, entries::uuid_of, summary,
 };
 use crate::{
+    agent::AgentSessions,
     entity::{
         session_entries::{self, Column as E},
         session_summaries::{self, Column as S},
@@ -138,6 +139,10 @@ impl PgSessionStore {
                 .filter(S::SessionId.eq(key.session.as_str()))
                 .exec(&txn)
                 .await?;
+            // The conversation is over: its agents' backend sessions must not be resumed
+            // into a transcript that no longer exists. Even when no entry was stored (a
+            // `command` agent keeps its transcript itself), so always.
+            AgentSessions::close_session(&txn, key.session.as_str()).await?;
         }
         txn.commit().await?;
         Ok(())

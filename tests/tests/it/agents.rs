@@ -138,7 +138,7 @@ async fn agent_session_record_turn_accumulates_usage_and_resets_on_config_change
     // ...and then keeps the one the fresh session reports.
     let fourth = AgentSessions::record_turn(
         &t.db,
-        turn(Some("b-2"), "h2", usage(0, 0, 0.0), AgentStatus::Closed),
+        turn(Some("b-2"), "h2", usage(0, 0, 0.0), AgentStatus::Idle),
     )
     .await?;
     assert_eq!(fourth.backend_session_id.as_deref(), Some("b-2"));
@@ -312,5 +312,71 @@ async fn agent_put_needs_admin_but_reading_agents_needs_only_read() -> Result<()
         .status()
         .as_u16();
     assert_eq!(status, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_closed_agent_session_is_not_resumed_and_its_next_turn_starts_fresh() -> Result<()> {
+    let t = TestDb::new().await?;
+    AgentSessions::record_turn(
+        &t.db,
+        turn(Some("b-1"), "h1", usage(10, 5, 0.25), AgentStatus::Idle),
+    )
+    .await?;
+    let mut other = turn(Some("o-1"), "h1", usage(0, 0, 0.0), AgentStatus::Crashed);
+    other.agent = "codex".into();
+    AgentSessions::record_turn(&t.db, other).await?;
+    let mut elsewhere = turn(Some("e-1"), "h1", usage(0, 0, 0.0), AgentStatus::Idle);
+    elsewhere.session_id = "s2".into();
+    AgentSessions::record_turn(&t.db, elsewhere).await?;
+
+    assert_eq!(AgentSessions::close_session(&t.db, "s1").await?, 2);
+    // Closing again changes nothing; another session is not touched.
+    assert_eq!(AgentSessions::close_session(&t.db, "s1").await?, 0);
+    assert_eq!(
+        AgentSessions::get(&t.db, "s2", "claude")
+            .await?
+            .map(|s| s.status),
+        Some(AgentStatus::Idle)
+    );
+
+    // A turn that was running when the session closed ends without reopening it: its
+    // usage counts, its backend session is not stored.
+    let ended = AgentSessions::record_turn(
+        &t.db,
+        turn(Some("b-late"), "h1", usage(1, 1, 0.25), AgentStatus::Idle),
+    )
+    .await?;
+    assert_eq!(ended.status, AgentStatus::Closed);
+    assert_eq!(ended.backend_session_id.as_deref(), Some("b-1"));
+    assert_eq!((ended.input_tokens, ended.cost_usd), (11, 0.5));
+
+    // The next turn starts (`active`, as the worker records it) with the same config and
+    // still does not resume: the backend session id is cleared...
+    let started = AgentSessions::record_turn(
+        &t.db,
+        turn(None, "h1", usage(0, 0, 0.0), AgentStatus::Active),
+    )
+    .await?;
+    assert_eq!(started.status, AgentStatus::Active);
+    assert_eq!(started.backend_session_id, None);
+    assert_eq!(started.input_tokens, 11, "the totals carry on");
+
+    // ...and the fresh session's id is kept from then on, as usual.
+    let reported = AgentSessions::record_turn(
+        &t.db,
+        turn(Some("b-2"), "h1", usage(0, 0, 0.0), AgentStatus::Idle),
+    )
+    .await?;
+    assert_eq!(
+        (reported.status, reported.backend_session_id.as_deref()),
+        (AgentStatus::Idle, Some("b-2"))
+    );
+    let kept = AgentSessions::record_turn(
+        &t.db,
+        turn(None, "h1", usage(0, 0, 0.0), AgentStatus::Active),
+    )
+    .await?;
+    assert_eq!(kept.backend_session_id.as_deref(), Some("b-2"));
     Ok(())
 }

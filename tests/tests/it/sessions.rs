@@ -11,11 +11,14 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use turnq_core::{
     Error,
+    agent::{AgentSession, AgentSessions, AgentStatus, Turn},
     auth::{Scope, TokenStore},
+    event::Usage,
     session::{
         Appended, BoxFuture, Entries, PgSessionStore, ProjectKey, SessionId, SessionKey,
         SessionListing, SessionStore, SessionSummary, Subpath,
     },
+    time,
 };
 
 use crate::harness::{TestApp, TestDb, count};
@@ -697,6 +700,69 @@ async fn deleting_a_main_session_key_removes_its_subpaths_and_summary_too() -> R
             .await?
             .context("summary")?;
         ensure!(summary.data["entry_count"] == 1, "{}", summary.data);
+        Ok(())
+    });
+    faces.stop().await;
+    Ok(())
+}
+
+/// Records a turn of `agent` in `session` with backend session `b-1`, status `idle`.
+async fn agent_turn(db: &DatabaseConnection, session: &str, agent: &str) -> Result<AgentSession> {
+    Ok(AgentSessions::record_turn(
+        db,
+        Turn {
+            session_id: session.into(),
+            agent: agent.into(),
+            backend: "command".into(),
+            backend_session_id: Some("b-1".into()),
+            config_hash: "h".into(),
+            usage: Usage::default(),
+            status: AgentStatus::Idle,
+            at: time::now(),
+        },
+    )
+    .await?)
+}
+
+async fn status_of(db: &DatabaseConnection, session: &str, agent: &str) -> Result<AgentStatus> {
+    Ok(AgentSessions::get(db, session, agent)
+        .await?
+        .with_context(|| format!("agent session ({session}, {agent})"))?
+        .status)
+}
+
+#[tokio::test]
+async fn deleting_a_main_session_key_closes_the_sessions_agent_sessions() -> Result<()> {
+    let faces = Faces::new().await?;
+    on_both_faces!(faces, |store, db| {
+        let main = key("proj", "sess")?;
+        append(store, &main, vec![e(json!({"uuid": "u"}))]).await?;
+        agent_turn(db, "sess", "claude").await?;
+        agent_turn(db, "sess", "codex").await?;
+        agent_turn(db, "sess2", "claude").await?;
+
+        // A subpath is not the conversation: deleting it closes nothing.
+        store
+            .delete(&sub("proj", "sess", "subagents/agent-1")?)
+            .await?;
+        ensure!(status_of(db, "sess", "claude").await? == AgentStatus::Idle);
+
+        store.delete(&main).await?;
+        for agent in ["claude", "codex"] {
+            let closed = AgentSessions::get(db, "sess", agent)
+                .await?
+                .context("still there")?;
+            ensure!(closed.status == AgentStatus::Closed, "{closed:?}");
+            // Kept for the record; the next turn starts a fresh one.
+            ensure!(closed.backend_session_id.as_deref() == Some("b-1"));
+        }
+        ensure!(status_of(db, "sess2", "claude").await? == AgentStatus::Idle);
+
+        // Agent sessions have no project: the session id alone is matched, and a
+        // transcript that was never written closes them too (a `command` agent keeps its
+        // own transcript, so turnq may hold none).
+        store.delete(&key("other-proj", "sess2")?).await?;
+        ensure!(status_of(db, "sess2", "claude").await? == AgentStatus::Closed);
         Ok(())
     });
     faces.stop().await;
