@@ -4,10 +4,10 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
     sea_query::OnConflict,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    WorkerId,
+    Error, WorkerId,
     entity::workers::{self, Column},
     error::Result,
     time::{self, Timestamp},
@@ -22,6 +22,20 @@ pub struct WorkerInfo {
     pub queues: Vec<String>,
     pub concurrency: i32,
     pub version: String,
+    /// The agents the worker runs (takes the work of), by name.
+    pub agents: Vec<WorkerAgent>,
+}
+
+/// One agent a worker runs, as the registry lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerAgent {
+    /// The agent's name (the `agent` of the tasks the worker takes).
+    pub name: String,
+    /// Its backend kind (`script`, `command`, `openai`).
+    pub backend: String,
+    /// The version its probe found at the worker's start; `None` when the worker did not
+    /// probe it (agents given to `run_with_backends`) and the registry knew none.
+    pub version: Option<String>,
 }
 
 /// A row of the registry, as readers see it.
@@ -36,6 +50,33 @@ pub struct Worker {
     pub started_at: Timestamp,
     pub last_heartbeat_at: Timestamp,
     pub stopped_at: Option<Timestamp>,
+    /// The agents it runs; empty for a worker registered before the registry listed them.
+    pub agents: Vec<WorkerAgent>,
+}
+
+impl TryFrom<workers::Model> for Worker {
+    type Error = Error;
+
+    fn try_from(m: workers::Model) -> Result<Self> {
+        let agents = serde_json::from_value(m.agents).map_err(|e| {
+            Error::Corrupt(format!(
+                "worker {} has an `agents` column that is not a list of agents: {e}",
+                m.id
+            ))
+        })?;
+        Ok(Worker {
+            id: m.id,
+            host: m.host,
+            pid: m.pid,
+            queues: m.queues,
+            concurrency: m.concurrency,
+            version: m.version,
+            started_at: m.started_at,
+            last_heartbeat_at: m.last_heartbeat_at,
+            stopped_at: m.stopped_at,
+            agents,
+        })
+    }
 }
 
 pub struct WorkerRegistry;
@@ -53,6 +94,7 @@ impl WorkerRegistry {
             started_at: Set(at),
             last_heartbeat_at: Set(at),
             stopped_at: Set(None),
+            agents: Set(serde_json::json!(info.agents)),
         };
         workers::Entity::insert(row)
             .on_conflict(
@@ -85,22 +127,12 @@ impl WorkerRegistry {
     }
 
     pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<Worker>> {
-        Ok(workers::Entity::find()
+        workers::Entity::find()
             .order_by_desc(Column::LastHeartbeatAt)
             .all(db)
             .await?
             .into_iter()
-            .map(|m| Worker {
-                id: m.id,
-                host: m.host,
-                pid: m.pid,
-                queues: m.queues,
-                concurrency: m.concurrency,
-                version: m.version,
-                started_at: m.started_at,
-                last_heartbeat_at: m.last_heartbeat_at,
-                stopped_at: m.stopped_at,
-            })
-            .collect())
+            .map(Worker::try_from)
+            .collect()
     }
 }

@@ -33,6 +33,7 @@ mod m20261126_000015_create_api_tokens;
 mod m20261126_000016_session_entries_uuid_dedup;
 mod m20261126_000017_create_session_summaries;
 mod m20261126_000018_session_entries_checks;
+mod m20261126_000019_workers_agents;
 
 /// Runs the turnq migrations, in the order they must be applied.
 pub struct Migrator;
@@ -59,6 +60,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000016_session_entries_uuid_dedup::Migration),
             Box::new(m20261126_000017_create_session_summaries::Migration),
             Box::new(m20261126_000018_session_entries_checks::Migration),
+            Box::new(m20261126_000019_workers_agents::Migration),
         ]
     }
 }

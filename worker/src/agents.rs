@@ -171,13 +171,21 @@ pub(crate) async fn discover(
             "agent probed; taking its work");
         // The unregistered built-in has no row to record the probe in.
         if registered
-            && let Err(e) =
-                AgentRegistry::record_probe(db, &agent.name, Some(version), turnq_core::time::now())
-                    .await
+            && let Err(e) = AgentRegistry::record_probe(
+                db,
+                &agent.name,
+                Some(version.clone()),
+                turnq_core::time::now(),
+            )
+            .await
         {
             tracing::warn!(agent = %agent.name, error = %error_chain(&e),
                 "could not record the probe in the agent registry; running the agent anyway");
         }
+        // The worker registry lists what this worker found, not what the agent registry
+        // held before the probe.
+        let mut agent = agent;
+        agent.version = Some(version);
         backends.insert_agent(agent, backend);
     }
     Ok(backends)

@@ -178,6 +178,7 @@ mod tests {
                 queues: vec!["default".into()],
                 concurrency: 1,
                 version: "test".into(),
+                agents: Vec::new(),
             },
         )
         .await

@@ -167,6 +167,7 @@ pub async fn run_with_backends(
         queues: queues.clone(),
         concurrency: i32::try_from(config.concurrency).unwrap_or(i32::MAX),
         version: env!("CARGO_PKG_VERSION").into(),
+        agents: backends.worker_agents(),
     };
     WorkerRegistry::register(&db, &info)
         .await

@@ -15,6 +15,8 @@ pub struct Model {
     pub started_at: DateTimeUtc,
     pub last_heartbeat_at: DateTimeUtc,
     pub stopped_at: Option<DateTimeUtc>,
+    /// JSON array of `{"name","backend","version"}`: the agents the worker runs.
+    pub agents: Json,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,7 +1,9 @@
 //! The agent registry and agent sessions: the stores against a real database, and
 //! `/v1/agents` through the real router.
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use turnq_core::{
     agent::{AgentRegistry, AgentSessions, AgentSpec, AgentStatus, Turn, config_hash},
@@ -10,7 +12,7 @@ use turnq_core::{
     time,
 };
 
-use crate::harness::{TestApp, TestDb, count};
+use crate::harness::{TestApp, TestDb, count, eventually};
 
 fn spec(body: Value) -> Result<AgentSpec> {
     Ok(serde_json::from_value(body)?)
@@ -378,5 +380,82 @@ async fn a_closed_agent_session_is_not_resumed_and_its_next_turn_starts_fresh() 
     )
     .await?;
     assert_eq!(kept.backend_session_id.as_deref(), Some("b-2"));
+    Ok(())
+}
+
+/// How long an in-process worker may take to start, probe and run a turn.
+const RUN: Duration = Duration::from_secs(30);
+
+/// `PUT /v1/agents/{name}`, expecting 201 or 200.
+async fn declare(app: &TestApp, name: &str, spec: Value) -> Result<()> {
+    let (status, body) = put(app, name, &spec).await?;
+    ensure!(
+        status == 201 || status == 200,
+        "PUT /v1/agents/{name} answered {status}: {body}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_worker_registry_lists_the_agents_each_worker_runs() -> Result<()> {
+    let mut app = TestApp::spawn_without_workers().await?;
+    // `bash`, not `sh`: dash has no `--version` to probe.
+    declare(
+        &app,
+        "shell",
+        json!({"backend": "command", "config": {"program": "bash", "args": ["-c", "echo hi"]}}),
+    )
+    .await?;
+    // Fails its probe, has a backend no worker has, is not a command: none is run.
+    declare(
+        &app,
+        "broken",
+        json!({"backend": "command", "config": {"program": "/nonexistent/agent"}}),
+    )
+    .await?;
+    declare(&app, "claude", json!({"backend": "claude-code"})).await?;
+    declare(
+        &app,
+        "bad-config",
+        json!({"backend": "command", "config": {}}),
+    )
+    .await?;
+    app.start_worker(&[]);
+
+    let workers = eventually(RUN, || async {
+        let (status, body) = app.get("/v1/workers").await?;
+        ensure!(status == 200, "GET /v1/workers answered {status}: {body}");
+        let workers = body["workers"].as_array().context("workers")?.clone();
+        ensure!(workers.len() == 1, "{body}");
+        Ok(workers)
+    })
+    .await?;
+    let agents = workers[0]["agents"].as_array().context("agents")?;
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    assert_eq!(agents[0]["name"], "script");
+    assert_eq!(agents[0]["backend"], "script");
+    assert_eq!(agents[0]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(agents[1]["name"], "shell");
+    assert_eq!(agents[1]["backend"], "command");
+    let version = agents[1]["version"].as_str().unwrap_or("");
+    assert!(
+        version.starts_with("GNU bash"),
+        "the probed version: {version:?}"
+    );
+
+    // A worker narrowed by `--agents` lists only its own.
+    app.start_worker(&["--agents", "shell"]);
+    let narrowed = eventually(RUN, || async {
+        let (_, body) = app.get("/v1/workers").await?;
+        let workers = body["workers"].as_array().context("workers")?.clone();
+        ensure!(workers.len() == 2, "{body}");
+        workers
+            .into_iter()
+            .find(|w| w["agents"].as_array().is_some_and(|a| a.len() == 1))
+            .context("a worker running one agent")
+    })
+    .await?;
+    assert_eq!(narrowed["agents"][0]["name"], "shell");
+    app.stop().await;
     Ok(())
 }

@@ -50,7 +50,21 @@ async fn schema_relations(db: &DatabaseConnection) -> Result<Vec<(String, String
         .collect()
 }
 
+/// Columns added to an existing table by a later migration, as (table, column).
+const ADDED_COLUMNS: [(&str, &str); 1] = [("workers", "agents")];
+
 async fn assert_all_present(db: &DatabaseConnection) -> Result<()> {
+    for (table, column) in ADDED_COLUMNS {
+        let found = db
+            .query_one_raw(Statement::from_sql_and_values(
+                db.get_database_backend(),
+                "SELECT 1 AS n FROM information_schema.columns \
+                 WHERE table_schema = 'public' AND table_name = $1 AND column_name = $2",
+                [table.into(), column.into()],
+            ))
+            .await?;
+        ensure!(found.is_some(), "{table}.{column} missing after up");
+    }
     let found = schema_relations(db).await?;
     for (name, kind) in RELATIONS {
         ensure!(

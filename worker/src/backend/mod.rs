@@ -26,6 +26,7 @@ use turnq_core::{
     event::{OutputChunk, Usage},
     session::SessionStore,
     task::Task,
+    worker::WorkerAgent,
 };
 
 pub use command::{CommandBackend, CommandConfig, CommandMode};
@@ -255,6 +256,19 @@ impl Backends {
     /// The agent `name` and its backend, if this worker runs it.
     pub fn agent(&self, name: &str) -> Option<&AgentEntry> {
         self.by_agent.get(name)
+    }
+
+    /// The agents as the worker registry lists them: name, backend kind and version
+    /// (the probed one, under `turnq worker`), by name.
+    pub fn worker_agents(&self) -> Vec<WorkerAgent> {
+        self.by_agent
+            .values()
+            .map(|e| WorkerAgent {
+                name: e.agent.name.clone(),
+                backend: e.agent.backend.clone(),
+                version: e.agent.version.clone(),
+            })
+            .collect()
     }
 
     /// The backend of the agent `name`, if this worker runs it.
