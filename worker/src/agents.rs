@@ -12,6 +12,9 @@
 //!   is the configured model.
 //! - `script`: always passes; the version is this crate's.
 //!
+//! A `command` agent's backend reads the agent sessions it resumes from Postgres
+//! ([`PgAgentSessions`]).
+//!
 //! A registered agent that passed gets `version` and `last_probed_at` recorded; one that
 //! failed is logged with why and left alone. Agents registered (or changed) after the
 //! worker started are picked up when it restarts.
@@ -24,7 +27,8 @@ use turnq_core::agent::{Agent, AgentRegistry};
 
 use crate::{
     backend::{
-        AgentBackend, Backends, CommandBackend, OpenAiBackend, ScriptBackend, unregistered_agent,
+        AgentBackend, AgentSessionLookup, Backends, CommandBackend, OpenAiBackend, PgAgentSessions,
+        ScriptBackend, unregistered_agent,
     },
     runner::error_chain,
 };
@@ -38,11 +42,21 @@ pub const SUPPORTED_BACKENDS: [&str; 3] = ["script", "command", "openai"];
 /// The name (and backend) of the agent every worker runs, registered or not.
 pub const BUILTIN_AGENT: &str = "script";
 
-/// Builds the backend of `agent` from its config, or says why it cannot.
-fn build(agent: &Agent) -> Result<Arc<dyn AgentBackend>, String> {
+/// Builds the backend of `agent` from its config, or says why it cannot. A `command`
+/// backend resumes its agent sessions through `sessions`, when given.
+fn build(
+    agent: &Agent,
+    sessions: Option<Arc<dyn AgentSessionLookup>>,
+) -> Result<Arc<dyn AgentBackend>, String> {
     match agent.backend.as_str() {
         "script" => Ok(Arc::new(ScriptBackend)),
-        "command" => Ok(Arc::new(CommandBackend::from_config(agent.config.clone())?)),
+        "command" => {
+            let backend = CommandBackend::from_config(agent.config.clone())?;
+            Ok(Arc::new(match sessions {
+                Some(sessions) => backend.resuming(sessions),
+                None => backend,
+            }))
+        }
         "openai" => Ok(Arc::new(OpenAiBackend::from_config(agent.config.clone())?)),
         other => Err(format!(
             "this worker has no {other:?} backend (it has: {})",
@@ -140,6 +154,7 @@ pub(crate) async fn discover(
     if !agents.iter().any(|(a, _)| a.name == BUILTIN_AGENT) {
         agents.push((unregistered_agent(BUILTIN_AGENT, "script"), false));
     }
+    let sessions: Arc<dyn AgentSessionLookup> = Arc::new(PgAgentSessions::new(db.clone()));
     let mut backends = Backends::new();
     for (agent, registered) in agents {
         if !selected(only, &agent.name) {
@@ -151,7 +166,7 @@ pub(crate) async fn discover(
                 "this worker has no {} backend; not running agent {}", agent.backend, agent.name);
             continue;
         }
-        let backend = match build(&agent) {
+        let backend = match build(&agent, Some(sessions.clone())) {
             Ok(backend) => backend,
             Err(why) => {
                 tracing::warn!(agent = %agent.name, backend = %agent.backend, error = %why,
@@ -203,7 +218,7 @@ mod tests {
     }
 
     async fn probe_of(a: &Agent) -> Result<String, String> {
-        let backend = build(a)?;
+        let backend = build(a, None)?;
         probe(a, &backend).await
     }
 
@@ -248,7 +263,7 @@ mod tests {
         );
         let unknown = agent("codex", json!({}));
         assert!(
-            build(&unknown)
+            build(&unknown, None)
                 .err()
                 .unwrap()
                 .contains("no \"codex\" backend")

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use turnq_core::{
     agent::{AgentRegistry, AgentSessions, AgentSpec, AgentStatus, Turn, config_hash},
@@ -456,6 +456,86 @@ async fn the_worker_registry_lists_the_agents_each_worker_runs() -> Result<()> {
     })
     .await?;
     assert_eq!(narrowed["agents"][0]["name"], "shell");
+    app.stop().await;
+    Ok(())
+}
+
+/// A Claude-Code-like `command` agent in `jsonl` mode: reports the provider session
+/// `prov-<input>` and answers with the arguments that followed its input, so the
+/// summary shows whether it was asked to resume.
+fn resuming_agent() -> Value {
+    let script = r#"n=$1; shift
+printf '{"type":"system","subtype":"init","session_id":"prov-%s"}\n' "$n"
+printf '{"type":"result","subtype":"success","is_error":false,"result":"args:[%s]"}\n' "$*""#;
+    json!({"backend": "command", "config": {
+        "program": "bash",
+        "args": ["-c", script, "bash", "{input}"],
+        "resume_args": ["--resume", "{backend_session_id}"],
+        "mode": "jsonl",
+    }})
+}
+
+/// Runs a turn of `resumer` in session `s1`; returns its summary once the agent session
+/// has recorded the turn's end (the runner records it after the task's last event).
+async fn resumer_turn(app: &TestApp, input: &str) -> Result<String> {
+    let task = app
+        .submit(json!({"input": input, "agent": "resumer", "session_id": "s1"}))
+        .await?;
+    let id = task["id"].as_str().context("id")?;
+    let done = app.wait_for_state(id, "completed", RUN).await?;
+    let want = format!("prov-{input}");
+    eventually(RUN, || async {
+        let session = AgentSessions::get(&app.db, "s1", "resumer")
+            .await?
+            .context("the agent session")?;
+        if session.status == AgentStatus::Idle
+            && session.backend_session_id.as_deref() == Some(want.as_str())
+        {
+            Ok(())
+        } else {
+            bail!("{session:?}")
+        }
+    })
+    .await?;
+    Ok(done["output_summary"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test]
+async fn a_command_agent_resumes_its_backend_session_until_the_session_is_deleted() -> Result<()> {
+    let mut app = TestApp::spawn_without_workers().await?;
+    declare(&app, "resumer", resuming_agent()).await?;
+    app.start_worker(&["--agents", "resumer"]);
+
+    assert_eq!(
+        resumer_turn(&app, "1").await?,
+        "args:[]",
+        "turn 1 has nothing to resume"
+    );
+    assert_eq!(
+        resumer_turn(&app, "2").await?,
+        "args:[--resume prov-1]",
+        "turn 2 resumes the provider session turn 1 reported"
+    );
+
+    // Deleting the session over HTTP closes its agent session...
+    let response = app
+        .http
+        .delete(app.url("/v1/sessions/default/s1"))
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 204);
+    let closed = AgentSessions::get(&app.db, "s1", "resumer")
+        .await?
+        .context("the agent session")?;
+    assert_eq!(closed.status, AgentStatus::Closed);
+
+    // ...so the next turn starts a fresh backend session, and the one after resumes it.
+    assert_eq!(
+        resumer_turn(&app, "3").await?,
+        "args:[]",
+        "turn 3 starts fresh"
+    );
+    assert_eq!(resumer_turn(&app, "4").await?, "args:[--resume prov-3]");
     app.stop().await;
     Ok(())
 }

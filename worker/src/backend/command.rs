@@ -1,11 +1,22 @@
 //! The `command` backend: runs a command-line agent as a child process, one per turn.
 //!
 //! Configuration ([`CommandConfig`], an agent's JSON `config`): `program`, `args` (a
-//! template), `cwd`, `env`, `stdin` and `mode`. The program is executed directly, never
-//! through a shell; in each argument the placeholders `{input}` (the task's input as
-//! text: a JSON string as it is, other JSON compact), `{session_id}`, `{task_id}` and
-//! `{model}` are replaced (an absent value by the empty string, in one pass, so a value
-//! that itself contains `{…}` is never expanded again; other braces stay as they are).
+//! template), `resume_args` (a template), `cwd`, `env`, `stdin` and `mode`. The program
+//! is executed directly, never through a shell; in each argument the placeholders
+//! `{input}` (the task's input as text: a JSON string as it is, other JSON compact),
+//! `{session_id}`, `{task_id}`, `{model}` and `{backend_session_id}` are replaced (an
+//! absent value by the empty string, in one pass, so a value that itself contains `{…}`
+//! is never expanded again; other braces stay as they are).
+//!
+//! Resuming: `{backend_session_id}` is the backend session id stored in the task's agent
+//! session (session id, agent), the provider session id an earlier turn reported (see
+//! `jsonl` below); it is read through the backend's [`AgentSessionLookup`] when the
+//! config uses it. When there is one, `resume_args` are appended after `args`: last, so
+//! that they reach the agent also when `program` is a wrapper whose own options come
+//! first (`npx @anthropic-ai/claude-code …`, `bash -c <script> bash …`, `docker run …`);
+//! `claude -p {input} … --resume <id>` resumes. (So `args` must not end in `--`.)
+//! Without one (no session, a first turn, a fresh session after a config change or a
+//! close, a backend built without a lookup) `resume_args` are left out.
 //! The task's `worktree_path`, when set, is the working directory; else `cwd`; else the
 //! worker's. With `stdin: true` the input is written to the child's stdin, which is then
 //! closed; otherwise stdin is `/dev/null`.
@@ -42,7 +53,7 @@
 //! child's whole process group is killed (the child leads a group of its own), then the
 //! child itself, which is reaped; `kill_on_drop` covers a turn that is aborted instead.
 
-use std::{collections::BTreeMap, path::PathBuf, process::Stdio, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt, path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
 use futures::{FutureExt, future::BoxFuture};
 use serde::Deserialize;
@@ -52,10 +63,10 @@ use tokio::{
     process::{Child, ChildStdout, Command},
     time::sleep_until,
 };
-use turnq_core::event::Usage;
+use turnq_core::{error::chain, event::Usage};
 
 use super::{
-    AgentBackend, OutputSink, Turn, TurnError, TurnOutcome, input_text,
+    AgentBackend, AgentSessionLookup, OutputSink, Turn, TurnError, TurnOutcome, input_text,
     script::{MAX_SUMMARY_CHARS, truncate},
 };
 
@@ -75,6 +86,11 @@ pub struct CommandConfig {
     /// The arguments, each a template (see the module documentation).
     #[serde(default)]
     pub args: Vec<String>,
+    /// Arguments appended after `args` only when the agent session has a stored backend
+    /// session id, each a template (`["--resume", "{backend_session_id}"]` for Claude
+    /// Code); default none.
+    #[serde(default)]
+    pub resume_args: Vec<String>,
     /// The working directory when the task has no `worktree_path`.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
@@ -101,9 +117,31 @@ pub enum CommandMode {
 }
 
 /// Runs a command-line agent per turn; see the module documentation.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CommandBackend {
     config: Arc<CommandConfig>,
+    /// Where the stored backend session id is read; `None`: never resumes.
+    sessions: Option<Arc<dyn AgentSessionLookup>>,
+}
+
+impl fmt::Debug for CommandBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandBackend")
+            .field("config", &self.config)
+            .field("resumes", &self.sessions.is_some())
+            .finish()
+    }
+}
+
+impl CommandConfig {
+    /// Whether a turn needs the stored backend session id.
+    fn uses_backend_session(&self) -> bool {
+        !self.resume_args.is_empty()
+            || self
+                .args
+                .iter()
+                .any(|arg| arg.contains("{backend_session_id}"))
+    }
 }
 
 impl CommandBackend {
@@ -114,7 +152,15 @@ impl CommandBackend {
         }
         Ok(CommandBackend {
             config: Arc::new(config),
+            sessions: None,
         })
+    }
+
+    /// The backend reading stored backend session ids from `sessions`, so that
+    /// `resume_args` and `{backend_session_id}` resume the agent's conversation.
+    pub fn resuming(mut self, sessions: Arc<dyn AgentSessionLookup>) -> Self {
+        self.sessions = Some(sessions);
+        self
     }
 
     /// A backend from an agent's JSON `config` object; the message says what is wrong
@@ -137,7 +183,7 @@ impl AgentBackend for CommandBackend {
     }
 
     fn run(&self, turn: Turn) -> BoxFuture<'static, Result<TurnOutcome, TurnError>> {
-        run(self.config.clone(), turn).boxed()
+        run(self.config.clone(), self.sessions.clone(), turn).boxed()
     }
 }
 
@@ -166,10 +212,42 @@ fn substitute(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
-async fn run(config: Arc<CommandConfig>, turn: Turn) -> Result<TurnOutcome, TurnError> {
+/// The backend session id the turn resumes: read from `sessions` when the task has a
+/// session and the config uses it. A failed read is retryable: running without it would
+/// silently start the conversation over.
+async fn backend_session_id(
+    config: &CommandConfig,
+    sessions: Option<&dyn AgentSessionLookup>,
+    turn: &Turn,
+) -> Result<Option<String>, TurnError> {
+    let (Some(sessions), Some(session_id)) = (sessions, turn.task.session_id.as_deref()) else {
+        return Ok(None);
+    };
+    if !config.uses_backend_session() {
+        return Ok(None);
+    }
+    let agent = turn.task.agent.as_str();
+    tokio::select! {
+        biased;
+        _ = turn.cancel.cancelled() => Err(TurnError::Cancelled),
+        read = sessions.backend_session_id(session_id, agent) => read
+            .map(|id| id.filter(|id| !id.is_empty()))
+            .map_err(|e| TurnError::retryable(format!(
+                "cannot read the agent session ({session_id:?}, {agent:?}) to resume it: {}",
+                chain(&e)
+            ))),
+    }
+}
+
+async fn run(
+    config: Arc<CommandConfig>,
+    sessions: Option<Arc<dyn AgentSessionLookup>>,
+    turn: Turn,
+) -> Result<TurnOutcome, TurnError> {
     if turn.cancel.is_cancelled() {
         return Err(TurnError::Cancelled);
     }
+    let resumed = backend_session_id(&config, sessions.as_deref(), &turn).await?;
     let task = &turn.task;
     let input = input_text(&task.input);
     let task_id = task.id.to_string();
@@ -178,10 +256,22 @@ async fn run(config: Arc<CommandConfig>, turn: Turn) -> Result<TurnOutcome, Turn
         ("session_id", task.session_id.as_deref().unwrap_or_default()),
         ("task_id", task_id.as_str()),
         ("model", task.model.as_deref().unwrap_or_default()),
+        ("backend_session_id", resumed.as_deref().unwrap_or_default()),
     ];
+    let resume_args: &[String] = if resumed.is_some() {
+        &config.resume_args
+    } else {
+        &[]
+    };
     let mut command = Command::new(&config.program);
     command
-        .args(config.args.iter().map(|arg| substitute(arg, &values)))
+        .args(
+            config
+                .args
+                .iter()
+                .chain(resume_args)
+                .map(|arg| substitute(arg, &values)),
+        )
         .envs(&config.env)
         .stdin(if config.stdin {
             Stdio::piped()
@@ -808,6 +898,112 @@ EOF
             panic!("expected a fatal failure, got {result:?}");
         };
         assert!(message.contains("/nonexistent/turnq-agent"), "{message}");
+    }
+
+    /// An agent-session lookup that answers `stored` and counts its reads.
+    struct Stored {
+        stored: Result<Option<String>, String>,
+        reads: std::sync::Mutex<Vec<(String, String)>>,
+    }
+
+    impl Stored {
+        fn new(stored: Result<Option<&str>, &str>) -> Arc<Stored> {
+            Arc::new(Stored {
+                stored: stored.map(|s| s.map(str::to_owned)).map_err(str::to_owned),
+                reads: Default::default(),
+            })
+        }
+
+        fn reads(&self) -> Vec<(String, String)> {
+            self.reads.lock().unwrap().clone()
+        }
+    }
+
+    impl AgentSessionLookup for Stored {
+        fn backend_session_id<'a>(
+            &'a self,
+            session_id: &'a str,
+            agent: &'a str,
+        ) -> BoxFuture<'a, Result<Option<String>, turnq_core::Error>> {
+            self.reads
+                .lock()
+                .unwrap()
+                .push((session_id.to_owned(), agent.to_owned()));
+            let answer = self.stored.clone().map_err(turnq_core::Error::Invalid);
+            async move { answer }.boxed()
+        }
+    }
+
+    /// `echo`, which prints its arguments as they are (`--resume` too).
+    fn echoing(stored: &Arc<Stored>) -> CommandBackend {
+        backend(json!({
+            "program": "echo",
+            "args": ["-p", "{input}", "id={backend_session_id}"],
+            "resume_args": ["--resume", "{backend_session_id}"],
+        }))
+        .resuming(stored.clone())
+    }
+
+    fn in_session(input: &str) -> Task {
+        let mut t = task(json!(input));
+        t.session_id = Some("s-1".into());
+        t.agent = "claude".into();
+        t
+    }
+
+    #[tokio::test]
+    async fn resume_args_follow_args_only_when_the_agent_session_has_a_backend_session_id() {
+        let stored = Stored::new(Ok(Some("prov-1")));
+        let (result, chunks) = run(&echoing(&stored), in_session("hi")).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(
+            pairs(&chunks),
+            [("text", "-p hi id=prov-1 --resume prov-1\n")]
+        );
+        assert_eq!(stored.reads(), [("s-1".to_owned(), "claude".to_owned())]);
+
+        // None stored (a first turn, a fresh session): no resume args, an empty id.
+        for none in [None, Some("")] {
+            let stored = Stored::new(Ok(none));
+            let (_, chunks) = run(&echoing(&stored), in_session("hi")).await;
+            assert_eq!(pairs(&chunks), [("text", "-p hi id=\n")], "{none:?}");
+        }
+
+        // A task without a session has nothing to resume: nothing is read.
+        let stored = Stored::new(Ok(Some("prov-1")));
+        let (_, chunks) = run(&echoing(&stored), task(json!("hi"))).await;
+        assert_eq!(pairs(&chunks), [("text", "-p hi id=\n")]);
+        assert!(stored.reads().is_empty());
+
+        // Nor is it for a config that uses no backend session id.
+        let plain =
+            backend(json!({"program": "echo", "args": ["{session_id}"]})).resuming(stored.clone());
+        let (_, chunks) = run(&plain, in_session("hi")).await;
+        assert_eq!(pairs(&chunks), [("text", "s-1\n")]);
+        assert!(stored.reads().is_empty());
+
+        // Built without a lookup, the backend never resumes.
+        let unresumed = backend(json!({
+            "program": "echo", "args": ["{backend_session_id}."],
+            "resume_args": ["--resume"],
+        }));
+        let (_, chunks) = run(&unresumed, in_session("hi")).await;
+        assert_eq!(pairs(&chunks), [("text", ".\n")]);
+    }
+
+    #[tokio::test]
+    async fn an_agent_session_that_cannot_be_read_fails_the_turn_retryably_before_starting_it() {
+        let stored = Stored::new(Err("Postgres is down"));
+        let (result, chunks) = run(&echoing(&stored), in_session("hi")).await;
+        assert!(chunks.is_empty(), "nothing ran: {chunks:?}");
+        let Err(TurnError::Retryable { message, .. }) = result else {
+            panic!("expected a retryable failure, got {result:?}");
+        };
+        assert!(
+            message.contains(r#"cannot read the agent session ("s-1", "claude") to resume it"#),
+            "{message}"
+        );
+        assert!(message.contains("Postgres is down"), "{message}");
     }
 
     #[test]

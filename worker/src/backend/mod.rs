@@ -12,6 +12,7 @@
 //! holds must clean up on drop (a child process with `kill_on_drop`, say).
 
 pub mod command;
+mod lookup;
 pub mod openai;
 pub mod script;
 
@@ -30,6 +31,7 @@ use turnq_core::{
 };
 
 pub use command::{CommandBackend, CommandConfig, CommandMode};
+pub use lookup::PgAgentSessions;
 pub use openai::{OpenAiBackend, OpenAiConfig};
 pub use script::ScriptBackend;
 
@@ -43,6 +45,22 @@ pub trait AgentBackend: Send + Sync {
     /// Runs one turn to its end. The future owns what it needs (`'static`), so the
     /// runner can drive it on a task of its own and survive a panic inside it.
     fn run(&self, turn: Turn) -> BoxFuture<'static, Result<TurnOutcome, TurnError>>;
+}
+
+/// Where a backend that resumes its agent's own conversations (`command`) reads the
+/// backend session id stored in the agent session of (session id, agent).
+// why a trait and not a field of `Turn`: the runner records the agent session (`active`,
+// which starts a fresh backend session after a config change or a close) before it
+// starts the backend, so reading it here sees what this turn resumes, and backends stay
+// free of Postgres. `turnq worker` gives every `command` agent the Postgres one.
+pub trait AgentSessionLookup: Send + Sync {
+    /// The stored backend session id of (`session_id`, `agent`); `None` when there is no
+    /// agent session yet or it has none (a fresh one).
+    fn backend_session_id<'a>(
+        &'a self,
+        session_id: &'a str,
+        agent: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, turnq_core::Error>>;
 }
 
 /// One attempt of a task, as a backend sees it.
