@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use turnq_core::{
-    delivery::{Job, RedisNames},
+    delivery::{Job, JobTask, RedisNames},
     task::{CHANNEL_TASKS_NEW as CHANNEL, DueTask, TaskStore},
 };
 
@@ -42,6 +42,19 @@ pub struct DispatcherConfig {
     /// rest wait in Postgres until workers catch up.
     #[arg(long, env = "TURNQ_DISPATCH_MAX_QUEUED", default_value_t = 5000)]
     pub dispatch_max_queued: u64,
+
+    /// The most tasks one Redis job carries. A dispatch round that finds more due tasks of
+    /// one (queue, agent) than `--dispatch-pack-above` packs them into jobs of up to this
+    /// many, which a worker claims in one statement; fewer go out one per job, so an idle
+    /// fleet starts each task at once and several workers share a small burst. 1 turns
+    /// packing off.
+    #[arg(long, env = "TURNQ_DISPATCH_JOB_SIZE", default_value_t = 16)]
+    pub dispatch_job_size: usize,
+
+    /// Due tasks of one (queue, agent) in a round at or below which every task goes out
+    /// in a job of its own.
+    #[arg(long, env = "TURNQ_DISPATCH_PACK_ABOVE", default_value_t = 64)]
+    pub dispatch_pack_above: usize,
 
     /// A task queued this long without starting is pushed again (its job was lost with
     /// Redis or with a worker). Duplicates are harmless: the claim is conditional.
@@ -187,7 +200,7 @@ async fn drain(
             .collect();
         let pushed =
             TaskStore::dispatch_due_queued_before(db, limit, stale, &full, &metadata, |due| {
-                push(redis.clone(), names, due)
+                push(redis.clone(), names, due, config)
             })
             .await?;
         total += pushed;
@@ -197,24 +210,27 @@ async fn drain(
     }
 }
 
-/// Pushes one job per task onto the Redis queue of its (queue, agent) pair, one bulk push
-/// per pair: only workers that run the task's agent consume it.
+/// Pushes the due tasks onto the Redis queue of their (queue, agent) pair, one bulk push
+/// per pair (only workers that run the task's agent consume it): one job per task, or
+/// packed into jobs of several when the pair has a backlog ([`pack`]).
 async fn push(
     conn: ConnectionManager,
     names: &RedisNames,
     due: Vec<DueTask>,
+    config: &DispatcherConfig,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut by_pair: BTreeMap<(String, String), Vec<Job>> = BTreeMap::new();
+    let mut by_pair: BTreeMap<(String, String), Vec<JobTask>> = BTreeMap::new();
     for task in due {
         by_pair
             .entry((task.queue, task.agent))
             .or_default()
-            .push(Job {
+            .push(JobTask {
                 task_id: task.id,
                 attempt: task.attempt,
             });
     }
-    for ((queue, agent), jobs) in by_pair {
+    for ((queue, agent), tasks) in by_pair {
+        let jobs = pack(tasks, config.dispatch_pack_above, config.dispatch_job_size);
         let config = apalis_redis::Config::default()
             .queue(names.agent_queue(&queue, &agent))
             // Postgres holds results; apalis need not.
@@ -224,8 +240,36 @@ async fn push(
             .push_bulk(jobs)
             .await
             .map_err(|e| format!("pushing to the Redis queue of {queue}/{agent}: {e}"))?;
+        // Idle workers of the pair fetch now rather than at their next poll. A lost
+        // message only costs that poll.
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(names.wake_channel(&queue, &agent))
+            .arg(1)
+            .query_async(&mut conn.clone())
+            .await
+            .map_err(|e| format!("waking the workers of {queue}/{agent}: {e}"))?;
     }
     Ok(())
+}
+
+/// The jobs for one pair's due tasks, in their order: one task per job when there are at
+/// most `pack_above`, else as few jobs as it takes to keep about `pack_above` of them
+/// (so workers still share the backlog), each of at most `job_size` tasks.
+fn pack(tasks: Vec<JobTask>, pack_above: usize, job_size: usize) -> Vec<Job> {
+    let per_job = if tasks.len() <= pack_above.max(1) {
+        1
+    } else {
+        tasks
+            .len()
+            .div_ceil(pack_above.max(1))
+            .clamp(1, job_size.max(1))
+    };
+    tasks
+        .chunks(per_job)
+        .map(|chunk| Job {
+            tasks: chunk.to_vec(),
+        })
+        .collect()
 }
 
 /// LISTENs on `tasks_new` and wakes the dispatcher; reconnects after any error and
@@ -260,5 +304,41 @@ async fn listen(db: DatabaseConnection, wake: Arc<Notify>, shutdown: Cancellatio
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use turnq_core::TaskId;
+
+    fn tasks(n: usize) -> Vec<JobTask> {
+        (0..n)
+            .map(|_| JobTask {
+                task_id: TaskId::new(),
+                attempt: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_small_round_sends_one_task_per_job_and_a_backlog_is_packed_in_order() {
+        let few = tasks(64);
+        let jobs = pack(few.clone(), 64, 16);
+        assert_eq!(jobs.len(), 64);
+        assert!(jobs.iter().all(|j| j.tasks.len() == 1));
+
+        let many = tasks(500);
+        let jobs = pack(many.clone(), 64, 16);
+        assert_eq!(jobs.iter().map(|j| j.tasks.len()).max(), Some(8));
+        let flat: Vec<JobTask> = jobs.into_iter().flat_map(|j| j.tasks).collect();
+        assert_eq!(flat, many, "every task once, in order");
+
+        let jobs = pack(tasks(5000), 64, 16);
+        assert!(jobs.iter().all(|j| j.tasks.len() <= 16));
+        assert_eq!(jobs.iter().map(|j| j.tasks.len()).sum::<usize>(), 5000);
+
+        let jobs = pack(tasks(500), 64, 1);
+        assert_eq!(jobs.len(), 500, "job size 1 turns packing off");
     }
 }

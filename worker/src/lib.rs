@@ -12,8 +12,13 @@
 //!   (`{prefix}:q:{queue}:{agent}`, for the worker's queues and agents; rebuilt
 //!   after any Redis failure, under a new name), the process-wide limit on running
 //!   turns, and the cleanup of acknowledged jobs.
-//! - `runner`: one turn: claim, run the backend, batch its output into events, map the
-//!   result to the last event. Every write is fenced by attempt and worker.
+//! - `runner`: one job: claim its tasks (one statement), then per task run the backend,
+//!   batch its output into events, map the result to the last event. Every write is
+//!   fenced by attempt and worker.
+//! - `writer`: group commit: the writes of all running turns go to Postgres together,
+//!   one transaction for whatever queued up while the last one committed.
+//! - `wake`: the subscription to the dispatcher's wake-ups, so a consumer fetches as
+//!   soon as jobs are pushed, not at its next poll.
 //! - `lease`: the heartbeat: registry row, lease renewal of running turns, and stopping
 //!   the turns whose task is no longer ours.
 //! - `cancel`: LISTEN for cancellations of running tasks, so a turn cancelled on any
@@ -39,10 +44,13 @@ mod cancel;
 mod config;
 mod health;
 mod lease;
+pub mod purge;
 mod queue;
 mod runner;
 #[cfg(test)]
 mod testdb;
+mod wake;
+mod writer;
 
 use std::{sync::Arc, time::Duration};
 
@@ -216,9 +224,9 @@ pub async fn run_with_backends(
     ));
     let handler: JobHandler = {
         let runner = runner.clone();
-        Arc::new(move |job: Job| {
+        Arc::new(move |job: Job, slots| {
             let runner = runner.clone();
-            async move { runner.run_job(job).await }.boxed()
+            async move { runner.run_job(job, slots).await }.boxed()
         })
     };
     let consumers = Consumers::start(
@@ -343,10 +351,7 @@ mod tests {
             .await
             .unwrap()
             .task;
-        Job {
-            task_id: task.id,
-            attempt: task.attempt,
-        }
+        Job::one(task.id, task.attempt)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,7 +403,7 @@ mod tests {
             .await
             .expect("the turn starts")
             .unwrap();
-        assert_eq!(task, job.task_id);
+        assert_eq!(task, job.tasks[0].task_id);
 
         // As `POST /v1/tasks/{id}/cancel` does, from any host.
         TaskStore::cancel(&test.db, task, None, &json!({"actor": "person"}))
@@ -501,7 +506,7 @@ mod tests {
         .await;
         eventually("the task runs once Postgres answers", || {
             let db = test.db.clone();
-            let task = job.task_id;
+            let task = job.tasks[0].task_id;
             async move {
                 match TaskStore::get(&db, task).await {
                     Ok(t) if t.state == TaskState::Completed => Ok(()),

@@ -42,28 +42,28 @@
 //! duplicate, which the conditional claim makes harmless).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     convert::Infallible,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use apalis::prelude::{
-    BackendExt, Data, Event, EventListenerExt, TaskSink, WorkerBuilder, WorkerBuilderExt,
+    BackendExt, Data, Event, EventListenerExt, Strategy, TaskSink, WorkerBuilder, WorkerBuilderExt,
     WorkerContext, WorkerError as ApalisError,
 };
 use apalis_redis::{Client, ConnectionManager, RedisStorage};
 use futures::future::BoxFuture;
 use redis::aio::ConnectionManagerConfig;
 use tokio::{
-    sync::{Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
     task::JoinHandle,
     time::{Instant, sleep, timeout},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use turnq_core::{WorkerId, delivery::Job, delivery::RedisNames};
 
-use crate::runner::error_chain;
+use crate::{runner::error_chain, wake::Wake};
 
 /// apalis' own heartbeat: how often a consumer tells Redis it is alive and re-enqueues
 /// the in-flight jobs of consumers that stopped beating. Postgres leases, not this,
@@ -136,8 +136,10 @@ redis.call('DEL', KEYS[5])
 return #ids
 ";
 
-/// What a consumer does with a job: claim it and run the turn. It owns the outcome.
-pub(crate) type JobHandler = Arc<dyn Fn(Job) -> BoxFuture<'static, Handled> + Send + Sync>;
+/// What a consumer does with a job: claim its tasks and run their turns, each holding
+/// one of the slots it is given (one per task) until its turn ends. It owns the outcome.
+pub(crate) type JobHandler =
+    Arc<dyn Fn(Job, Vec<OwnedSemaphorePermit>) -> BoxFuture<'static, Handled> + Send + Sync>;
 
 /// What became of a job, as far as its queue is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,6 +229,8 @@ struct Shared {
     gate: watch::Receiver<bool>,
     /// The live consumer of each queue, whose metadata the cleanup keeps from expiring.
     live: Mutex<BTreeMap<String, String>>,
+    /// Each queue's wake-up, signalled when the dispatcher pushes to it.
+    wakes: HashMap<String, Wake>,
 }
 
 impl Shared {
@@ -274,7 +278,14 @@ impl Consumers {
         gate: watch::Receiver<bool>,
         stop: CancellationToken,
     ) -> Consumers {
+        let wakes = crate::wake::start(
+            &settings.redis_url,
+            &settings.names,
+            &settings.queues,
+            stop.clone(),
+        );
         let shared = Arc::new(Shared {
+            wakes,
             slots: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
             handler,
@@ -508,9 +519,15 @@ async fn consume(
         conn: conn.clone(),
         config: config.clone(),
     });
+    // Fetch when the dispatcher says it pushed, and every poll interval regardless.
+    let wake = shared.wakes.get(queue).cloned().unwrap_or_default();
     let backend = RedisStorage::<Job>::new(conn)
         .with_config(config)
-        .poll_with_interval(shared.settings.poll_interval);
+        .poll_with_strategy(
+            Strategy::new()
+                .stream(wake)
+                .interval(shared.settings.poll_interval),
+        );
     let gate_at_start = shared.gate.clone();
     let worker = WorkerBuilder::new(name)
         .backend(backend)
@@ -584,9 +601,9 @@ impl QueueContext {
             RedisStorage::<Job>::new(self.conn.clone()).with_config(self.config.clone());
         match storage.push(job.clone()).await {
             Ok(()) => {
-                tracing::debug!(task_id = %job.task_id, queue = %self.queue, "handed an unstarted job back")
+                tracing::debug!(tasks = job.tasks.len(), queue = %self.queue, "handed an unstarted job back")
             }
-            Err(e) => tracing::warn!(task_id = %job.task_id, queue = %self.queue, error = %e,
+            Err(e) => tracing::warn!(tasks = ?job.tasks, queue = %self.queue, error = %e,
                 "could not hand an unstarted job back to Redis; the dispatcher delivers it again later"),
         }
     }
@@ -594,6 +611,11 @@ impl QueueContext {
 
 /// The apalis handler. Always Ok: the outcome is in Postgres (or the task is still
 /// queued there), and an error would make apalis retry behind turnq's back.
+///
+/// A job of several tasks starts as many of them as there are free slots (at least one,
+/// waiting for it), then the rest as slots free up; the job is acknowledged when all
+/// its turns have ended. Tasks not yet started when the worker stops or Postgres goes
+/// away go back to the queue as one job.
 async fn deliver(job: Job, context: Data<Arc<QueueContext>>) -> Result<(), Infallible> {
     let context: Arc<QueueContext> = (*context).clone();
     let shared = &context.shared;
@@ -602,44 +624,64 @@ async fn deliver(job: Job, context: Data<Arc<QueueContext>>) -> Result<(), Infal
         context.hand_back(job).await;
         return Ok(());
     }
-    let mut gate = shared.gate.clone();
-    let shut = async move {
-        // The guard `wait_for` returns is dropped at once: it is not `Send`. A gate
-        // whose sender is gone stays as it was: open.
-        if gate.wait_for(|open| !*open).await.is_err() {
-            std::future::pending::<()>().await;
+    let mut rest = job.tasks;
+    let mut handles = Vec::new();
+    while !rest.is_empty() {
+        let mut gate = shared.gate.clone();
+        let shut = async move {
+            // The guard `wait_for` returns is dropped at once: it is not `Send`. A gate
+            // whose sender is gone stays as it was: open.
+            if gate.wait_for(|open| !*open).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let first = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => None,
+            _ = shut => None,
+            slot = shared.slots.clone().acquire_owned() => slot.ok(),
+        };
+        let Some(first) = first else {
+            // Stopping, or Postgres went away, while these waited for a slot: they were
+            // never started.
+            context
+                .hand_back(Job {
+                    tasks: std::mem::take(&mut rest),
+                })
+                .await;
+            break;
+        };
+        let mut slots = vec![first];
+        while slots.len() < rest.len() {
+            match shared.slots.clone().try_acquire_owned() {
+                Ok(slot) => slots.push(slot),
+                Err(_) => break,
+            }
         }
-    };
-    let slot = tokio::select! {
-        biased;
-        _ = shared.stop.cancelled() => None,
-        _ = shut => None,
-        slot = shared.slots.clone().acquire_owned() => slot.ok(),
-    };
-    let Some(slot) = slot else {
-        // Stopping, or Postgres went away, while this job waited for a slot: it was
-        // never started.
-        context.hand_back(job).await;
-        return Ok(());
-    };
-    let handler = shared.handler.clone();
-    let stop = shared.stop.clone();
-    let job_context = context.clone();
-    // The turn runs on a task of its own: if this consumer dies (and drops this
-    // future), the turn still finishes and records its result.
-    let handled = shared.jobs.spawn(async move {
-        let _slot = slot;
-        if stop.is_cancelled() || !job_context.shared.gate_open() {
-            job_context.hand_back(job).await;
-            return;
+        let chunk = Job {
+            tasks: rest.drain(..slots.len()).collect(),
+        };
+        let handler = shared.handler.clone();
+        let stop = shared.stop.clone();
+        let job_context = context.clone();
+        // The turns run on a task of their own: if this consumer dies (and drops this
+        // future), they still finish and record their results.
+        handles.push(shared.jobs.spawn(async move {
+            if stop.is_cancelled() || !job_context.shared.gate_open() {
+                drop(slots);
+                job_context.hand_back(chunk).await;
+                return;
+            }
+            match handler(chunk.clone(), slots).await {
+                Handled::Done => {}
+                Handled::PostgresUnavailable => job_context.hand_back(chunk).await,
+            }
+        }));
+    }
+    for handled in handles {
+        if let Err(e) = handled.await {
+            tracing::error!(queue = %context.queue, error = %e, "handling a job panicked");
         }
-        match handler(job.clone()).await {
-            Handled::Done => {}
-            Handled::PostgresUnavailable => job_context.hand_back(job).await,
-        }
-    });
-    if let Err(e) = handled.await {
-        tracing::error!(queue = %context.queue, error = %e, "handling a job panicked");
     }
     Ok(())
 }
@@ -782,50 +824,6 @@ pub(crate) mod tests {
                 names: RedisNames::new(format!("turnq-worker-test-{}", &id[..12])),
             }
         }
-
-        async fn delete_keys(names: &RedisNames) -> redis::RedisResult<()> {
-            let mut conn = connect(&redis_url()).await?;
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(names.pattern())
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
-                if !keys.is_empty() {
-                    let _: () = redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async(&mut conn)
-                        .await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-            // apalis registers every queue in one global sorted set, outside any prefix.
-            let members: Vec<String> = redis::cmd("ZRANGE")
-                .arg("core:apalis:queues:list")
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut conn)
-                .await?;
-            let ours: Vec<&String> = members
-                .iter()
-                .filter(|m| m.starts_with(&format!("{}:", names.prefix())))
-                .collect();
-            if !ours.is_empty() {
-                let _: () = redis::cmd("ZREM")
-                    .arg("core:apalis:queues:list")
-                    .arg(ours)
-                    .query_async(&mut conn)
-                    .await?;
-            }
-            Ok(())
-        }
     }
 
     impl Drop for TestPrefix {
@@ -835,7 +833,7 @@ pub(crate) mod tests {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map(|rt| rt.block_on(TestPrefix::delete_keys(&names)))
+                    .map(|rt| rt.block_on(crate::purge::delete_keys(&redis_url(), &names)))
             })
             .join();
         }
@@ -868,12 +866,7 @@ pub(crate) mod tests {
     }
 
     fn jobs(n: usize) -> Vec<Job> {
-        (0..n)
-            .map(|i| Job {
-                task_id: TaskId::new(),
-                attempt: i as i32,
-            })
-            .collect()
+        (0..n).map(|i| Job::one(TaskId::new(), i as i32)).collect()
     }
 
     /// Waits until `check` holds, or fails saying what it last saw.
@@ -907,9 +900,10 @@ pub(crate) mod tests {
             worker_id: WorkerId(format!("smoke-{}", uuid::Uuid::new_v4().simple())),
         };
         let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Job>();
-        let handler: JobHandler = Arc::new(move |job: Job| {
+        let handler: JobHandler = Arc::new(move |job: Job, slots: Vec<OwnedSemaphorePermit>| {
             let seen = seen_tx.clone();
             async move {
+                let _slots = slots;
                 let _ = seen.send(job);
                 Handled::Done
             }
@@ -930,7 +924,7 @@ pub(crate) mod tests {
                 .await
                 .expect("every pushed job is delivered")
                 .expect("the handler is alive");
-            seen.insert(job.task_id);
+            seen.insert(job.tasks[0].task_id);
         }
 
         // Kill queue a's consumer connection under it: apalis dies, the supervisor
@@ -983,8 +977,11 @@ pub(crate) mod tests {
                 .await
                 .expect("jobs pushed after the failure are delivered")
                 .expect("the handler is alive");
-            if second.iter().any(|j| j.task_id == job.task_id) {
-                seen_second.insert(job.task_id);
+            if second
+                .iter()
+                .any(|j| j.tasks[0].task_id == job.tasks[0].task_id)
+            {
+                seen_second.insert(job.tasks[0].task_id);
             }
         }
 
@@ -1055,9 +1052,10 @@ pub(crate) mod tests {
         let (started_tx, mut started_rx) = mpsc::unbounded_channel::<Job>();
         let handler: JobHandler = {
             let release = release.clone();
-            Arc::new(move |job: Job| {
+            Arc::new(move |job: Job, slots: Vec<OwnedSemaphorePermit>| {
                 let (started, release) = (started_tx.clone(), release.clone());
                 async move {
+                    let _slots = slots;
                     let _ = started.send(job);
                     release.cancelled().await;
                     Handled::Done
@@ -1189,7 +1187,7 @@ pub(crate) mod tests {
         let handler: JobHandler = {
             let (gate_tx, refused_once) = (gate_tx.clone(), Arc::new(Mutex::new(false)));
             let refused = refused.clone();
-            Arc::new(move |job: Job| {
+            Arc::new(move |job: Job, slots: Vec<OwnedSemaphorePermit>| {
                 let (seen, gate_tx, refused_once, refused) = (
                     seen_tx.clone(),
                     gate_tx.clone(),
@@ -1197,6 +1195,7 @@ pub(crate) mod tests {
                     refused.clone(),
                 );
                 async move {
+                    let _slots = slots;
                     let _ = seen.send(job.clone());
                     let mut once = refused_once.lock().unwrap();
                     if job == refused && !*once {

@@ -33,6 +33,7 @@ use rand::RngExt;
 use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 use tokio::{
+    sync::OwnedSemaphorePermit,
     task::JoinError,
     time::{Instant, sleep, sleep_until},
 };
@@ -56,6 +57,7 @@ use crate::{
     backend::{AgentBackend, AgentEntry, Backends, OutputSink, Turn, TurnError, TurnOutcome},
     health::PostgresHealth,
     queue::Handled,
+    writer::GroupWriter,
 };
 
 /// The most chunks in one `task.output` event.
@@ -209,29 +211,18 @@ pub(crate) trait Recorder: Send + Sync {
     fn record<'a>(&'a self, event: &'a TaskEvent) -> BoxFuture<'a, Result<(), Error>>;
 }
 
+/// Writes one attempt's events through the process' group commit ([`GroupWriter`]).
 struct DbRecorder<'a> {
-    db: &'a DatabaseConnection,
+    writer: &'a GroupWriter,
     task: TaskId,
     attempt: i32,
-    worker: &'a WorkerId,
-    metadata: &'a Value,
 }
 
 impl Recorder for DbRecorder<'_> {
     fn record<'a>(&'a self, event: &'a TaskEvent) -> BoxFuture<'a, Result<(), Error>> {
-        async move {
-            TaskStore::record(
-                self.db,
-                self.task,
-                self.attempt,
-                self.worker,
-                event,
-                self.metadata,
-            )
-            .await
-            .map(drop)
-        }
-        .boxed()
+        self.writer
+            .record(self.task, self.attempt, event.clone())
+            .boxed()
     }
 }
 
@@ -248,6 +239,8 @@ pub(crate) struct TurnSettings {
 /// Runs the jobs this worker receives.
 pub(crate) struct Runner {
     db: DatabaseConnection,
+    /// Every write of a running turn goes through it (group commit).
+    writer: GroupWriter,
     /// Handed to every turn; on the same connection pool as the task writes.
     sessions: Arc<dyn SessionStore>,
     health: Arc<PostgresHealth>,
@@ -266,13 +259,15 @@ impl Runner {
         backends: Backends,
         health: Arc<PostgresHealth>,
     ) -> Self {
+        let metadata = json!({"actor": "worker", "worker_id": worker.0});
         Runner {
             sessions: Arc::new(PgSessionStore::new(db.clone())),
+            writer: GroupWriter::start(db.clone(), worker.clone(), metadata.clone()),
             db,
             health,
             backends,
             lease: config.lease,
-            metadata: json!({"actor": "worker", "worker_id": worker.0}),
+            metadata,
             settings: TurnSettings {
                 worker,
                 output_flush: config.output_flush,
@@ -288,53 +283,60 @@ impl Runner {
         &self.turns
     }
 
-    /// Handles one delivery. It never fails: whatever happened is recorded in Postgres,
-    /// or the task is still queued there and is delivered again. When Postgres cannot
-    /// be reached nothing was started: Postgres is marked down and the job is to be
-    /// put back on its queue ([`Handled::PostgresUnavailable`]).
-    pub(crate) async fn run_job(&self, job: Job) -> Handled {
+    /// Handles one delivery: claims its tasks in one statement and runs their turns
+    /// side by side, each holding one of `slots` (one per task of the job) until its turn
+    /// ends. It never fails: whatever happened is recorded in Postgres, or a task is
+    /// still queued there and is delivered again. When Postgres cannot be reached nothing
+    /// was started: Postgres is marked down and the job is to be put back on its queue
+    /// ([`Handled::PostgresUnavailable`]).
+    pub(crate) async fn run_job(&self, job: Job, mut slots: Vec<OwnedSemaphorePermit>) -> Handled {
         let worker = &self.settings.worker;
-        let claimed = TaskStore::claim(
-            &self.db,
-            job.task_id,
-            job.attempt,
-            worker,
-            self.lease,
-            &self.metadata,
-        )
-        .await;
-        let task = match claimed {
-            Ok(Some(claimed)) => claimed.task,
-            Ok(None) => {
-                tracing::debug!(task_id = %job.task_id, attempt = job.attempt, worker_id = %worker,
-                    "not claimed: the job is stale or a duplicate (the task is no longer pending at \
-                     this attempt), or another turn of its session is running (it stays queued and \
-                     is delivered again)");
-                return Handled::Done;
-            }
+        let wanted: Vec<(TaskId, i32)> = job.tasks.iter().map(|t| (t.task_id, t.attempt)).collect();
+        let claimed =
+            TaskStore::claim_many(&self.db, &wanted, worker, self.lease, &self.metadata).await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
             Err(e) if e.is_unavailable() => {
                 // Logged once per outage by `health`; the job goes back to its queue.
-                tracing::debug!(task_id = %job.task_id, attempt = job.attempt, worker_id = %worker,
-                    "Postgres is unreachable, so the task cannot be claimed");
+                tracing::debug!(tasks = wanted.len(), worker_id = %worker,
+                    "Postgres is unreachable, so the job's tasks cannot be claimed");
                 self.health.down(&e);
                 return Handled::PostgresUnavailable;
             }
             Err(e) => {
-                tracing::error!(task_id = %job.task_id, attempt = job.attempt, worker_id = %worker,
-                    error = %error_chain(&e), "claiming the task failed");
+                tracing::error!(tasks = ?wanted, worker_id = %worker,
+                    error = %error_chain(&e), "claiming the job's tasks failed");
                 return Handled::Done;
             }
         };
+        if claimed.len() < wanted.len() {
+            tracing::debug!(claimed = claimed.len(), delivered = wanted.len(), worker_id = %worker,
+                "some tasks were not claimed: their jobs are stale or duplicates (the task is no \
+                 longer pending at that attempt), or another turn of their session is running \
+                 (they stay queued and are delivered again)");
+        }
+        let turns = claimed.into_iter().map(|claimed| {
+            // A task's slot is freed when its own turn ends, not when the job's last does.
+            let slot = slots.pop();
+            async move {
+                self.run_turn(claimed.task).await;
+                drop(slot);
+            }
+        });
+        futures::future::join_all(turns).await;
+        Handled::Done
+    }
 
+    /// Runs the turn of a task this worker has just claimed, to its recorded end.
+    async fn run_turn(&self, task: Task) {
+        let worker = &self.settings.worker;
         let started = Instant::now();
         let attempt = task.attempt;
         let guard = self.turns.register(task.id, attempt);
         let recorder = DbRecorder {
-            db: &self.db,
+            writer: &self.writer,
             task: task.id,
             attempt,
-            worker,
-            metadata: &self.metadata,
         };
         // Every log line of the turn, however deep, names the task, attempt and worker.
         let span = tracing::info_span!("turn", task_id = %task.id, attempt, worker_id = %worker);
@@ -394,7 +396,6 @@ impl Runner {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "turn ended"
         );
-        Handled::Done
     }
 
     /// Records the turn in the agent session of (`task.session_id`, `task.agent`) when the
@@ -1471,11 +1472,11 @@ mod tests {
             Backends::builtin(),
             health.clone(),
         );
-        let job = Job {
-            task_id: TaskId::new(),
-            attempt: 0,
-        };
-        assert_eq!(runner.run_job(job).await, Handled::PostgresUnavailable);
+        let job = Job::one(TaskId::new(), 0);
+        assert_eq!(
+            runner.run_job(job, Vec::new()).await,
+            Handled::PostgresUnavailable
+        );
         assert!(!health.is_up());
         assert!(runner.turns().snapshot().is_empty(), "nothing was started");
     }

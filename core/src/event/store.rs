@@ -102,16 +102,23 @@ impl EventStore {
                 actual,
             });
         }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let at = time::now();
-        let rows = events
+        let rows: Vec<events::ActiveModel> = events
             .into_iter()
             .enumerate()
             .map(|(i, event)| {
                 Self::row(stream, StreamVersion(expected.0 + 1 + i as i64), event, at)
             })
             .collect();
-        let recorded = match Self::insert(&txn, rows).await {
-            Ok(recorded) => recorded,
+        let inserted = events::Entity::insert_many(rows)
+            .exec_with_returning(&txn)
+            .await
+            .map_err(Error::from);
+        let recorded = match inserted {
+            Ok(models) => models.into_iter().map(RecordedEvent::from).collect(),
             Err(Error::Database(e))
                 if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>
             {
@@ -149,18 +156,19 @@ impl EventStore {
         }
     }
 
-    /// Inserts rows in one multi-row statement (no round trip per event).
+    /// Inserts rows in one multi-row statement (no round trip per event), without
+    /// reading them back: the hot path never needs their positions.
     pub(crate) async fn insert<C: ConnectionTrait>(
         db: &C,
         rows: Vec<events::ActiveModel>,
-    ) -> Result<Vec<RecordedEvent>> {
+    ) -> Result<()> {
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let models = events::Entity::insert_many(rows)
-            .exec_with_returning(db)
+        events::Entity::insert_many(rows)
+            .exec_without_returning(db)
             .await?;
-        Ok(models.into_iter().map(RecordedEvent::from).collect())
+        Ok(())
     }
 
     /// The current version of a stream: 0 when it has no events.

@@ -19,6 +19,7 @@ use crate::{
 };
 
 /// One column change.
+#[derive(Debug, PartialEq)]
 pub(crate) enum Change {
     Set(Value),
     AddI64(i64),
@@ -178,6 +179,16 @@ pub(crate) fn changes(event: &TaskEvent, at: Timestamp) -> Vec<(Column, Change)>
         ]),
     }
     out
+}
+
+/// True when two change lists set the same columns to the same values, so one
+/// `UPDATE` applies either to any set of rows.
+pub(crate) fn same_changes(a: &[(Column, Change)], b: &[(Column, Change)]) -> bool {
+    use sea_orm::IdenStatic;
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ca, xa), (cb, xb))| ca.as_str() == cb.as_str() && xa == xb)
 }
 
 /// The live path: `event`'s changes as one `UPDATE` (filters are the caller's).

@@ -8,9 +8,10 @@
 //! back. The row lock taken by the `UPDATE` serialises writers of one stream, which is
 //! what keeps its versions gapless.
 
-use std::time::Duration;
-
-use std::collections::HashSet;
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
 
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
@@ -74,6 +75,14 @@ pub struct DueTask {
 #[derive(Debug)]
 pub struct Claimed {
     pub task: Task,
+}
+
+/// One write of a running attempt, for [`TaskStore::record_many`].
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub task: TaskId,
+    pub attempt: i32,
+    pub event: TaskEvent,
 }
 
 pub fn stream_of(id: TaskId) -> StreamRef {
@@ -150,6 +159,10 @@ async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) -> Res
     .await?;
     Ok(())
 }
+
+/// Records of one [`TaskStore::record_many`] wave that one `UPDATE` applies: the attempt
+/// they guard on, their (identical) column changes, and their indexes.
+type WriteGroup = (i32, Vec<(Column, projection::Change)>, Vec<usize>);
 
 /// Reads and writes tasks. Stateless: each method takes the connection to use.
 pub struct TaskStore;
@@ -623,6 +636,201 @@ impl TaskStore {
         Ok(Some(Claimed {
             task: Task::try_from(row)?,
         }))
+    }
+
+    /// Claims several tasks for `worker` in ONE transaction: the batched form of
+    /// [`TaskStore::claim`], with the same rule for each `(task, attempt)` of `jobs`.
+    /// Returns the tasks claimed, in the order of `jobs`; a job that is stale or a
+    /// duplicate is left out.
+    ///
+    /// The rows are locked in id order before they are updated, so two workers claiming
+    /// overlapping batches (duplicate deliveries) wait for each other instead of
+    /// deadlocking. If the batch would start a second running turn of a session (the
+    /// unique index refuses the whole statement), the tasks are claimed one by one, so
+    /// only the offending one is refused.
+    pub async fn claim_many(
+        db: &DatabaseConnection,
+        jobs: &[(TaskId, i32)],
+        worker: &WorkerId,
+        lease: Duration,
+        metadata: &Value,
+    ) -> Result<Vec<Claimed>> {
+        if let [(id, attempt)] = jobs {
+            return Ok(Self::claim(db, *id, *attempt, worker, lease, metadata)
+                .await?
+                .into_iter()
+                .collect());
+        }
+        match Self::try_claim_many(db, jobs, worker, lease, metadata).await {
+            Err(e) if is_unique_violation(&e) => {
+                let mut claimed = Vec::new();
+                for (id, attempt) in jobs {
+                    claimed.extend(Self::claim(db, *id, *attempt, worker, lease, metadata).await?);
+                }
+                Ok(claimed)
+            }
+            other => other,
+        }
+    }
+
+    async fn try_claim_many(
+        db: &DatabaseConnection,
+        jobs: &[(TaskId, i32)],
+        worker: &WorkerId,
+        lease: Duration,
+        metadata: &Value,
+    ) -> Result<Vec<Claimed>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let at = time::now();
+        let lease_until = time::truncate(
+            at + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX),
+        );
+        let txn = db.begin().await?;
+        let _locked: Vec<Uuid> = tasks::Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Id.is_in(jobs.iter().map(|(id, _)| id.0)))
+            .order_by_asc(Column::Id)
+            .lock(LockType::Update)
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        // One statement per attempt number (the event sets the attempt); a batch is
+        // nearly always one.
+        let mut by_attempt: BTreeMap<i32, Vec<Uuid>> = BTreeMap::new();
+        for (id, attempt) in jobs {
+            by_attempt.entry(*attempt).or_default().push(id.0);
+        }
+        let mut rows = Vec::with_capacity(jobs.len());
+        let mut events = Vec::with_capacity(jobs.len());
+        for (attempt, ids) in by_attempt {
+            let event = TaskEvent::Started(Started {
+                attempt: attempt + 1,
+                worker_id: worker.0.clone(),
+                lease_until,
+            });
+            let updated = projection::update(&event, at)
+                .filter(Column::Id.is_in(ids))
+                .filter(Column::State.eq(TaskState::Pending.as_str()))
+                .filter(Column::Attempt.eq(attempt))
+                .exec_with_returning(&txn)
+                .await?;
+            for row in updated {
+                events.push(event_row(TaskId(row.id), row.version, &event, metadata, at));
+                rows.push(row);
+            }
+        }
+        EventStore::insert(&txn, events).await?;
+        txn.commit().await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for (id, _) in jobs {
+            if let Some(i) = rows.iter().position(|row| row.id == id.0) {
+                claimed.push(Claimed {
+                    task: Task::try_from(rows.swap_remove(i))?,
+                });
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Records many events of running attempts in ONE transaction (group commit): the
+    /// batched form of [`TaskStore::record`], with the same guard for each record.
+    /// The answer has one result per record, in order: the task after it, or why it was
+    /// refused ([`Error::Fenced`], [`Error::IllegalTransition`]). A database error
+    /// fails the whole batch and writes nothing.
+    ///
+    /// Records of one task are applied in their order. Records whose column changes are
+    /// identical (every `task.output`, or the same ending) share one `UPDATE`; the events
+    /// go in with one multi-row insert.
+    pub async fn record_many(
+        db: &DatabaseConnection,
+        worker: &WorkerId,
+        records: &[Record],
+        metadata: &Value,
+    ) -> Result<Vec<Result<Task>>> {
+        let at = time::now();
+        let mut out: Vec<Option<Result<Task>>> = records.iter().map(|_| None).collect();
+        // Wave n holds the n-th record of each task, so a task appears once per wave.
+        let mut waves: Vec<Vec<usize>> = Vec::new();
+        let mut per_task: HashMap<TaskId, usize> = HashMap::new();
+        for (i, record) in records.iter().enumerate() {
+            if TaskState::Running.after(&record.event).is_none() {
+                out[i] = Some(Err(Error::IllegalTransition {
+                    task: record.task,
+                    from: TaskState::Running,
+                    action: record.event.kind(),
+                }));
+                continue;
+            }
+            let wave = per_task.entry(record.task).or_default();
+            if waves.len() <= *wave {
+                waves.push(Vec::new());
+            }
+            waves[*wave].push(i);
+            *wave += 1;
+        }
+        if waves.is_empty() {
+            return Ok(out.into_iter().flatten().collect());
+        }
+
+        let txn = db.begin().await?;
+        let mut events = Vec::with_capacity(records.len());
+        let mut session_ended = false;
+        for wave in waves {
+            let mut groups: Vec<WriteGroup> = Vec::new();
+            for i in wave {
+                let record = &records[i];
+                let changes = projection::changes(&record.event, at);
+                match groups.iter_mut().find(|(attempt, group, _)| {
+                    *attempt == record.attempt && projection::same_changes(group, &changes)
+                }) {
+                    Some((_, _, members)) => members.push(i),
+                    None => groups.push((record.attempt, changes, vec![i])),
+                }
+            }
+            for (attempt, _, members) in groups {
+                let first = &records[members[0]];
+                let updated = projection::update(&first.event, at)
+                    .filter(Column::Id.is_in(members.iter().map(|&i| records[i].task.0)))
+                    .filter(worker_guard(attempt, worker))
+                    .exec_with_returning(&txn)
+                    .await?;
+                for i in members {
+                    let record = &records[i];
+                    out[i] = Some(match updated.iter().find(|row| row.id == record.task.0) {
+                        Some(row) => {
+                            events.push(event_row(
+                                record.task,
+                                row.version,
+                                &record.event,
+                                metadata,
+                                at,
+                            ));
+                            if row.session_id.is_some()
+                                && !matches!(record.event, TaskEvent::Output(_))
+                            {
+                                session_ended = true;
+                            }
+                            Task::try_from(row.clone())
+                        }
+                        None => Err(Error::Fenced {
+                            task: record.task,
+                            attempt: record.attempt,
+                            worker: worker.0.clone(),
+                        }),
+                    });
+                }
+            }
+        }
+        EventStore::insert(&txn, events).await?;
+        if session_ended {
+            // A session's next turn may start now.
+            notify(&txn, CHANNEL_TASKS_NEW, "").await?;
+        }
+        txn.commit().await?;
+        Ok(out.into_iter().flatten().collect())
     }
 
     /// Records an event of a running attempt (`task.output`, or the attempt's end) on the

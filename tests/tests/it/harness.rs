@@ -136,9 +136,6 @@ pub struct TestRedis {
     pub names: RedisNames,
 }
 
-/// apalis-redis registers every queue in one global sorted set, outside any prefix.
-const APALIS_QUEUES: &str = "core:apalis:queues:list";
-
 impl TestRedis {
     /// A fresh prefix on the Redis at `url`.
     pub fn on(url: &str) -> TestRedis {
@@ -149,47 +146,7 @@ impl TestRedis {
     }
 
     pub async fn delete_keys(url: &str, names: &RedisNames) -> Result<()> {
-        let client = redis::Client::open(url)?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(names.pattern())
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                let _: () = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await?;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(APALIS_QUEUES)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?;
-        let ours: Vec<&String> = members
-            .iter()
-            .filter(|m| m.starts_with(&format!("{}:", names.prefix())))
-            .collect();
-        if !ours.is_empty() {
-            let _: () = redis::cmd("ZREM")
-                .arg(APALIS_QUEUES)
-                .arg(ours)
-                .query_async(&mut conn)
-                .await?;
-        }
-        Ok(())
+        Ok(turnq_worker::purge::delete_keys(url, names).await?)
     }
 }
 

@@ -1,0 +1,123 @@
+//! Group commit: the writes of every turn this process runs go to Postgres together.
+//!
+//! A turn's write (a batch of output, or the end of its attempt) is sent to one writer
+//! task, which takes everything that queued up while its previous transaction ran and
+//! commits it in ONE transaction ([`TaskStore::record_many`]): one commit for many
+//! turns instead of one per write. A lone write goes out at once; writes only wait for
+//! each other when they arrive faster than Postgres commits. Each write keeps its own
+//! guard (state, attempt, worker) and its own answer, so fencing is per turn as before.
+
+use std::sync::Arc;
+
+use sea_orm::{DatabaseConnection, DbErr, RuntimeErr};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use turnq_core::{
+    Error, TaskId, WorkerId,
+    event::TaskEvent,
+    task::{Record, TaskStore},
+};
+
+/// The most writes committed in one transaction.
+const MAX_GROUP: usize = 256;
+/// Writes waiting for the writer at most; a turn that finds it full waits.
+const QUEUE: usize = 4096;
+
+struct Pending {
+    record: Record,
+    reply: oneshot::Sender<Result<(), Error>>,
+}
+
+/// The handle turns write through; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct GroupWriter {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl GroupWriter {
+    /// Starts the writer task; it ends when the last handle is dropped.
+    pub(crate) fn start(db: DatabaseConnection, worker: WorkerId, metadata: Value) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(db, worker, Arc::new(metadata), rx));
+        GroupWriter { tx }
+    }
+
+    /// Records `event` of `(task, attempt)`, committed together with whatever other
+    /// turns write meanwhile. The answer is this write's own: `Fenced` when the task is
+    /// no longer this worker's, a connection error when Postgres is unreachable.
+    pub(crate) async fn record(
+        &self,
+        task: TaskId,
+        attempt: i32,
+        event: TaskEvent,
+    ) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            record: Record {
+                task,
+                attempt,
+                event,
+            },
+            reply,
+        };
+        if self.tx.send(pending).await.is_err() {
+            return Err(stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// The writer task is gone (the runtime is shutting down): the write did not happen.
+fn stopped() -> Error {
+    unavailable("the worker's Postgres writer has stopped".into())
+}
+
+/// An error that says Postgres could not be reached, for each write of a batch that
+/// failed for that reason (the original error went to the log once).
+fn unavailable(message: String) -> Error {
+    Error::Database(DbErr::Conn(RuntimeErr::Internal(message)))
+}
+
+async fn run(
+    db: DatabaseConnection,
+    worker: WorkerId,
+    metadata: Arc<Value>,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
+    while rx.recv_many(&mut batch, MAX_GROUP).await > 0 {
+        let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
+        match TaskStore::record_many(&db, &worker, &records, &metadata).await {
+            Ok(results) => {
+                for (pending, result) in batch.drain(..).zip(results) {
+                    let _ = pending.reply.send(result.map(drop));
+                }
+            }
+            Err(e) if e.is_unavailable() => {
+                let message = turnq_core::error::chain(&e);
+                tracing::debug!(writes = batch.len(), error = %message,
+                    "Postgres is unreachable; the batch of writes was not committed");
+                for pending in batch.drain(..) {
+                    let _ = pending.reply.send(Err(unavailable(message.clone())));
+                }
+            }
+            Err(e) => {
+                // Postgres refused the batch as a whole: write each on its own, so only
+                // the write at fault fails, with its own error.
+                tracing::warn!(writes = batch.len(), error = %turnq_core::error::chain(&e),
+                    "a group commit was refused; writing its records one by one");
+                for pending in batch.drain(..) {
+                    let Record {
+                        task,
+                        attempt,
+                        event,
+                    } = &pending.record;
+                    let result = TaskStore::record(&db, *task, *attempt, &worker, event, &metadata)
+                        .await
+                        .map(drop);
+                    let _ = pending.reply.send(result);
+                }
+            }
+        }
+    }
+}
