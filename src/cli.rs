@@ -117,6 +117,9 @@ pub enum Command {
     },
     /// Submit a task to a running API, and optionally follow it to its end.
     Submit(crate::submit::SubmitArgs),
+    /// Measure throughput, latency, the session store and replay on the local Postgres
+    /// and Redis (in a database and Redis prefix of its own, removed afterwards).
+    Bench(crate::bench::BenchArgs),
     /// Manage API tokens.
     Token {
         #[command(flatten)]

@@ -1,6 +1,7 @@
 //! `turnq`: the one binary. Subcommands wire the parts together; the parts themselves
 //! live in `turnq-core`, `turnq-api`, `turnq-worker` and `migration`.
 
+mod bench;
 mod cli;
 mod submit;
 mod token;
@@ -152,6 +153,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Submit(args) => submit::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Token {
             database,
             command: TokenCommand::Create { name, scopes },
