@@ -102,7 +102,13 @@ pub async fn connect(
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        // sqlx keeps each statement prepared per connection, and Postgres switches a
+        // prepared statement to a generic plan after five runs. A generic plan chosen
+        // while `tasks` was small (a fresh deployment, or after a purge) stays a
+        // sequential scan as the table grows: every claim then reads the whole table.
+        // Custom plans cost a little planning per statement and always use the indexes.
+        .map_sqlx_postgres_opts(|pg| pg.options([("plan_cache_mode", "force_custom_plan")]));
     Database::connect(options)
         .await
         .map_err(|source| ConnectError {

@@ -34,6 +34,7 @@ mod m20261126_000016_session_entries_uuid_dedup;
 mod m20261126_000017_create_session_summaries;
 mod m20261126_000018_session_entries_checks;
 mod m20261126_000019_workers_agents;
+mod m20261126_000020_tasks_list_index;
 
 /// Runs the turnq migrations, in the order they must be applied.
 pub struct Migrator;
@@ -61,6 +62,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000017_create_session_summaries::Migration),
             Box::new(m20261126_000018_session_entries_checks::Migration),
             Box::new(m20261126_000019_workers_agents::Migration),
+            Box::new(m20261126_000020_tasks_list_index::Migration),
         ]
     }
 }

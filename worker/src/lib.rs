@@ -313,6 +313,34 @@ mod tests {
         }
     }
 
+    /// Counts the turns running at once, and the most seen.
+    #[derive(Clone, Default)]
+    struct Counting {
+        running: Arc<std::sync::atomic::AtomicUsize>,
+        peak: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AgentBackend for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn run(&self, _turn: Turn) -> BoxFuture<'static, Result<TurnOutcome, TurnError>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let (running, peak) = (self.running.clone(), self.peak.clone());
+            async move {
+                let now = running.fetch_add(1, SeqCst) + 1;
+                peak.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                running.fetch_sub(1, SeqCst);
+                Ok(TurnOutcome::Completed {
+                    summary: "counted".into(),
+                    usage: Default::default(),
+                })
+            }
+            .boxed()
+        }
+    }
+
     /// Heartbeats far apart, so whatever happens within a second is not the heartbeat.
     fn config() -> WorkerConfig {
         WorkerConfig {
@@ -352,6 +380,62 @@ mod tests {
             .unwrap()
             .task;
         Job::one(task.id, task.attempt)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_of_several_tasks_runs_them_all_within_the_concurrency() {
+        let test = TestDb::create().await;
+        let prefix = TestPrefix::new();
+        let redis = queue::connect(&redis_url()).await.expect("Redis");
+        let counting = Counting::default();
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(run_with_backends(
+            test.db.clone(),
+            redis_url(),
+            prefix.names.clone(),
+            config(), // concurrency 2
+            Backends::new().with(counting.clone()),
+            shutdown.clone(),
+        ));
+        // Five tasks in one job, as the dispatcher packs a backlog.
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            tasks.extend(submit(&test.db, "counting").await.tasks);
+        }
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id).collect();
+        push(
+            &redis,
+            &apalis_config(&prefix.names, "counting"),
+            vec![Job { tasks }],
+        )
+        .await;
+        eventually("every task of the job completes", || {
+            let (db, ids) = (test.db.clone(), ids.clone());
+            async move {
+                let mut states = Vec::new();
+                for id in &ids {
+                    states.push(
+                        TaskStore::get(&db, *id)
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .state,
+                    );
+                }
+                if states.iter().all(|s| *s == TaskState::Completed) {
+                    Ok(())
+                } else {
+                    Err(format!("{states:?}"))
+                }
+            }
+        })
+        .await;
+        let peak = counting.peak.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=2).contains(&peak),
+            "at most --concurrency turns at once, saw {peak}"
+        );
+        shutdown.cancel();
+        worker.await.unwrap().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

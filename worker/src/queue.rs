@@ -612,10 +612,10 @@ impl QueueContext {
 /// The apalis handler. Always Ok: the outcome is in Postgres (or the task is still
 /// queued there), and an error would make apalis retry behind turnq's back.
 ///
-/// A job of several tasks starts as many of them as there are free slots (at least one,
-/// waiting for it), then the rest as slots free up; the job is acknowledged when all
-/// its turns have ended. Tasks not yet started when the worker stops or Postgres goes
-/// away go back to the queue as one job.
+/// A job of several tasks waits for a slot per task (at most `--concurrency` at a time)
+/// and claims them together; the job is acknowledged when all its turns have ended.
+/// Tasks not yet started when the worker stops or Postgres goes away go back to the
+/// queue as one job.
 async fn deliver(job: Job, context: Data<Arc<QueueContext>>) -> Result<(), Infallible> {
     let context: Arc<QueueContext> = (*context).clone();
     let shared = &context.shared;
@@ -635,13 +635,17 @@ async fn deliver(job: Job, context: Data<Arc<QueueContext>>) -> Result<(), Infal
                 std::future::pending::<()>().await;
             }
         };
-        let first = tokio::select! {
+        // As many slots as the job has tasks (or the process has), taken together: a
+        // job's tasks are then claimed in one statement. Taking one slot and hoping for
+        // more would leave every job of a backlog claiming its tasks one by one.
+        let wanted = rest.len().min(shared.settings.concurrency.max(1));
+        let taken = tokio::select! {
             biased;
             _ = shared.stop.cancelled() => None,
             _ = shut => None,
-            slot = shared.slots.clone().acquire_owned() => slot.ok(),
+            slots = shared.slots.clone().acquire_many_owned(wanted as u32) => slots.ok(),
         };
-        let Some(first) = first else {
+        let Some(mut taken) = taken else {
             // Stopping, or Postgres went away, while these waited for a slot: they were
             // never started.
             context
@@ -651,12 +655,10 @@ async fn deliver(job: Job, context: Data<Arc<QueueContext>>) -> Result<(), Infal
                 .await;
             break;
         };
-        let mut slots = vec![first];
-        while slots.len() < rest.len() {
-            match shared.slots.clone().try_acquire_owned() {
-                Ok(slot) => slots.push(slot),
-                Err(_) => break,
-            }
+        // One permit per task, so each turn frees its own slot when it ends.
+        let mut slots = Vec::with_capacity(wanted);
+        while let Some(one) = taken.split(1) {
+            slots.push(one);
         }
         let chunk = Job {
             tasks: rest.drain(..slots.len()).collect(),

@@ -31,7 +31,7 @@ use std::{
 use futures::{FutureExt, future::BoxFuture};
 use rand::RngExt;
 use sea_orm::DatabaseConnection;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::{
     sync::OwnedSemaphorePermit,
     task::JoinError,
@@ -48,7 +48,7 @@ use turnq_core::{
         TaskFailure, Usage,
     },
     session::{PgSessionStore, SessionStore},
-    task::{Task, TaskStore},
+    task::Task,
     time::{self, Timestamp},
 };
 
@@ -57,7 +57,7 @@ use crate::{
     backend::{AgentBackend, AgentEntry, Backends, OutputSink, Turn, TurnError, TurnOutcome},
     health::PostgresHealth,
     queue::Handled,
-    writer::GroupWriter,
+    writer::{GroupClaimer, GroupWriter},
 };
 
 /// The most chunks in one `task.output` event.
@@ -241,12 +241,12 @@ pub(crate) struct Runner {
     db: DatabaseConnection,
     /// Every write of a running turn goes through it (group commit).
     writer: GroupWriter,
+    /// Every claim goes through it (claims of concurrent jobs share a transaction).
+    claimer: GroupClaimer,
     /// Handed to every turn; on the same connection pool as the task writes.
     sessions: Arc<dyn SessionStore>,
     health: Arc<PostgresHealth>,
     backends: Backends,
-    lease: Duration,
-    metadata: Value,
     settings: TurnSettings,
     turns: Turns,
 }
@@ -263,11 +263,15 @@ impl Runner {
         Runner {
             sessions: Arc::new(PgSessionStore::new(db.clone())),
             writer: GroupWriter::start(db.clone(), worker.clone(), metadata.clone()),
+            claimer: GroupClaimer::start(
+                db.clone(),
+                worker.clone(),
+                config.lease,
+                metadata.clone(),
+            ),
             db,
             health,
             backends,
-            lease: config.lease,
-            metadata,
             settings: TurnSettings {
                 worker,
                 output_flush: config.output_flush,
@@ -292,8 +296,7 @@ impl Runner {
     pub(crate) async fn run_job(&self, job: Job, mut slots: Vec<OwnedSemaphorePermit>) -> Handled {
         let worker = &self.settings.worker;
         let wanted: Vec<(TaskId, i32)> = job.tasks.iter().map(|t| (t.task_id, t.attempt)).collect();
-        let claimed =
-            TaskStore::claim_many(&self.db, &wanted, worker, self.lease, &self.metadata).await;
+        let claimed = self.claimer.claim(wanted.clone()).await;
         let claimed = match claimed {
             Ok(claimed) => claimed,
             Err(e) if e.is_unavailable() => {
@@ -315,11 +318,11 @@ impl Runner {
                  longer pending at that attempt), or another turn of their session is running \
                  (they stay queued and are delivered again)");
         }
-        let turns = claimed.into_iter().map(|claimed| {
+        let turns = claimed.into_iter().map(|task| {
             // A task's slot is freed when its own turn ends, not when the job's last does.
             let slot = slots.pop();
             async move {
-                self.run_turn(claimed.task).await;
+                self.run_turn(task).await;
                 drop(slot);
             }
         });

@@ -1,4 +1,9 @@
-//! Group commit: the writes of every turn this process runs go to Postgres together.
+//! Group commit: the claims of every job this process takes, and the writes of every
+//! turn it runs, go to Postgres together.
+//!
+//! Claims: jobs that arrive while a claim transaction runs are claimed together in the
+//! next one ([`GroupClaimer`], [`TaskStore::claim_many`]): one statement and one commit
+//! for many jobs, and no two of this process' claims contend for the same index pages.
 //!
 //! A turn's write (a batch of output, or the end of its attempt) is sent to one writer
 //! task, which takes everything that queued up while its previous transaction ran and
@@ -11,12 +16,115 @@ use std::sync::Arc;
 
 use sea_orm::{DatabaseConnection, DbErr, RuntimeErr};
 use serde_json::Value;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+
 use turnq_core::{
     Error, TaskId, WorkerId,
     event::TaskEvent,
-    task::{Record, TaskStore},
+    task::{Record, Task, TaskStore},
 };
+
+/// The most tasks claimed in one transaction.
+const MAX_CLAIM: usize = 256;
+
+struct ClaimRequest {
+    tasks: Vec<(TaskId, i32)>,
+    reply: oneshot::Sender<Result<Vec<Task>, Error>>,
+}
+
+/// The handle jobs claim through; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct GroupClaimer {
+    tx: mpsc::Sender<ClaimRequest>,
+}
+
+impl GroupClaimer {
+    /// Starts the claimer task; it ends when the last handle is dropped.
+    pub(crate) fn start(
+        db: DatabaseConnection,
+        worker: WorkerId,
+        lease: Duration,
+        metadata: Value,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(claim_loop(db, worker, lease, Arc::new(metadata), rx));
+        GroupClaimer { tx }
+    }
+
+    /// Claims `tasks` (each at the attempt its job saw) together with whatever other jobs
+    /// claim meanwhile; the answer lists the tasks claimed, in order. A connection error
+    /// means nothing was claimed.
+    pub(crate) async fn claim(&self, tasks: Vec<(TaskId, i32)>) -> Result<Vec<Task>, Error> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(ClaimRequest { tasks, reply }).await.is_err() {
+            return Err(stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+async fn claim_loop(
+    db: DatabaseConnection,
+    worker: WorkerId,
+    lease: Duration,
+    metadata: Arc<Value>,
+    mut rx: mpsc::Receiver<ClaimRequest>,
+) {
+    let mut batch: Vec<ClaimRequest> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut size = first.tasks.len();
+        batch.push(first);
+        while size < MAX_CLAIM {
+            match rx.try_recv() {
+                Ok(request) => {
+                    size += request.tasks.len();
+                    batch.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        let all: Vec<(TaskId, i32)> = batch.iter().flat_map(|r| r.tasks.clone()).collect();
+        match TaskStore::claim_many(&db, &all, &worker, lease, &metadata).await {
+            Ok(claimed) => {
+                let mut claimed: Vec<Option<Task>> =
+                    claimed.into_iter().map(|c| Some(c.task)).collect();
+                for request in batch.drain(..) {
+                    let mine = request
+                        .tasks
+                        .iter()
+                        .filter_map(|(id, _)| {
+                            claimed
+                                .iter_mut()
+                                .find(|t| t.as_ref().is_some_and(|t| t.id == *id))
+                                .and_then(Option::take)
+                        })
+                        .collect();
+                    let _ = request.reply.send(Ok(mine));
+                }
+            }
+            Err(e) if e.is_unavailable() => {
+                let message = turnq_core::error::chain(&e);
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(unavailable(message.clone())));
+                }
+            }
+            Err(e) => {
+                // Refused as a whole: claim each job on its own, so only the one at
+                // fault fails, with its own error.
+                tracing::warn!(jobs = batch.len(), error = %turnq_core::error::chain(&e),
+                    "a grouped claim was refused; claiming its jobs one by one");
+                for request in batch.drain(..) {
+                    let result =
+                        TaskStore::claim_many(&db, &request.tasks, &worker, lease, &metadata)
+                            .await
+                            .map(|claimed| claimed.into_iter().map(|c| c.task).collect());
+                    let _ = request.reply.send(result);
+                }
+            }
+        }
+    }
+}
 
 /// The most writes committed in one transaction.
 const MAX_GROUP: usize = 256;

@@ -160,6 +160,9 @@ async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) -> Res
     Ok(())
 }
 
+/// A due task as the dispatcher reads it: (id, priority, run_at, queue, agent, attempt).
+type DueRow = (Uuid, i32, Timestamp, String, String, i32);
+
 /// Records of one [`TaskStore::record_many`] wave that one `UPDATE` applies: the attempt
 /// they guard on, their (identical) column changes, and their indexes.
 type WriteGroup = (i32, Vec<(Column, projection::Change)>, Vec<usize>);
@@ -496,46 +499,23 @@ impl TaskStore {
     {
         let at = time::now();
         let txn = db.begin().await?;
-        let due: Vec<(Uuid, String, String, i32)> = tasks::Entity::find()
-            .select_only()
-            .columns([Column::Id, Column::Queue, Column::Agent, Column::Attempt])
-            .filter(Column::State.eq(TaskState::Pending.as_str()))
-            .filter(Column::RunAt.lte(at))
-            .filter(
-                Condition::any()
-                    .add(Column::QueuedAt.is_null())
-                    .add(Column::QueuedAt.lt(stale)),
-            )
-            // One turn per session at a time, in submission order: a task of a session
-            // waits while an earlier task of it is running, handed to Redis, or still
-            // pending. (The unique index `tasks_one_running_turn_per_session_uidx` makes a
-            // second running turn impossible even if a stale job slips through.)
-            .filter(Expr::cust_with_values(
-                "(tasks.session_id IS NULL OR NOT EXISTS (
-                    SELECT 1 FROM tasks AS other
-                    WHERE other.project = tasks.project
-                      AND other.session_id = tasks.session_id
-                      AND other.id <> tasks.id
-                      AND (other.state = 'running'
-                           OR (other.state = 'pending' AND other.queued_at >= $1)
-                           OR (other.state = 'pending' AND other.id < tasks.id))))",
-                [stale],
-            ))
-            .filter(skip.iter().fold(Condition::all(), |all, (queue, agent)| {
-                all.add(
-                    Condition::any()
-                        .add(Column::Queue.ne(queue.as_str()))
-                        .add(Column::Agent.ne(agent.as_str())),
-                )
-            }))
-            .order_by_desc(Column::Priority)
-            .order_by_asc(Column::RunAt)
-            .order_by_asc(Column::Id)
-            .limit(limit)
-            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-            .into_tuple()
-            .all(&txn)
-            .await?;
+        // Two queries, each walking its own partial index in dispatch order and stopping
+        // at `limit`: tasks never handed over (`tasks_dispatch_idx`), and tasks handed
+        // over before `stale` (`tasks_queued_idx`, re-deliveries: rare). One query with
+        // `queued_at IS NULL OR queued_at < stale` could use neither index, and would read
+        // and sort the whole backlog every round.
+        let mut due = Self::due(&txn, at, Column::QueuedAt.is_null(), stale, skip, limit).await?;
+        let stale_ones =
+            Self::due(&txn, at, Column::QueuedAt.lt(stale), stale, skip, limit).await?;
+        if !stale_ones.is_empty() {
+            due.extend(stale_ones);
+            due.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+            due.truncate(limit as usize);
+        }
+        let due: Vec<(Uuid, String, String, i32)> = due
+            .into_iter()
+            .map(|(id, _, _, queue, agent, attempt)| (id, queue, agent, attempt))
+            .collect();
         if due.is_empty() {
             return Ok(0);
         }
@@ -574,6 +554,64 @@ impl TaskStore {
         EventStore::insert(&txn, events).await?;
         txn.commit().await?;
         Ok(rows.len())
+    }
+
+    /// Due pending tasks matching `which` (never queued, or queued before `stale`),
+    /// highest priority first, locked with `SKIP LOCKED`: (id, priority, run_at, queue,
+    /// agent, attempt).
+    async fn due(
+        txn: &sea_orm::DatabaseTransaction,
+        at: Timestamp,
+        which: sea_orm::sea_query::SimpleExpr,
+        stale: Timestamp,
+        skip: &[(String, String)],
+        limit: u64,
+    ) -> Result<Vec<DueRow>> {
+        Ok(tasks::Entity::find()
+            .select_only()
+            .columns([
+                Column::Id,
+                Column::Priority,
+                Column::RunAt,
+                Column::Queue,
+                Column::Agent,
+                Column::Attempt,
+            ])
+            .filter(Column::State.eq(TaskState::Pending.as_str()))
+            .filter(which)
+            .filter(Column::RunAt.lte(at))
+            // One turn per session at a time, in submission order: a task of a session
+            // waits while an earlier task of it is running, handed to Redis, or still
+            // pending. (The unique index `tasks_one_running_turn_per_session_uidx` makes a
+            // second running turn impossible even if a stale job slips through.)
+            .filter(Expr::cust_with_values(
+                "(tasks.session_id IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM tasks AS other
+                    WHERE other.project = tasks.project
+                      AND other.session_id = tasks.session_id
+                      AND other.id <> tasks.id
+                      AND (other.state = 'running'
+                           OR (other.state = 'pending' AND other.queued_at >= $1)
+                           OR (other.state = 'pending' AND other.id < tasks.id))))",
+                [stale],
+            ))
+            .filter(skip.iter().fold(Condition::all(), |all, (queue, agent)| {
+                all.add(
+                    Condition::any()
+                        .add(Column::Queue.ne(queue.as_str()))
+                        .add(Column::Agent.ne(agent.as_str())),
+                )
+            }))
+            // The order of `tasks_dispatch_idx`, then the id (UUIDv7: submission order).
+            .order_by_desc(Column::Priority)
+            .order_by_asc(Column::RunAt)
+            .order_by_asc(Column::CreatedAt)
+            .order_by_asc(Column::Id)
+            .limit(limit)
+            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+            .into_tuple()
+            .all(txn)
+            .await?)
     }
 
     /// How many tasks wait in each (queue, agent) Redis queue: handed over at or after
@@ -688,20 +726,31 @@ impl TaskStore {
             at + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX),
         );
         let txn = db.begin().await?;
-        let _locked: Vec<Uuid> = tasks::Entity::find()
+        let locked: Vec<(Uuid, String, i32)> = tasks::Entity::find()
             .select_only()
-            .column(Column::Id)
+            .columns([Column::Id, Column::State, Column::Attempt])
             .filter(Column::Id.is_in(jobs.iter().map(|(id, _)| id.0)))
             .order_by_asc(Column::Id)
             .lock(LockType::Update)
             .into_tuple()
             .all(&txn)
             .await?;
+        // The rows are locked until the commit, so the claim's condition (pending, at
+        // the job's attempt) is checked here and the UPDATE names the ids alone: with
+        // `state = 'pending'` in its WHERE, the planner may AND the id lookup with a scan
+        // of every pending task's index entry, the whole backlog on every claim.
+        let pending: HashMap<Uuid, i32> = locked
+            .into_iter()
+            .filter(|(_, state, _)| state == TaskState::Pending.as_str())
+            .map(|(id, _, attempt)| (id, attempt))
+            .collect();
         // One statement per attempt number (the event sets the attempt); a batch is
         // nearly always one.
         let mut by_attempt: BTreeMap<i32, Vec<Uuid>> = BTreeMap::new();
         for (id, attempt) in jobs {
-            by_attempt.entry(*attempt).or_default().push(id.0);
+            if pending.get(&id.0) == Some(attempt) {
+                by_attempt.entry(*attempt).or_default().push(id.0);
+            }
         }
         let mut rows = Vec::with_capacity(jobs.len());
         let mut events = Vec::with_capacity(jobs.len());
@@ -713,8 +762,6 @@ impl TaskStore {
             });
             let updated = projection::update(&event, at)
                 .filter(Column::Id.is_in(ids))
-                .filter(Column::State.eq(TaskState::Pending.as_str()))
-                .filter(Column::Attempt.eq(attempt))
                 .exec_with_returning(&txn)
                 .await?;
             for row in updated {

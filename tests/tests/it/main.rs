@@ -7,6 +7,7 @@ mod harness;
 mod agents;
 mod agents_e2e;
 mod auth;
+mod batching;
 mod cli;
 mod event_log;
 mod fleet;
