@@ -13,7 +13,11 @@
 //! worker once a queue holds many thousands of due jobs, and a bounded queue also keeps
 //! priorities meaningful (a late high-priority task is not stuck behind a deep FIFO).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use apalis::prelude::TaskSink;
 use apalis_redis::{ConnectionManager, RedisStorage};
@@ -79,6 +83,7 @@ pub async fn run(
     let mut redis: Option<ConnectionManager> = None;
     let mut epoch: Option<String> = None;
     let mut failures = 0u32;
+    let mut last_sweep: Option<Instant> = None;
     while !shutdown.is_cancelled() {
         if redis.is_none() {
             match apalis_redis::connect(redis_url.as_str()).await {
@@ -88,13 +93,22 @@ pub async fn run(
                 }
             }
         }
-        match TaskStore::expire_leases(&db, SWEEP_BATCH, &json!({"actor": "dispatcher"})).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                recovered = n,
-                "re-queued tasks whose worker stopped renewing its lease"
-            ),
-            Err(e) => tracing::warn!(error = %turnq_core::error::chain(&e), "lease sweep failed"),
+        // The sweep runs at most once per poll interval, not on every notification: a
+        // lease is seconds long, and the round that starts a fresh task should not wait
+        // for it.
+        if last_sweep.is_none_or(|at: Instant| at.elapsed() >= config.dispatch_poll_interval) {
+            last_sweep = Some(Instant::now());
+            match TaskStore::expire_leases(&db, SWEEP_BATCH, &json!({"actor": "dispatcher"})).await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    recovered = n,
+                    "re-queued tasks whose worker stopped renewing its lease"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %turnq_core::error::chain(&e), "lease sweep failed")
+                }
+            }
         }
         let outcome = match &mut redis {
             Some(conn) => match check_epoch(conn, &names, &mut epoch).await {

@@ -75,6 +75,18 @@ pub async fn throughput(stack: &Stack, n: usize) -> Result<Throughput> {
 /// measures, per task, the time from just before its request was sent to its
 /// `task.started` event (both clocks are this machine's).
 pub async fn latency(stack: &Stack, rate: u32, length: Duration) -> Result<Latency> {
+    // A warm-up at the same rate first, not measured: the connection pools grow to the
+    // load (each new Postgres connection costs tens of milliseconds) and the statements
+    // get prepared. The figures are the steady state a running deployment sees.
+    trickle(stack, rate, WARM_UP).await?;
+    trickle(stack, rate, length).await
+}
+
+/// How long the latency run submits, unmeasured, before it measures.
+const WARM_UP: Duration = Duration::from_secs(2);
+
+/// Submits at `rate` for `length` and measures submit → started.
+async fn trickle(stack: &Stack, rate: u32, length: Duration) -> Result<Latency> {
     let before = completed(stack).await?;
     let n = (f64::from(rate) * length.as_secs_f64()).round().max(1.0) as usize;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));

@@ -156,18 +156,28 @@ impl EventStore {
         }
     }
 
-    /// Inserts rows in one multi-row statement (no round trip per event), without
-    /// reading them back: the hot path never needs their positions.
+    /// Inserts rows in multi-row statements (no round trip per event; split by size,
+    /// see [`crate::db::MAX_STATEMENT_BYTES`]), without reading them back: the hot path
+    /// never needs their positions.
     pub(crate) async fn insert<C: ConnectionTrait>(
         db: &C,
         rows: Vec<events::ActiveModel>,
     ) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
+        let size = |row: &events::ActiveModel| {
+            let json = |v: &sea_orm::ActiveValue<serde_json::Value>| match v {
+                sea_orm::ActiveValue::Set(v) | sea_orm::ActiveValue::Unchanged(v) => {
+                    crate::db::json_bytes(v)
+                }
+                sea_orm::ActiveValue::NotSet => 0,
+            };
+            // The JSON, plus the stream id, kind and fixed-size columns.
+            json(&row.data) + json(&row.metadata) + 100
+        };
+        for chunk in crate::db::statement_chunks(rows, size) {
+            events::Entity::insert_many(chunk)
+                .exec_without_returning(db)
+                .await?;
         }
-        events::Entity::insert_many(rows)
-            .exec_without_returning(db)
-            .await?;
         Ok(())
     }
 

@@ -185,30 +185,35 @@ async fn insert(
     if batch.is_empty() {
         return Ok(HashSet::new());
     }
-    // Five parameters per row: 10,000 entries stay under Postgres' 65,535.
-    let rows = batch.iter().map(|entry| session_entries::ActiveModel {
-        project_key: Set(key.project.as_str().to_owned()),
-        session_id: Set(key.session.as_str().to_owned()),
-        subpath: Set(key.subpath_column().to_owned()),
-        entry: Set(entry.clone()),
-        created_at: Set(at),
-        ..Default::default()
+    // Split by size (see `db::MAX_STATEMENT_BYTES`); five parameters per row, so a
+    // statement also stays under Postgres' 65,535.
+    let mut uuids = HashSet::with_capacity(batch.len());
+    let chunks = crate::db::statement_chunks(batch.iter().collect(), |entry| {
+        crate::db::json_bytes(entry) + 64
     });
-    let mut statement = session_entries::Entity::insert_many(rows).into_query();
-    statement
-        .on_conflict(
-            OnConflict::columns([E::ProjectKey, E::SessionId, E::Subpath])
-                .expr(Expr::cust(UUID_EXPR))
-                .target_and_where(Expr::cust(UUID_PREDICATE))
-                .do_nothing()
-                .to_owned(),
-        )
-        .returning(Query::returning().expr(Expr::cust(UUID_EXPR)));
-    let stored = txn.query_all(&statement).await?;
-    let mut uuids = HashSet::with_capacity(stored.len());
-    for row in stored {
-        if let Some(uuid) = row.try_get_by_index::<Option<String>>(0)? {
-            uuids.insert(uuid);
+    for chunk in chunks {
+        let rows = chunk.into_iter().map(|entry| session_entries::ActiveModel {
+            project_key: Set(key.project.as_str().to_owned()),
+            session_id: Set(key.session.as_str().to_owned()),
+            subpath: Set(key.subpath_column().to_owned()),
+            entry: Set(entry.clone()),
+            created_at: Set(at),
+            ..Default::default()
+        });
+        let mut statement = session_entries::Entity::insert_many(rows).into_query();
+        statement
+            .on_conflict(
+                OnConflict::columns([E::ProjectKey, E::SessionId, E::Subpath])
+                    .expr(Expr::cust(UUID_EXPR))
+                    .target_and_where(Expr::cust(UUID_PREDICATE))
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .returning(Query::returning().expr(Expr::cust(UUID_EXPR)));
+        for row in txn.query_all(&statement).await? {
+            if let Some(uuid) = row.try_get_by_index::<Option<String>>(0)? {
+                uuids.insert(uuid);
+            }
         }
     }
     Ok(uuids)

@@ -15,8 +15,8 @@ use std::{
 
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
-    sea_query::{Expr, Func, LockBehavior, LockType},
+    QueryOrder, QuerySelect, QueryTrait, SqlErr, Statement, TransactionTrait,
+    sea_query::{Expr, Func, LockBehavior, LockType, Query},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -129,6 +129,42 @@ async fn write<C: ConnectionTrait>(
     };
     EventStore::insert(db, vec![event_row(id, row.version, event, metadata, at)]).await?;
     Ok(Some(row))
+}
+
+/// What the hot paths read back from an `UPDATE` of tasks.
+struct Changed {
+    id: Uuid,
+    version: i64,
+    session_id: Option<String>,
+    queue: String,
+}
+
+/// Runs `update` and returns the few columns of each changed row that the hot paths
+/// need. Reading whole rows back (their JSON input included) was a large share of the
+/// cost of a group commit.
+async fn update_returning_keys<C: ConnectionTrait>(
+    db: &C,
+    update: sea_orm::UpdateMany<tasks::Entity>,
+) -> Result<Vec<Changed>> {
+    let mut statement = update.into_query();
+    statement.returning(Query::returning().columns([
+        Column::Id,
+        Column::Version,
+        Column::SessionId,
+        Column::Queue,
+    ]));
+    db.query_all(&statement)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Changed {
+                id: row.try_get("", "id")?,
+                version: row.try_get("", "version")?,
+                session_id: row.try_get("", "session_id")?,
+                queue: row.try_get("", "queue")?,
+            })
+        })
+        .collect()
 }
 
 fn worker_guard(attempt: i32, worker: &WorkerId) -> Condition {
@@ -262,13 +298,20 @@ impl TaskStore {
                 }
             }
         }
-        let created = if rows.is_empty() {
-            Vec::new()
-        } else {
-            tasks::Entity::insert_many(rows)
-                .exec_with_returning(&txn)
-                .await?
+        // Split by size (see `db::MAX_STATEMENT_BYTES`): the input, plus the other
+        // columns.
+        let mut created = Vec::with_capacity(rows.len());
+        let size = |row: &tasks::ActiveModel| match &row.input {
+            sea_orm::ActiveValue::Set(input) => crate::db::json_bytes(input) + 300,
+            _ => 300,
         };
+        for chunk in crate::db::statement_chunks(rows, size) {
+            created.extend(
+                tasks::Entity::insert_many(chunk)
+                    .exec_with_returning(&txn)
+                    .await?,
+            );
+        }
         EventStore::insert(&txn, events).await?;
         txn.commit().await?;
 
@@ -538,10 +581,11 @@ impl TaskStore {
         let template = TaskEvent::Queued(Queued {
             queue: String::new(),
         });
-        let rows = projection::update(&template, at)
-            .filter(Column::Id.is_in(ids))
-            .exec_with_returning(&txn)
-            .await?;
+        let rows = update_returning_keys(
+            &txn,
+            projection::update(&template, at).filter(Column::Id.is_in(ids)),
+        )
+        .await?;
         let events = rows
             .iter()
             .map(|row| {
@@ -784,9 +828,9 @@ impl TaskStore {
 
     /// Records many events of running attempts in ONE transaction (group commit): the
     /// batched form of [`TaskStore::record`], with the same guard for each record.
-    /// The answer has one result per record, in order: the task after it, or why it was
-    /// refused ([`Error::Fenced`], [`Error::IllegalTransition`]). A database error
-    /// fails the whole batch and writes nothing.
+    /// The answer has one result per record, in order: the task's stream version after
+    /// it, or why it was refused ([`Error::Fenced`], [`Error::IllegalTransition`]). A
+    /// database error fails the whole batch and writes nothing.
     ///
     /// Records of one task are applied in their order. Records whose column changes are
     /// identical (every `task.output`, or the same ending) share one `UPDATE`; the events
@@ -796,9 +840,9 @@ impl TaskStore {
         worker: &WorkerId,
         records: &[Record],
         metadata: &Value,
-    ) -> Result<Vec<Result<Task>>> {
+    ) -> Result<Vec<Result<StreamVersion>>> {
         let at = time::now();
-        let mut out: Vec<Option<Result<Task>>> = records.iter().map(|_| None).collect();
+        let mut out: Vec<Option<Result<StreamVersion>>> = records.iter().map(|_| None).collect();
         // Wave n holds the n-th record of each task, so a task appears once per wave.
         let mut waves: Vec<Vec<usize>> = Vec::new();
         let mut per_task: HashMap<TaskId, usize> = HashMap::new();
@@ -839,11 +883,13 @@ impl TaskStore {
             }
             for (attempt, _, members) in groups {
                 let first = &records[members[0]];
-                let updated = projection::update(&first.event, at)
-                    .filter(Column::Id.is_in(members.iter().map(|&i| records[i].task.0)))
-                    .filter(worker_guard(attempt, worker))
-                    .exec_with_returning(&txn)
-                    .await?;
+                let updated = update_returning_keys(
+                    &txn,
+                    projection::update(&first.event, at)
+                        .filter(Column::Id.is_in(members.iter().map(|&i| records[i].task.0)))
+                        .filter(worker_guard(attempt, worker)),
+                )
+                .await?;
                 for i in members {
                     let record = &records[i];
                     out[i] = Some(match updated.iter().find(|row| row.id == record.task.0) {
@@ -860,7 +906,7 @@ impl TaskStore {
                             {
                                 session_ended = true;
                             }
-                            Task::try_from(row.clone())
+                            Ok(StreamVersion(row.version))
                         }
                         None => Err(Error::Fenced {
                             task: record.task,
