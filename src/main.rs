@@ -20,6 +20,12 @@ use turnq_core::{
 
 use cli::{ApiArgs, Cli, Command, DatabaseArgs, LogFormat, MigrateCommand, TokenCommand, UpArgs};
 
+/// mimalloc instead of the system allocator: turnq allocates and frees many small JSON
+/// values (events, transcripts), where glibc's malloc spent a fifth of the time of a
+/// session load in its free-list upkeep (`turnq bench`, docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

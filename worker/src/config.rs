@@ -29,7 +29,9 @@ pub struct WorkerConfig {
     #[arg(long, env = "TURNQ_AGENTS", value_delimiter = ',')]
     pub agents: Vec<String>,
 
-    /// Turns running at once in this process, across all its queues. Default: 16.
+    /// Turns running at once in this process, across all its queues: a turn holds its
+    /// slot from its claim until its agent returns (recording the result does not hold
+    /// it). Default: 16.
     #[arg(long, env = "TURNQ_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
 

@@ -321,17 +321,16 @@ impl Runner {
         let turns = claimed.into_iter().map(|task| {
             // A task's slot is freed when its own turn ends, not when the job's last does.
             let slot = slots.pop();
-            async move {
-                self.run_turn(task).await;
-                drop(slot);
-            }
+            async move { self.run_turn(task, slot).await }
         });
         futures::future::join_all(turns).await;
         Handled::Done
     }
 
-    /// Runs the turn of a task this worker has just claimed, to its recorded end.
-    async fn run_turn(&self, task: Task) {
+    /// Runs the turn of a task this worker has just claimed, to its recorded end. Its
+    /// `slot` is freed as soon as the backend has returned: recording the end needs no
+    /// agent, and the next turn can start meanwhile.
+    async fn run_turn(&self, task: Task, slot: Option<OwnedSemaphorePermit>) {
         let worker = &self.settings.worker;
         let started = Instant::now();
         let attempt = task.attempt;
@@ -361,6 +360,7 @@ impl Runner {
                         self.sessions.clone(),
                         guard.control(),
                         &self.settings,
+                        slot,
                     )
                     .await;
                     if let Some(result) = report.result {
@@ -468,7 +468,7 @@ pub(crate) async fn drive_turn(
     control: &TurnControl,
     settings: &TurnSettings,
 ) -> &'static str {
-    drive_turn_reporting(recorder, backend, task, sessions, control, settings)
+    drive_turn_reporting(recorder, backend, task, sessions, control, settings, None)
         .await
         .outcome
 }
@@ -478,6 +478,7 @@ pub(crate) async fn drive_turn(
 /// `stopped` (stopped by its owner, nothing written), `fenced` (a write was refused),
 /// or `unrecorded` (Postgres did not take the last write); and what the agent session
 /// records.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn drive_turn_reporting(
     recorder: &dyn Recorder,
     backend: Arc<dyn AgentBackend>,
@@ -485,6 +486,7 @@ pub(crate) async fn drive_turn_reporting(
     sessions: Arc<dyn SessionStore>,
     control: &TurnControl,
     settings: &TurnSettings,
+    slot: Option<OwnedSemaphorePermit>,
 ) -> TurnReport {
     let name = backend.name();
     let deadline = Instant::now() + settings.turn_timeout;
@@ -534,7 +536,9 @@ pub(crate) async fn drive_turn_reporting(
         }
     };
 
-    // The backend is done; whatever it streamed last is still in the channel.
+    // The backend is done: its slot may run the next turn while this one is recorded.
+    drop(slot);
+    // Whatever it streamed last is still in the channel.
     rx.close();
     while let Ok(chunk) = rx.try_recv() {
         output.push(chunk);
@@ -1221,6 +1225,7 @@ mod tests {
                     sessions(),
                     &control,
                     &settings(),
+                    None,
                 )
                 .await
             }
