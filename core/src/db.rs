@@ -94,7 +94,7 @@ pub struct ConnectError {
 /// The most parameter bytes one multi-row statement carries; bulk writes are split into
 /// statements of about this size.
 ///
-/// sqlx 0.9.0 no longer sets `TCP_NODELAY` on its sockets (launchbadge/sqlx#4335, fixed
+/// sqlx 0.9.0 no longer sets `TCP_NODELAY` on its sockets (sqlx issue #4335, fixed
 /// upstream but not released). A message larger than the socket's send buffer (16 KiB
 /// on a new Linux connection) then goes out in two writes, and Nagle's algorithm holds
 /// the second until Postgres acknowledges the first, which it delays by 40 ms: a bulk
