@@ -135,3 +135,117 @@ async fn cli_errors_say_what_is_wrong_and_tokens_print_once() -> Result<()> {
     app.stop().await;
     Ok(())
 }
+
+/// Databases and Redis keys `turnq bench` names as its own.
+async fn bench_leftovers() -> Result<(i64, usize)> {
+    let url: turnq_core::db::DatabaseUrl = format!("{}/postgres", crate::harness::POSTGRES)
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let admin = turnq_core::db::connect(&url, 1).await?;
+    let row = sea_orm::ConnectionTrait::query_one_raw(
+        &admin,
+        sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'turnq\\_bench\\_%'",
+        ),
+    )
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("count returned no row"))?;
+    let databases: i64 = row.try_get_by_index(0)?;
+    admin.close().await?;
+    let mut redis = redis::Client::open(crate::harness::REDIS)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("turnq-bench-*")
+        .query_async(&mut redis)
+        .await?;
+    Ok((databases, keys.len()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_reports_every_figure_and_removes_what_it_made() -> Result<()> {
+    let before = bench_leftovers().await?;
+    let output = tokio::task::block_in_place(|| {
+        Command::new(turnq_bin()?)
+            .args([
+                "bench",
+                "--tasks",
+                "200",
+                "--concurrency",
+                "8",
+                "--rate",
+                "50",
+                "--latency-for",
+                "1s",
+                "--session-entries",
+                "300",
+                "--load-entries",
+                "200",
+            ])
+            .env("RUST_LOG", "warn")
+            .output()
+            .map_err(anyhow::Error::from)
+    })?;
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("e2e / baseline"), "the table: {out}");
+    let json: serde_json::Value = serde_json::from_str(
+        out.lines()
+            .last()
+            .ok_or_else(|| anyhow::anyhow!("no output"))?,
+    )?;
+    assert!(
+        json["baseline"]["jobs_per_sec"].as_f64() > Some(0.0),
+        "{json}"
+    );
+    assert_eq!(json["e2e"]["tasks"], 200);
+    assert!(json["e2e"]["tasks_per_sec"].as_f64() > Some(0.0), "{json}");
+    assert!(json["ratio_to_baseline"].as_f64() > Some(0.0), "{json}");
+    assert_eq!(json["latency"]["tasks"], 50, "the warm-up is not measured");
+    let (p50, p99) = (
+        json["latency"]["p50_ms"].as_f64().unwrap_or(-1.0),
+        json["latency"]["p99_ms"].as_f64().unwrap_or(-1.0),
+    );
+    assert!(0.0 < p50 && p50 <= p99, "{json}");
+    assert_eq!(json["session"]["appended"], 300);
+    assert_eq!(json["session"]["loaded"], 200);
+    assert!(json["replay"]["events"].as_u64() > Some(0), "{json}");
+    assert!(json["peak_rss_mib"].as_f64() > Some(0.0), "{json}");
+    assert_eq!(
+        json["worker_peak_rss_mib"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let after = bench_leftovers().await?;
+    assert!(
+        after.0 <= before.0 && after.1 <= before.1,
+        "the bench left databases or Redis keys behind: before {before:?}, after {after:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bench_refuses_settings_that_measure_nothing() -> Result<()> {
+    for (flag, value, says) in [
+        ("--tasks", "0", "--tasks must be at least 1"),
+        ("--workers", "0", "--workers must be at least 1"),
+        ("--rate", "0", "--rate must be at least 1"),
+        (
+            "--latency-for",
+            "0s",
+            "--latency-for must be longer than zero",
+        ),
+        ("--skip", "everything", "invalid value 'everything'"),
+    ] {
+        let output = Command::new(turnq_bin()?)
+            .args(["bench", flag, value])
+            .output()?;
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flag} {value} was accepted");
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+    Ok(())
+}
