@@ -14,7 +14,7 @@
 //! priorities meaningful (a late high-priority task is not stuck behind a deep FIFO).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -212,11 +212,16 @@ async fn drain(
             .filter(|(_, _, n)| *n as u64 >= config.dispatch_max_queued)
             .map(|(queue, agent, _)| (queue, agent))
             .collect();
+        let pushed_to = std::sync::Mutex::new(BTreeSet::new());
         let pushed =
             TaskStore::dispatch_due_queued_before(db, limit, stale, &full, &metadata, |due| {
-                push(redis.clone(), names, due, config)
+                push(redis.clone(), names, due, config, &pushed_to)
             })
             .await?;
+        // After the commit: a woken worker's claim would otherwise wait for this round's
+        // row locks.
+        let pairs = pushed_to.into_inner().unwrap_or_else(|p| p.into_inner());
+        wake(redis, names, pairs).await;
         total += pushed;
         if (pushed as u64) < limit {
             return Ok(total);
@@ -232,6 +237,7 @@ async fn push(
     names: &RedisNames,
     due: Vec<DueTask>,
     config: &DispatcherConfig,
+    pushed_to: &std::sync::Mutex<BTreeSet<(String, String)>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut by_pair: BTreeMap<(String, String), Vec<JobTask>> = BTreeMap::new();
     for task in due {
@@ -254,16 +260,29 @@ async fn push(
             .push_bulk(jobs)
             .await
             .map_err(|e| format!("pushing to the Redis queue of {queue}/{agent}: {e}"))?;
-        // Idle workers of the pair fetch now rather than at their next poll. A lost
-        // message only costs that poll.
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(names.wake_channel(&queue, &agent))
-            .arg(1)
-            .query_async(&mut conn.clone())
-            .await
-            .map_err(|e| format!("waking the workers of {queue}/{agent}: {e}"))?;
+        pushed_to
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((queue, agent));
     }
     Ok(())
+}
+
+/// Tells the idle workers of each pair that jobs were pushed, so they fetch now rather
+/// than at their next poll. A failure is logged, never fatal: a lost wake-up only costs
+/// that poll (and a Redis without pub/sub still delivers).
+async fn wake(redis: &ConnectionManager, names: &RedisNames, pairs: BTreeSet<(String, String)>) {
+    for (queue, agent) in pairs {
+        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(names.wake_channel(&queue, &agent))
+            .arg(1)
+            .query_async(&mut redis.clone())
+            .await;
+        if let Err(e) = published {
+            tracing::debug!(queue = %queue, agent = %agent, error = %e,
+                "could not wake the workers; they find the jobs at their next poll");
+        }
+    }
 }
 
 /// The jobs for one pair's due tasks, in their order: one task per job when there are at

@@ -288,7 +288,7 @@ fn print_table(r: &Report) {
         );
     }
     row(
-        "peak RSS: bench process (API + dispatcher)",
+        "peak RSS: bench process (API, dispatcher, runs)",
         format!("{:.1} MiB", r.peak_rss_mib),
     );
     for (i, rss) in r.worker_peak_rss_mib.iter().enumerate() {

@@ -439,6 +439,62 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_slots_of_a_jobs_stale_tasks_are_free_while_its_live_task_runs() {
+        let test = TestDb::create().await;
+        let prefix = TestPrefix::new();
+        let redis = queue::connect(&redis_url()).await.expect("Redis");
+        let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(run_with_backends(
+            test.db.clone(),
+            redis_url(),
+            prefix.names.clone(),
+            config(), // concurrency 2
+            Backends::new().with(UntilCancelled {
+                started: started_tx,
+            }),
+            shutdown.clone(),
+        ));
+        // A job of one live task and two cancelled ones (stale deliveries).
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            tasks.extend(submit(&test.db, "until-cancelled").await.tasks);
+        }
+        for stale in &tasks[1..] {
+            TaskStore::cancel(&test.db, stale.task_id, None, &json!({}))
+                .await
+                .unwrap();
+        }
+        let config = apalis_config(&prefix.names, "until-cancelled");
+        push(
+            &redis,
+            &config,
+            vec![Job {
+                tasks: tasks.clone(),
+            }],
+        )
+        .await;
+        let (first, cancel_first) = timeout(Duration::from_secs(20), started_rx.recv())
+            .await
+            .expect("the live task starts")
+            .unwrap();
+        assert_eq!(first, tasks[0].task_id);
+
+        // One slot runs the live task; the other must be free for the next job.
+        let next = submit(&test.db, "until-cancelled").await;
+        push(&redis, &config, vec![next.clone()]).await;
+        let (second, cancel_second) = timeout(Duration::from_secs(20), started_rx.recv())
+            .await
+            .expect("a slot taken for a stale task is free again while the live one runs")
+            .unwrap();
+        assert_eq!(second, next.tasks[0].task_id);
+        cancel_first.cancel();
+        cancel_second.cancel();
+        shutdown.cancel();
+        worker.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_running_task_cancelled_elsewhere_stops_within_a_second_and_writes_nothing() {
         let test = TestDb::create().await;
         let prefix = TestPrefix::new();

@@ -28,8 +28,11 @@
 //!   box: consumers use [`RESPONSE_TIMEOUT`].
 //!
 //! All queues of a process share one semaphore of `--concurrency` permits, taken in the
-//! handler before the claim, and each apalis worker has the same `.concurrency`, so a
-//! consumer never has more jobs in hand than the process could run.
+//! handler before the claim (one per task), and each apalis worker has the same
+//! `.concurrency`, so a consumer never has more jobs in hand than the process could run.
+//! A packed job (several tasks, only under a backlog) can hold tasks that wait for a
+//! slot here; should they wait past `--redeliver-after`, the dispatcher pushes them
+//! again for another worker (the conditional claim makes the copy harmless).
 //!
 //! A gate (a `watch` of "may fetch", in the worker: "Postgres answers") pauses every
 //! consumer while it is shut (apalis' `WorkerContext::pause`: no fetch, while its
@@ -612,8 +615,10 @@ impl QueueContext {
 /// The apalis handler. Always Ok: the outcome is in Postgres (or the task is still
 /// queued there), and an error would make apalis retry behind turnq's back.
 ///
-/// A job of several tasks waits for a slot per task (at most `--concurrency` at a time)
-/// and claims them together; the job is acknowledged when all its turns have ended.
+/// A job of several tasks takes as many slots as are free (waiting for one if none is)
+/// and claims that many of its tasks together, then the next ones as slots free up; the
+/// job is acknowledged when all its turns have ended. Its waiting tasks stay in this
+/// worker's hand meanwhile (a packed job is at most `--dispatch-job-size` tasks).
 /// Tasks not yet started when the worker stops or Postgres goes away go back to the
 /// queue as one job.
 async fn deliver(job: Job, context: Data<Arc<QueueContext>>) -> Result<(), Infallible> {
@@ -635,10 +640,15 @@ async fn deliver(job: Job, context: Data<Arc<QueueContext>>) -> Result<(), Infal
                 std::future::pending::<()>().await;
             }
         };
-        // As many slots as the job has tasks (or the process has), taken together: a
-        // job's tasks are then claimed in one statement. Taking one slot and hoping for
-        // more would leave every job of a backlog claiming its tasks one by one.
-        let wanted = rest.len().min(shared.settings.concurrency.max(1));
+        // As many slots as the job has tasks and the process has free (at least one),
+        // taken together: the job's tasks are then claimed in one statement. Asking for
+        // more than are free would make every other job wait behind this one (the
+        // semaphore is fair); taking one and hoping for more left every job of a backlog
+        // claiming its tasks one by one.
+        let wanted = rest
+            .len()
+            .min(shared.slots.available_permits().max(1))
+            .min(shared.settings.concurrency.max(1));
         let taken = tokio::select! {
             biased;
             _ = shared.stop.cancelled() => None,

@@ -16,7 +16,9 @@
 //!   blocked, retryable or fatal failure; not a cancelled or stopped one), the agent
 //!   session of (session, agent) records the turn's usage, the agent's config hash,
 //!   the backend session id (the last `session` output chunk) and the status (`idle`
-//!   after a result, `crashed` after a failure). Failing to record it is logged and
+//!   after a result, `crashed` after a failure), before the task's last event is
+//!   written: the session's next turn may start as soon as that event commits, and it
+//!   resumes the backend session recorded here. Failing to record it is logged and
 //!   never fails the task.
 //! - The backend runs on a task of its own: a panic in it fails the attempt
 //!   (retryably) instead of taking the worker down, and a backend that ignores its
@@ -318,6 +320,8 @@ impl Runner {
                  longer pending at that attempt), or another turn of their session is running \
                  (they stay queued and are delivered again)");
         }
+        // The slots of tasks not claimed are free at once, not when the job's turns end.
+        slots.truncate(claimed.len());
         let turns = claimed.into_iter().map(|task| {
             // A task's slot is freed when its own turn ends, not when the job's last does.
             let slot = slots.pop();
@@ -361,17 +365,12 @@ impl Runner {
                         guard.control(),
                         &self.settings,
                         slot,
+                        |result, backend_session_id| {
+                            self.record_agent_session(&task, entry, backend_session_id, result)
+                                .boxed()
+                        },
                     )
                     .await;
-                    if let Some(result) = report.result {
-                        self.record_agent_session(
-                            &task,
-                            entry,
-                            report.backend_session_id.clone(),
-                            result,
-                        )
-                        .await;
-                    }
                     (entry.backend.name(), report.outcome)
                 }
                 Err(message) => {
@@ -468,18 +467,28 @@ pub(crate) async fn drive_turn(
     control: &TurnControl,
     settings: &TurnSettings,
 ) -> &'static str {
-    drive_turn_reporting(recorder, backend, task, sessions, control, settings, None)
-        .await
-        .outcome
+    drive_turn_reporting(
+        recorder,
+        backend,
+        task,
+        sessions,
+        control,
+        settings,
+        None,
+        |_, _| async {}.boxed(),
+    )
+    .await
+    .outcome
 }
 
 /// Runs `backend` on `task` to the end and records what happened. Reports the outcome
 /// for the log: `completed`, `blocked`, `retrying`, `failed`, `released` (written),
 /// `stopped` (stopped by its owner, nothing written), `fenced` (a write was refused),
 /// or `unrecorded` (Postgres did not take the last write); and what the agent session
-/// records.
+/// records. `on_result` gets the agent session's status, the usage and the backend
+/// session id of a turn that returned a result, before the last event is written.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn drive_turn_reporting(
+pub(crate) async fn drive_turn_reporting<'a>(
     recorder: &dyn Recorder,
     backend: Arc<dyn AgentBackend>,
     task: Task,
@@ -487,6 +496,7 @@ pub(crate) async fn drive_turn_reporting(
     control: &TurnControl,
     settings: &TurnSettings,
     slot: Option<OwnedSemaphorePermit>,
+    on_result: impl FnOnce((AgentStatus, Usage), Option<String>) -> BoxFuture<'a, ()>,
 ) -> TurnReport {
     let name = backend.name();
     let deadline = Instant::now() + settings.turn_timeout;
@@ -551,6 +561,11 @@ pub(crate) async fn drive_turn_reporting(
         result: session_result(&result),
         backend_session_id: output.backend_session.take(),
     };
+    // Before the task's last event: the next turn of the session may start the moment
+    // that event commits, and must find this turn's backend session id.
+    if let Some(result) = report.result {
+        on_result(result, report.backend_session_id.clone()).await;
+    }
     if output.fenced {
         return report;
     }
@@ -1226,6 +1241,7 @@ mod tests {
                     &control,
                     &settings(),
                     None,
+                    |_, _| async {}.boxed(),
                 )
                 .await
             }

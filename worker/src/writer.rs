@@ -93,10 +93,14 @@ async fn claim_loop(
                     let mine = request
                         .tasks
                         .iter()
-                        .filter_map(|(id, _)| {
+                        .filter_map(|(id, attempt)| {
+                            // The claim of attempt n starts attempt n + 1.
                             claimed
                                 .iter_mut()
-                                .find(|t| t.as_ref().is_some_and(|t| t.id == *id))
+                                .find(|t| {
+                                    t.as_ref()
+                                        .is_some_and(|t| t.id == *id && t.attempt == attempt + 1)
+                                })
                                 .and_then(Option::take)
                         })
                         .collect();

@@ -174,7 +174,8 @@ async fn lock(txn: &DatabaseTransaction, key: &SessionKey) -> Result<()> {
 const UUID_EXPR: &str = "entry->>'uuid'";
 const UUID_PREDICATE: &str = "jsonb_typeof(entry->'uuid') = 'string'";
 
-/// Inserts `batch` in ONE statement, skipping entries whose `uuid` the transcript holds.
+/// Inserts `batch` in as few statements as its size allows (see `db::MAX_STATEMENT_BYTES`),
+/// skipping entries whose `uuid` the transcript holds.
 /// Returns the `uuid`s of the entries stored.
 async fn insert(
     txn: &DatabaseTransaction,

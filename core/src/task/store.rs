@@ -747,7 +747,18 @@ impl TaskStore {
             Err(e) if is_unique_violation(&e) => {
                 let mut claimed = Vec::new();
                 for (id, attempt) in jobs {
-                    claimed.extend(Self::claim(db, *id, *attempt, worker, lease, metadata).await?);
+                    match Self::claim(db, *id, *attempt, worker, lease, metadata).await {
+                        Ok(one) => claimed.extend(one),
+                        // The ones claimed so far are committed: they must run, so they
+                        // are returned; the rest stay queued and are delivered again.
+                        Err(e) if !claimed.is_empty() => {
+                            tracing::warn!(task_id = %id, error = %crate::error::chain(&e),
+                                claimed = claimed.len(),
+                                "claiming one by one stopped part-way; running what was claimed");
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Ok(claimed)
             }

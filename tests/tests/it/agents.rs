@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use turnq_core::{
     agent::{AgentRegistry, AgentSessions, AgentSpec, AgentStatus, Turn, config_hash},
@@ -483,20 +483,17 @@ async fn resumer_turn(app: &TestApp, input: &str) -> Result<String> {
         .await?;
     let id = task["id"].as_str().context("id")?;
     let done = app.wait_for_state(id, "completed", RUN).await?;
+    // Recorded before `task.completed`: the session's next turn, which may start the
+    // moment that event commits, finds the backend session id at once.
     let want = format!("prov-{input}");
-    eventually(RUN, || async {
-        let session = AgentSessions::get(&app.db, "s1", "resumer")
-            .await?
-            .context("the agent session")?;
-        if session.status == AgentStatus::Idle
-            && session.backend_session_id.as_deref() == Some(want.as_str())
-        {
-            Ok(())
-        } else {
-            bail!("{session:?}")
-        }
-    })
-    .await?;
+    let session = AgentSessions::get(&app.db, "s1", "resumer")
+        .await?
+        .context("the agent session")?;
+    ensure!(
+        session.status == AgentStatus::Idle
+            && session.backend_session_id.as_deref() == Some(want.as_str()),
+        "when the task completed, its agent session was {session:?}"
+    );
     Ok(done["output_summary"].as_str().unwrap_or("").to_owned())
 }
 
