@@ -167,6 +167,12 @@ async fn update_returning_keys<C: ConnectionTrait>(
         .collect()
 }
 
+/// When a lease taken (or renewed) at `at` for `lease` runs out, at the precision the
+/// database stores.
+fn lease_end(at: Timestamp, lease: Duration) -> Timestamp {
+    time::truncate(at + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX))
+}
+
 fn worker_guard(attempt: i32, worker: &WorkerId) -> Condition {
     Condition::all()
         .add(Column::State.eq(TaskState::Running.as_str()))
@@ -695,9 +701,7 @@ impl TaskStore {
         let event = TaskEvent::Started(Started {
             attempt: attempt + 1,
             worker_id: worker.0.clone(),
-            lease_until: time::truncate(
-                at + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX),
-            ),
+            lease_until: lease_end(at, lease),
         });
         let guard = Condition::all()
             .add(Column::State.eq(TaskState::Pending.as_str()))
@@ -777,9 +781,7 @@ impl TaskStore {
             return Ok(Vec::new());
         }
         let at = time::now();
-        let lease_until = time::truncate(
-            at + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX),
-        );
+        let lease_until = lease_end(at, lease);
         let txn = db.begin().await?;
         let locked: Vec<(Uuid, String, i32)> = tasks::Entity::find()
             .select_only()
@@ -996,9 +998,7 @@ impl TaskStore {
         if held.is_empty() {
             return Ok(HashSet::new());
         }
-        let until = time::truncate(
-            time::now() + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX),
-        );
+        let until = lease_end(time::now(), lease);
         let pairs = held.iter().fold(Condition::any(), |any, (task, attempt)| {
             any.add(
                 Condition::all()
