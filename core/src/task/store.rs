@@ -783,19 +783,40 @@ impl TaskStore {
         let at = time::now();
         let lease_until = lease_end(at, lease);
         let txn = db.begin().await?;
-        let locked: Vec<(Uuid, String, i32)> = tasks::Entity::find()
-            .select_only()
-            .columns([Column::Id, Column::State, Column::Attempt])
-            .filter(Column::Id.is_in(jobs.iter().map(|(id, _)| id.0)))
-            .order_by_asc(Column::Id)
-            .lock(LockType::Update)
-            .into_tuple()
-            .all(&txn)
-            .await?;
-        // The rows are locked until the commit, so the claim's condition (pending, at
-        // the job's attempt) is checked here and the UPDATE names the ids alone: with
-        // `state = 'pending'` in its WHERE, the planner may AND the id lookup with a scan
-        // of every pending task's index entry, the whole backlog on every claim.
+        // Read first, lock second, and lock only the tasks that look claimable: a
+        // duplicate delivery of a task running elsewhere must not lock its row, or this
+        // claim and that worker's group commit could lock two rows in opposite orders.
+        let read = |ids: Vec<Uuid>, lock: bool| {
+            let mut query = tasks::Entity::find()
+                .select_only()
+                .columns([Column::Id, Column::State, Column::Attempt])
+                .filter(Column::Id.is_in(ids))
+                .order_by_asc(Column::Id);
+            if lock {
+                query = query.lock(LockType::Update);
+            }
+            query.into_tuple::<(Uuid, String, i32)>().all(&txn)
+        };
+        let wanted: HashSet<(Uuid, i32)> = jobs.iter().map(|(id, a)| (id.0, *a)).collect();
+        let claimable = |rows: Vec<(Uuid, String, i32)>| -> Vec<Uuid> {
+            rows.into_iter()
+                .filter(|(id, state, attempt)| {
+                    state == TaskState::Pending.as_str() && wanted.contains(&(*id, *attempt))
+                })
+                .map(|(id, _, _)| id)
+                .collect()
+        };
+        let candidates = claimable(read(jobs.iter().map(|(id, _)| id.0).collect(), false).await?);
+        // Locked (in id order, so claimers wait for each other instead of deadlocking)
+        // until the commit, so the claim's condition (pending, at the job's attempt) is
+        // checked again here and the UPDATE names the ids alone: with `state = 'pending'`
+        // in its WHERE, the planner may AND the id lookup with a scan of every pending
+        // task's index entry, the whole backlog on every claim.
+        let locked = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            read(candidates, true).await?
+        };
         let pending: HashMap<Uuid, i32> = locked
             .into_iter()
             .filter(|(_, state, _)| state == TaskState::Pending.as_str())
