@@ -2,7 +2,7 @@
 //! turn it runs, go to Postgres together.
 //!
 //! Claims: jobs that arrive while a claim transaction runs are claimed together in the
-//! next one ([`GroupClaimer`], [`TaskStore::claim_many`]): one statement and one commit
+//! next one ([`GroupClaimer`], [`TaskStore::claim_many`]): one transaction and one commit
 //! for many jobs, and no two of this process' claims contend for the same index pages.
 //!
 //! A turn's write (a batch of output, or the end of its attempt) is sent to one writer
@@ -12,11 +12,10 @@
 //! each other when they arrive faster than Postgres commits. Each write keeps its own
 //! guard (state, attempt, worker) and its own answer, so fencing is per turn as before.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use sea_orm::{DatabaseConnection, DbErr, RuntimeErr};
 use serde_json::Value;
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use turnq_core::{
