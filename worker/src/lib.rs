@@ -354,6 +354,28 @@ mod tests {
         }
     }
 
+    /// A worker with `config()` and `backends` on the test's database and prefix, and the
+    /// token that stops it.
+    fn start_worker(
+        test: &TestDb,
+        prefix: &TestPrefix,
+        backends: Backends,
+    ) -> (
+        tokio::task::JoinHandle<Result<(), WorkerError>>,
+        CancellationToken,
+    ) {
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(run_with_backends(
+            test.db.clone(),
+            redis_url(),
+            prefix.names.clone(),
+            config(),
+            backends,
+            shutdown.clone(),
+        ));
+        (worker, shutdown)
+    }
+
     fn apalis_config(names: &RedisNames, agent: &str) -> apalis_redis::Config {
         let delivery = Delivery::new("default", agent);
         QueueSettings {
@@ -388,15 +410,9 @@ mod tests {
         let prefix = TestPrefix::new();
         let redis = queue::connect(&redis_url()).await.expect("Redis");
         let counting = Counting::default();
-        let shutdown = CancellationToken::new();
-        let worker = tokio::spawn(run_with_backends(
-            test.db.clone(),
-            redis_url(),
-            prefix.names.clone(),
-            config(), // concurrency 2
-            Backends::new().with(counting.clone()),
-            shutdown.clone(),
-        ));
+        // config(): concurrency 2.
+        let (worker, shutdown) =
+            start_worker(&test, &prefix, Backends::new().with(counting.clone()));
         // Five tasks in one job, as the dispatcher packs a backlog.
         let mut tasks = Vec::new();
         for _ in 0..5 {
@@ -444,17 +460,11 @@ mod tests {
         let prefix = TestPrefix::new();
         let redis = queue::connect(&redis_url()).await.expect("Redis");
         let (started_tx, mut started_rx) = mpsc::unbounded_channel();
-        let shutdown = CancellationToken::new();
-        let worker = tokio::spawn(run_with_backends(
-            test.db.clone(),
-            redis_url(),
-            prefix.names.clone(),
-            config(), // concurrency 2
-            Backends::new().with(UntilCancelled {
-                started: started_tx,
-            }),
-            shutdown.clone(),
-        ));
+        // config(): concurrency 2.
+        let backends = Backends::new().with(UntilCancelled {
+            started: started_tx,
+        });
+        let (worker, shutdown) = start_worker(&test, &prefix, backends);
         // A job of one live task and two cancelled ones (stale deliveries).
         let mut tasks = Vec::new();
         for _ in 0..3 {
@@ -503,15 +513,7 @@ mod tests {
         let backends = Backends::new().with(UntilCancelled {
             started: started_tx,
         });
-        let shutdown = CancellationToken::new();
-        let worker = tokio::spawn(run_with_backends(
-            test.db.clone(),
-            redis_url(),
-            prefix.names.clone(),
-            config(),
-            backends,
-            shutdown.clone(),
-        ));
+        let (worker, shutdown) = start_worker(&test, &prefix, backends);
 
         // Once the worker listens, a cancellation can only reach it within a second
         // through the notification: its heartbeats are 30 s apart.
@@ -587,15 +589,7 @@ mod tests {
         let prefix = TestPrefix::new();
         let mut redis = queue::connect(&redis_url()).await.expect("Redis");
         let apalis = apalis_config(&prefix.names, "script");
-        let shutdown = CancellationToken::new();
-        let worker = tokio::spawn(run_with_backends(
-            test.db.clone(),
-            redis_url(),
-            prefix.names.clone(),
-            config(),
-            Backends::builtin(),
-            shutdown.clone(),
-        ));
+        let (worker, shutdown) = start_worker(&test, &prefix, Backends::builtin());
         let job = submit(&test.db, "script").await;
 
         // Postgres goes away (for this database): no new connection is accepted and the
