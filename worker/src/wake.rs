@@ -3,6 +3,10 @@
 //! pair fetches at once instead of at its next poll. Polling every `--poll-interval`
 //! stays as the fallback: a message lost while the subscription reconnects costs at
 //! most one poll, never a job.
+//!
+//! apalis-redis' own pub/sub (`RedisStorageFactory`) is not used: it takes the second
+//! `:`-separated part of a channel name as the queue, and turnq's queue names
+//! (`{prefix}:q:{queue}:{agent}`) contain colons, so it would never wake the right one.
 
 use std::{
     collections::HashMap,

@@ -27,10 +27,33 @@ use turnq_core::{
 /// The most tasks claimed in one transaction.
 const MAX_CLAIM: usize = 256;
 
-struct ClaimRequest {
-    tasks: Vec<(TaskId, i32)>,
-    reply: oneshot::Sender<Result<Vec<Task>, Error>>,
+/// A request to one of the group tasks, and where its own answer goes.
+struct Asked<R, A> {
+    request: R,
+    reply: oneshot::Sender<Result<A, Error>>,
 }
+
+/// Sends `request` to the group task behind `tx` and waits for its answer.
+async fn ask<R, A>(tx: &mpsc::Sender<Asked<R, A>>, request: R) -> Result<A, Error> {
+    let (reply, answer) = oneshot::channel();
+    if tx.send(Asked { request, reply }).await.is_err() {
+        return Err(stopped());
+    }
+    answer.await.unwrap_or_else(|_| Err(stopped()))
+}
+
+/// Answers every request of a batch that failed because Postgres could not be
+/// reached: nothing of it was committed.
+fn unreachable_all<R, A>(batch: &mut Vec<Asked<R, A>>, e: &Error, what: &str) {
+    let message = turnq_core::error::chain(e);
+    tracing::debug!(requests = batch.len(), error = %message,
+        "Postgres is unreachable; the batch of {what} was not committed");
+    for asked in batch.drain(..) {
+        let _ = asked.reply.send(Err(unavailable(message.clone())));
+    }
+}
+
+type ClaimRequest = Asked<Vec<(TaskId, i32)>, Vec<Task>>;
 
 /// The handle jobs claim through; cheap to clone.
 #[derive(Clone)]
@@ -55,11 +78,7 @@ impl GroupClaimer {
     /// claim meanwhile; the answer lists the tasks claimed, in order. A connection error
     /// means nothing was claimed.
     pub(crate) async fn claim(&self, tasks: Vec<(TaskId, i32)>) -> Result<Vec<Task>, Error> {
-        let (reply, answer) = oneshot::channel();
-        if self.tx.send(ClaimRequest { tasks, reply }).await.is_err() {
-            return Err(stopped());
-        }
-        answer.await.unwrap_or_else(|_| Err(stopped()))
+        ask(&self.tx, tasks).await
     }
 }
 
@@ -72,25 +91,25 @@ async fn claim_loop(
 ) {
     let mut batch: Vec<ClaimRequest> = Vec::new();
     while let Some(first) = rx.recv().await {
-        let mut size = first.tasks.len();
+        let mut size = first.request.len();
         batch.push(first);
         while size < MAX_CLAIM {
             match rx.try_recv() {
-                Ok(request) => {
-                    size += request.tasks.len();
-                    batch.push(request);
+                Ok(asked) => {
+                    size += asked.request.len();
+                    batch.push(asked);
                 }
                 Err(_) => break,
             }
         }
-        let all: Vec<(TaskId, i32)> = batch.iter().flat_map(|r| r.tasks.clone()).collect();
+        let all: Vec<(TaskId, i32)> = batch.iter().flat_map(|a| a.request.clone()).collect();
         match TaskStore::claim_many(&db, &all, &worker, lease, &metadata).await {
             Ok(claimed) => {
                 let mut claimed: Vec<Option<Task>> =
                     claimed.into_iter().map(|c| Some(c.task)).collect();
-                for request in batch.drain(..) {
-                    let mine = request
-                        .tasks
+                for asked in batch.drain(..) {
+                    let mine = asked
+                        .request
                         .iter()
                         .filter_map(|(id, attempt)| {
                             // The claim of attempt n starts attempt n + 1.
@@ -103,26 +122,21 @@ async fn claim_loop(
                                 .and_then(Option::take)
                         })
                         .collect();
-                    let _ = request.reply.send(Ok(mine));
+                    let _ = asked.reply.send(Ok(mine));
                 }
             }
-            Err(e) if e.is_unavailable() => {
-                let message = turnq_core::error::chain(&e);
-                for request in batch.drain(..) {
-                    let _ = request.reply.send(Err(unavailable(message.clone())));
-                }
-            }
+            Err(e) if e.is_unavailable() => unreachable_all(&mut batch, &e, "claims"),
             Err(e) => {
                 // Refused as a whole: claim each job on its own, so only the one at
                 // fault fails, with its own error.
                 tracing::warn!(jobs = batch.len(), error = %turnq_core::error::chain(&e),
                     "a grouped claim was refused; claiming its jobs one by one");
-                for request in batch.drain(..) {
+                for asked in batch.drain(..) {
                     let result =
-                        TaskStore::claim_many(&db, &request.tasks, &worker, lease, &metadata)
+                        TaskStore::claim_many(&db, &asked.request, &worker, lease, &metadata)
                             .await
                             .map(|claimed| claimed.into_iter().map(|c| c.task).collect());
-                    let _ = request.reply.send(result);
+                    let _ = asked.reply.send(result);
                 }
             }
         }
@@ -134,10 +148,7 @@ const MAX_GROUP: usize = 256;
 /// Writes waiting for the writer at most; a turn that finds it full waits.
 const QUEUE: usize = 4096;
 
-struct Pending {
-    record: Record,
-    reply: oneshot::Sender<Result<(), Error>>,
-}
+type Pending = Asked<Record, ()>;
 
 /// The handle turns write through; cheap to clone.
 #[derive(Clone)]
@@ -162,19 +173,12 @@ impl GroupWriter {
         attempt: i32,
         event: TaskEvent,
     ) -> Result<(), Error> {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            record: Record {
-                task,
-                attempt,
-                event,
-            },
-            reply,
+        let record = Record {
+            task,
+            attempt,
+            event,
         };
-        if self.tx.send(pending).await.is_err() {
-            return Err(stopped());
-        }
-        answer.await.unwrap_or_else(|_| Err(stopped()))
+        ask(&self.tx, record).await
     }
 }
 
@@ -197,21 +201,14 @@ async fn run(
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut batch, MAX_GROUP).await > 0 {
-        let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
+        let records: Vec<Record> = batch.iter().map(|p| p.request.clone()).collect();
         match TaskStore::record_many(&db, &worker, &records, &metadata).await {
             Ok(results) => {
                 for (pending, result) in batch.drain(..).zip(results) {
                     let _ = pending.reply.send(result.map(drop));
                 }
             }
-            Err(e) if e.is_unavailable() => {
-                let message = turnq_core::error::chain(&e);
-                tracing::debug!(writes = batch.len(), error = %message,
-                    "Postgres is unreachable; the batch of writes was not committed");
-                for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(unavailable(message.clone())));
-                }
-            }
+            Err(e) if e.is_unavailable() => unreachable_all(&mut batch, &e, "writes"),
             Err(e) => {
                 // Postgres refused the batch as a whole: write each on its own, so only
                 // the write at fault fails, with its own error.
@@ -222,7 +219,7 @@ async fn run(
                         task,
                         attempt,
                         event,
-                    } = &pending.record;
+                    } = &pending.request;
                     let result = TaskStore::record(&db, *task, *attempt, &worker, event, &metadata)
                         .await
                         .map(drop);
