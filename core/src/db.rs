@@ -124,8 +124,20 @@ pub fn statement_chunks<T>(items: Vec<T>, bytes: impl Fn(&T) -> usize) -> Vec<Ve
 }
 
 /// The size of `value` as JSON text, which is about what it takes as a parameter.
+/// Counted as it is written, without building the text.
 pub fn json_bytes(value: &serde_json::Value) -> usize {
-    serde_json::to_vec(value).map_or(0, |v| v.len())
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(0, |()| count.0)
 }
 
 /// Opens a pool of at most `max_connections` to `url`.
@@ -234,6 +246,15 @@ mod tests {
         );
         assert_eq!(chunks.concat(), sizes);
         assert!(statement_chunks(Vec::<usize>::new(), |n| *n).is_empty());
+    }
+
+    #[test]
+    fn json_is_measured_as_its_text() {
+        let value = serde_json::json!({"a": [1, "two", null], "b": "é\n"});
+        assert_eq!(
+            json_bytes(&value),
+            serde_json::to_vec(&value).unwrap().len()
+        );
     }
 
     #[test]
