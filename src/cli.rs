@@ -1,9 +1,7 @@
 //! The command line: every option is a flag and an environment variable.
 
-use std::net::SocketAddr;
-
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use turnq_core::db::DatabaseUrl;
+use clap::{Parser, Subcommand, ValueEnum};
+use turnq::config::{ApiArgs, DatabaseArgs, UpArgs, WorkerArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,6 +18,11 @@ pub struct Cli {
     #[arg(long, env = "TURNQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// For tests only: make named fault points in the long-lived loops fail, e.g.
+    /// `worker.writer=panic` (`;`-separated; names in CONTRIBUTING.md). Empty: none.
+    #[arg(long, env = "TURNQ_FAILPOINTS", default_value = "", global = true)]
+    pub failpoints: String,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -28,66 +31,6 @@ pub struct Cli {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Args, Debug)]
-pub struct DatabaseArgs {
-    /// Postgres URL. `turnq up` and `turnq migrate up` create the database if it is missing.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/turnq"
-    )]
-    pub database_url: DatabaseUrl,
-
-    /// The most Postgres connections this process opens.
-    #[arg(long, env = "TURNQ_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
-    pub database_max_connections: u32,
-}
-
-#[derive(Args, Debug)]
-pub struct RedisArgs {
-    /// Redis URL. Redis only delivers work: losing its data loses no task.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-
-    /// Prefix of every Redis key turnq uses, so deployments can share one Redis.
-    #[arg(long, env = "TURNQ_REDIS_PREFIX", default_value = "turnq")]
-    pub redis_prefix: String,
-}
-
-/// `turnq up`: everything `turnq api` takes, plus a worker pool's settings.
-#[derive(Args, Debug)]
-pub struct UpArgs {
-    #[command(flatten)]
-    pub api: ApiArgs,
-    #[command(flatten)]
-    pub worker: turnq_worker::WorkerConfig,
-}
-
-#[derive(Args, Debug)]
-pub struct ApiArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub redis: RedisArgs,
-    /// Address the API and UI listen on.
-    #[arg(long, env = "TURNQ_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    #[command(flatten)]
-    pub api: turnq_api::ApiConfig,
-    #[command(flatten)]
-    pub dispatcher: turnq_api::dispatcher::DispatcherConfig,
-}
-
-#[derive(Args, Debug)]
-pub struct WorkerArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub redis: RedisArgs,
-    #[command(flatten)]
-    pub worker: turnq_worker::WorkerConfig,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,24 +1,25 @@
-//! `turnq`: the one binary. Subcommands wire the parts together; the parts themselves
-//! live in `turnq-core`, `turnq-api`, `turnq-worker` and `migration`.
+//! `turnq`: the one binary. The command line and its subcommands; the app they start
+//! is assembled in the library (`turnq::App`), the parts live in `turnq-core`,
+//! `turnq-api`, `turnq-worker` and `migration`.
 
 mod bench;
 mod cli;
 mod submit;
 mod token;
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use migration::MigratorTrait;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
-use turnq_core::{
-    db::{self, DatabaseUrl},
-    delivery::RedisNames,
+use turnq::{
+    App, AppConfig,
+    app::{connect, migrate_up},
 };
 
-use cli::{ApiArgs, Cli, Command, DatabaseArgs, LogFormat, MigrateCommand, TokenCommand, UpArgs};
+use cli::{Cli, Command, LogFormat, MigrateCommand, TokenCommand};
 
 /// mimalloc instead of the system allocator: turnq allocates and frees many small JSON
 /// values (events, transcripts), where glibc's malloc spent a fifth of the time of a
@@ -30,6 +31,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    if let Err(e) = turnq_core::fault::configure(&cli.failpoints) {
+        eprintln!("error: --failpoints: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
@@ -72,46 +77,28 @@ fn init_tracing(format: LogFormat) {
 
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Up(UpArgs { api, worker }) => {
-            let db = connect(&api.database, true).await?;
-            migrate_up(&db).await?;
-            token::first_start_admin_token(&db).await?;
-            let shutdown = shutdown_on_signal();
-            let listener = bind(api.listen).await?;
-            let addr = listener.local_addr()?;
-            println!("turnq is up: API and UI on http://{addr}  (Ctrl-C stops it)");
-            println!("  try: turnq submit --api-url http://{addr} --wait \"hello\"");
-            let (redis_url, names) = (
-                api.redis.redis_url.clone(),
-                RedisNames::new(&api.redis.redis_prefix),
-            );
-            let served = tokio::spawn(serve_api(db.clone(), listener, api, shutdown.clone()));
-            let worked = turnq_worker::run(db, redis_url, names, worker, shutdown.clone()).await;
-            shutdown.cancel();
-            served.await.context("the API task panicked")??;
-            worked.context("the worker pool failed")?;
+        Command::Up(args) => {
+            let app = App::build(AppConfig::up(args)).await?;
+            token::first_start_admin_token(app.db()).await?;
+            if let Some(addr) = app.api_addr() {
+                println!("turnq is up: API on http://{addr}  (Ctrl-C stops it)");
+                println!("  try: turnq submit --api-url http://{addr} --wait \"hello\"");
+            }
+            app.run(shutdown_on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Api(args) => {
-            let db = connect(&args.database, false).await?;
-            let shutdown = shutdown_on_signal();
-            let listener = bind(args.listen).await?;
-            tracing::info!(addr = %listener.local_addr()?, "API listening");
-            serve_api(db, listener, args, shutdown).await?;
+            App::build(AppConfig::api(args))
+                .await?
+                .run(shutdown_on_signal())
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker(args) => {
-            let db = connect(&args.database, false).await?;
-            let shutdown = shutdown_on_signal();
-            turnq_worker::run(
-                db,
-                args.redis.redis_url,
-                RedisNames::new(&args.redis.redis_prefix),
-                args.worker,
-                shutdown,
-            )
-            .await
-            .context("the worker failed")?;
+            App::build(AppConfig::worker(args))
+                .await?
+                .run(shutdown_on_signal())
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { database, command } => {
@@ -171,57 +158,11 @@ async fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
-/// The API and the dispatcher until `shutdown` (or until serving fails, which stops the
-/// dispatcher too).
-async fn serve_api(
-    db: DatabaseConnection,
-    listener: tokio::net::TcpListener,
-    args: ApiArgs,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let dispatcher = tokio::spawn(turnq_api::dispatcher::run(
-        db.clone(),
-        args.redis.redis_url,
-        RedisNames::new(&args.redis.redis_prefix),
-        args.dispatcher,
-        shutdown.clone(),
-    ));
-    let served = turnq_api::serve(
-        listener,
-        turnq_api::AppState::with_config(db, args.api),
-        shutdown.clone(),
-    )
-    .await;
-    shutdown.cancel();
-    let _ = dispatcher.await;
-    served.context("serving the API")
-}
-
-async fn connect(args: &DatabaseArgs, create_if_missing: bool) -> Result<DatabaseConnection> {
-    let url: &DatabaseUrl = &args.database_url;
-    if create_if_missing {
-        db::ensure_database(url).await?;
-    }
-    Ok(db::connect(url, args.database_max_connections).await?)
-}
-
-async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}: is another turnq (or anything else) using it? Pick another with --listen"))
-}
-
-async fn migrate_up(db: &DatabaseConnection) -> Result<()> {
-    migration::Migrator::up(db, None)
-        .await
-        .context("applying migrations")
-}
-
 async fn migrate(db: &DatabaseConnection, command: MigrateCommand) -> Result<()> {
     use migration::Migrator;
     match command {
         MigrateCommand::Up => {
-            migrate_up(db).await?;
+            migrate_up(db).await.context("migrating")?;
             println!("all migrations applied");
         }
         MigrateCommand::Down { steps } => {

@@ -21,12 +21,16 @@ use std::{
 
 use apalis::prelude::TaskSink;
 use apalis_redis::{ConnectionManager, RedisStorage};
-use sea_orm::{DatabaseConnection, sqlx::postgres::PgListener};
+use sea_orm::{DatabaseConnection, sqlx::PgPool};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use turnq_core::{
     delivery::{Job, JobTask, RedisNames},
+    fault::fail_point,
+    listen::{Listener, Notice, postgres_pool},
+    retry::Backoff,
+    supervise::Supervisor,
     task::{CHANNEL_TASKS_NEW as CHANNEL, DueTask, TaskStore},
 };
 
@@ -69,22 +73,35 @@ pub struct DispatcherConfig {
 /// Tasks whose lease expired, recovered per round at most.
 const SWEEP_BATCH: u64 = 500;
 
-/// Runs the dispatcher until `shutdown`. Outages of Postgres or Redis are logged and
-/// retried, never fatal.
+/// Runs the dispatcher until `shutdown`, its listener a long-lived task of `tasks`.
+/// Outages of Postgres or Redis are logged and retried, never fatal.
 pub async fn run(
     db: DatabaseConnection,
     redis_url: String,
     names: RedisNames,
     config: DispatcherConfig,
+    tasks: Supervisor,
     shutdown: CancellationToken,
 ) {
     let wake = Arc::new(Notify::new());
-    let listener = tokio::spawn(listen(db.clone(), wake.clone(), shutdown.clone()));
+    match postgres_pool(&db) {
+        Some(pool) => {
+            tasks.spawn(
+                "dispatcher.listener",
+                listen(pool, wake.clone(), shutdown.clone()),
+            );
+        }
+        None => tracing::warn!(
+            "the dispatcher's database is not a Postgres pool: it cannot LISTEN, and polls only"
+        ),
+    }
     let mut redis: Option<ConnectionManager> = None;
     let mut epoch: Option<String> = None;
     let mut failures = 0u32;
+    let mut backoff = Backoff::reconnect();
     let mut last_sweep: Option<Instant> = None;
     while !shutdown.is_cancelled() {
+        fail_point!("dispatcher.round");
         if redis.is_none() {
             match apalis_redis::connect(redis_url.as_str()).await {
                 Ok(conn) => redis = Some(conn),
@@ -131,6 +148,7 @@ pub async fn run(
         let pause = match outcome {
             Ok(_) => {
                 failures = 0;
+                backoff.reset();
                 None
             }
             Err(e) => {
@@ -141,7 +159,7 @@ pub async fn run(
                     redis = None;
                 }
                 tracing::warn!(error = %turnq_core::error::chain(&e), failures, "dispatch round failed; retrying");
-                Some(Duration::from_millis(100 * 2u64.pow(failures.min(6))))
+                Some(backoff.next_delay())
             }
         };
         let wait = pause.unwrap_or(config.dispatch_poll_interval);
@@ -151,7 +169,6 @@ pub async fn run(
             _ = shutdown.cancelled() => {}
         }
     }
-    listener.abort();
 }
 
 /// Checks that Redis still holds the epoch this dispatcher saw; true when it lost its
@@ -305,39 +322,21 @@ fn pack(tasks: Vec<JobTask>, pack_above: usize, job_size: usize) -> Vec<Job> {
         .collect()
 }
 
-/// LISTENs on `tasks_new` and wakes the dispatcher; reconnects after any error and
-/// wakes it then too, since a notification may have been missed in between.
-async fn listen(db: DatabaseConnection, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let pool = db.get_postgres_connection_pool().clone();
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "dispatcher cannot LISTEN on Postgres; polling until it can");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
+/// LISTENs on `tasks_new` and wakes the dispatcher; it wakes it at every
+/// (re)connection too, since a notification may have been missed in between.
+async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let listener = Listener {
+        what: "the dispatcher's wake-up listener",
+        meanwhile: "it polls every --dispatch-poll-interval meanwhile",
+    };
+    listener
+        .run(&pool, &[CHANNEL], &shutdown, |notice| {
+            if matches!(notice, Notice::Connected) {
+                fail_point!("dispatcher.listener");
             }
-        };
-        if let Err(e) = listener.listen(CHANNEL).await {
-            tracing::warn!(error = %e, "LISTEN {CHANNEL} failed");
-            tokio::time::sleep(backoff).await;
-            continue;
-        }
-        backoff = Duration::from_millis(100);
-        wake.notify_one();
-        loop {
-            tokio::select! {
-                received = listener.try_recv() => match received {
-                    Ok(Some(_)) => wake.notify_one(),
-                    // The connection dropped (None) or failed: reconnect.
-                    Ok(None) | Err(_) => break,
-                },
-                _ = shutdown.cancelled() => return,
-            }
-        }
-    }
+            wake.notify_one();
+        })
+        .await;
 }
 
 #[cfg(test)]

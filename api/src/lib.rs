@@ -27,7 +27,7 @@ use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
-use turnq_core::session::PgSessionStore;
+use turnq_core::{session::PgSessionStore, supervise::Supervisor};
 
 pub use error::ApiError;
 
@@ -62,6 +62,8 @@ struct Inner {
     db: DatabaseConnection,
     sessions: PgSessionStore,
     config: ApiConfig,
+    /// The process' long-lived tasks, whose deaths make `/readyz` answer 503.
+    tasks: Option<Supervisor>,
 }
 
 impl AppState {
@@ -76,8 +78,26 @@ impl AppState {
                 sessions: PgSessionStore::new(db.clone()),
                 db,
                 config,
+                tasks: None,
             }),
         }
+    }
+
+    /// The state of an API whose readiness also reflects the long-lived tasks of
+    /// `tasks` (the dispatcher, and in `turnq up` the worker pool).
+    pub fn supervised(db: DatabaseConnection, config: ApiConfig, tasks: Supervisor) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                sessions: PgSessionStore::new(db.clone()),
+                db,
+                config,
+                tasks: Some(tasks),
+            }),
+        }
+    }
+
+    pub(crate) fn tasks(&self) -> Option<&Supervisor> {
+        self.inner.tasks.as_ref()
     }
 
     pub(crate) fn db(&self) -> &DatabaseConnection {

@@ -7,17 +7,20 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
+use turnq::{
+    ApiPart, App, AppConfig,
+    config::{DatabaseArgs, RedisArgs},
+};
 use turnq_core::{
     auth::{Scope, TokenStore},
     db::{self, DatabaseUrl},
-    delivery::RedisNames,
 };
+use turnq_testkit::{TestDb, TestRedis};
 
 use super::BenchArgs;
-use crate::cli::{ApiArgs, DatabaseArgs, RedisArgs};
 
 /// The turnq queue every bench task goes to.
 pub const QUEUE: &str = "bench";
@@ -25,64 +28,69 @@ pub const QUEUE: &str = "bench";
 pub struct Stack {
     pub db: DatabaseConnection,
     pub url: DatabaseUrl,
-    /// The server's maintenance database, to drop the bench database afterwards.
-    admin_url: DatabaseUrl,
     pub redis_url: String,
-    pub names: RedisNames,
+    pub names: turnq_core::delivery::RedisNames,
     pub api_url: String,
     pub token: String,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
-    api: tokio::task::JoinHandle<Result<()>>,
+    api: tokio::task::JoinHandle<Result<(), turnq::AppError>>,
     workers: Mutex<Vec<Child>>,
     /// Peak RSS of each worker, read just before it is stopped.
     worker_rss: Mutex<Vec<f64>>,
+    // Last: dropped (removed, unless kept) after everything that uses them stopped.
+    redis: TestRedis,
+    database: TestDb,
 }
 
 impl Stack {
-    /// Creates the database and prefix, migrates, and starts the API and dispatcher.
+    /// Creates the database (from a migrated template) and the prefix, and starts the
+    /// API and dispatcher through the app, as `turnq api` does.
     pub async fn start(args: &BenchArgs) -> Result<Stack> {
-        let run = uuid::Uuid::new_v4().simple().to_string();
-        let name = format!("turnq_bench_{}", &run[..12]);
-        let url = args.database_url.with_database(&name);
-        let admin_url = args.database_url.with_database("postgres");
-        db::ensure_database(&url).await.with_context(|| {
+        let server = url::Url::parse(args.database_url.with_database("postgres").expose())
+            .context("the --database-url is not a URL")?;
+        let database = TestDb::on(server, "turnq_bench").await.with_context(|| {
             format!(
-                "creating the bench database {name} on {} (the bench needs Postgres; see the README's set-up)",
+                "creating a bench database on {} (the bench needs Postgres; see the README's set-up)",
                 args.database_url
             )
         })?;
+        let url: DatabaseUrl = database
+            .url
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
         let db = db::connect(&url, 16).await?;
-        crate::migrate_up(&db).await?;
         let (token, _) = TokenStore::create(&db, "bench", &[Scope::Admin]).await?;
-        let names = RedisNames::new(format!("turnq-bench-{}", &run[..12]));
+        let redis = TestRedis::on(&args.redis_url, "turnq-bench");
+        let names = turnq_core::delivery::RedisNames::new(&redis.prefix);
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let api_url = format!("http://{}", listener.local_addr()?);
-        let api_args = ApiArgs {
+        let app = App::build(AppConfig {
             database: DatabaseArgs {
                 database_url: url.clone(),
                 database_max_connections: 16,
             },
             redis: RedisArgs {
                 redis_url: args.redis_url.clone(),
-                redis_prefix: names.prefix().to_owned(),
+                redis_prefix: redis.prefix.clone(),
             },
-            listen: listener.local_addr()?,
-            api: turnq_api::ApiConfig::default(),
-            dispatcher: dispatcher_config()?,
-        };
+            prepare_database: false,
+            api: Some(ApiPart {
+                listen: "127.0.0.1:0".parse()?,
+                api: turnq_api::ApiConfig::default(),
+                dispatcher: dispatcher_config()?,
+            }),
+            worker: None,
+        })
+        .await?;
+        let api_url = format!(
+            "http://{}",
+            app.api_addr().context("the bench app runs an API")?
+        );
         let shutdown = CancellationToken::new();
-        let api = tokio::spawn(crate::serve_api(
-            db.clone(),
-            listener,
-            api_args,
-            shutdown.clone(),
-        ));
+        let api = tokio::spawn(app.run(shutdown.clone()));
         Ok(Stack {
             db,
             url,
-            admin_url,
             redis_url: args.redis_url.clone(),
             names,
             api_url,
@@ -94,6 +102,8 @@ impl Stack {
             api,
             workers: Mutex::default(),
             worker_rss: Mutex::default(),
+            redis,
+            database,
         })
     }
 
@@ -159,7 +169,7 @@ impl Stack {
     }
 
     /// Stops everything and, unless `keep`, drops the database and deletes the keys.
-    pub async fn stop(self, keep: bool) {
+    pub async fn stop(mut self, keep: bool) {
         let children: Vec<Child> =
             std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         for mut child in children {
@@ -167,26 +177,22 @@ impl Stack {
             let _ = child.wait().await;
         }
         self.shutdown.cancel();
-        match tokio::time::timeout(Duration::from_secs(10), self.api).await {
-            Ok(Ok(Err(e))) => eprintln!("bench: the API stopped with an error: {e:#}"),
+        match tokio::time::timeout(Duration::from_secs(10), &mut self.api).await {
+            Ok(Ok(Err(e))) => eprintln!("bench: the API stopped with an error: {e}"),
             Ok(_) => {}
             Err(_) => eprintln!("bench: the API did not stop within 10 s"),
         }
         let _ = self.db.close().await;
         if keep {
+            self.database.keep();
+            self.redis.keep();
             eprintln!(
                 "bench: kept database {} and Redis prefix {}",
                 self.url,
                 self.names.prefix()
             );
-            return;
         }
-        if let Err(e) = drop_database(&self.admin_url, &self.url).await {
-            eprintln!("bench: could not drop the bench database: {e:#}");
-        }
-        if let Err(e) = turnq_worker::purge::delete_keys(&self.redis_url, &self.names).await {
-            eprintln!("bench: could not delete the bench's Redis keys: {e}");
-        }
+        // Dropping them removes the database and the keys (unless kept).
     }
 
     /// A request to the API with the bench's token.
@@ -206,17 +212,6 @@ fn dispatcher_config() -> Result<turnq_api::dispatcher::DispatcherConfig> {
         dispatcher: turnq_api::dispatcher::DispatcherConfig,
     }
     Ok(Defaults::try_parse_from(["turnq"])?.dispatcher)
-}
-
-async fn drop_database(admin: &DatabaseUrl, bench: &DatabaseUrl) -> Result<()> {
-    let name = bench
-        .database_name()
-        .context("the bench database URL names no database")?;
-    let conn = db::connect(admin, 1).await?;
-    conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await?;
-    conn.close().await?;
-    Ok(())
 }
 
 /// Peak resident memory (`VmHWM`) of process `pid`, or of this process, in MiB.

@@ -25,13 +25,11 @@ use sea_orm::DatabaseConnection;
 use tokio::process::Command;
 use turnq_core::agent::{Agent, AgentRegistry};
 
-use crate::{
-    backend::{
-        AgentBackend, AgentSessionLookup, Backends, CommandBackend, OpenAiBackend, PgAgentSessions,
-        ScriptBackend, unregistered_agent,
-    },
-    runner::error_chain,
+use crate::backend::{
+    AgentBackend, AgentSessionLookup, Backends, CommandBackend, OpenAiBackend, PgAgentSessions,
+    ScriptBackend, unregistered_agent,
 };
+use turnq_core::error::chain as error_chain;
 
 /// How long `<program> --version` may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

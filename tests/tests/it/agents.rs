@@ -1,8 +1,6 @@
 //! The agent registry and agent sessions: the stores against a real database, and
 //! `/v1/agents` through the real router.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use turnq_core::{
@@ -12,7 +10,7 @@ use turnq_core::{
     time,
 };
 
-use crate::harness::{TestApp, TestDb, count, eventually};
+use turnq_tests::{TestApp, TestDb, count, eventually};
 
 fn spec(body: Value) -> Result<AgentSpec> {
     Ok(serde_json::from_value(body)?)
@@ -383,9 +381,6 @@ async fn a_closed_agent_session_is_not_resumed_and_its_next_turn_starts_fresh() 
     Ok(())
 }
 
-/// How long an in-process worker may take to start, probe and run a turn.
-const RUN: Duration = Duration::from_secs(30);
-
 /// `PUT /v1/agents/{name}`, expecting 201 or 200.
 async fn declare(app: &TestApp, name: &str, spec: Value) -> Result<()> {
     let (status, body) = put(app, name, &spec).await?;
@@ -420,9 +415,9 @@ async fn the_worker_registry_lists_the_agents_each_worker_runs() -> Result<()> {
         json!({"backend": "command", "config": {}}),
     )
     .await?;
-    app.start_worker(&[]);
+    app.start_worker(&[]).await?;
 
-    let workers = eventually(RUN, || async {
+    let workers = eventually("the worker registers with its agents", || async {
         let (status, body) = app.get("/v1/workers").await?;
         ensure!(status == 200, "GET /v1/workers answered {status}: {body}");
         let workers = body["workers"].as_array().context("workers")?.clone();
@@ -444,8 +439,8 @@ async fn the_worker_registry_lists_the_agents_each_worker_runs() -> Result<()> {
     );
 
     // A worker narrowed by `--agents` lists only its own.
-    app.start_worker(&["--agents", "shell"]);
-    let narrowed = eventually(RUN, || async {
+    app.start_worker(&["--agents", "shell"]).await?;
+    let narrowed = eventually("the narrowed worker registers", || async {
         let (_, body) = app.get("/v1/workers").await?;
         let workers = body["workers"].as_array().context("workers")?.clone();
         ensure!(workers.len() == 2, "{body}");
@@ -456,7 +451,7 @@ async fn the_worker_registry_lists_the_agents_each_worker_runs() -> Result<()> {
     })
     .await?;
     assert_eq!(narrowed["agents"][0]["name"], "shell");
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -482,7 +477,7 @@ async fn resumer_turn(app: &TestApp, input: &str) -> Result<String> {
         .submit(json!({"input": input, "agent": "resumer", "session_id": "s1"}))
         .await?;
     let id = task["id"].as_str().context("id")?;
-    let done = app.wait_for_state(id, "completed", RUN).await?;
+    let done = app.wait_for_state(id, "completed").await?;
     // Recorded before `task.completed`: the session's next turn, which may start the
     // moment that event commits, finds the backend session id at once.
     let want = format!("prov-{input}");
@@ -501,7 +496,7 @@ async fn resumer_turn(app: &TestApp, input: &str) -> Result<String> {
 async fn a_command_agent_resumes_its_backend_session_until_the_session_is_deleted() -> Result<()> {
     let mut app = TestApp::spawn_without_workers().await?;
     declare(&app, "resumer", resuming_agent()).await?;
-    app.start_worker(&["--agents", "resumer"]);
+    app.start_worker(&["--agents", "resumer"]).await?;
 
     assert_eq!(
         resumer_turn(&app, "1").await?,
@@ -533,6 +528,6 @@ async fn a_command_agent_resumes_its_backend_session_until_the_session_is_delete
         "turn 3 starts fresh"
     );
     assert_eq!(resumer_turn(&app, "4").await?, "args:[--resume prov-3]");
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }

@@ -8,7 +8,7 @@
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -22,14 +22,7 @@ use axum::{
 use serde_json::{Value, json};
 use turnq_core::agent::AgentSessions;
 
-use crate::harness::{TestApp, WorkerProcess, eventually};
-
-/// How long a turn may take to run, from submission, on a worker process that may still
-/// be starting (connecting, registering, probing its agents).
-const RUN: Duration = Duration::from_secs(60);
-
-/// How long a killed turn's processes may take to be gone after the cancel.
-const KILLED_WITHIN: Duration = Duration::from_secs(2);
+use turnq_tests::{TestApp, WorkerProcess, eventually};
 
 // ---------------------------------------------------------------------------------------
 // A small OpenAI-compatible server
@@ -176,7 +169,7 @@ async fn wait_on_worker(
     id: &str,
     state: &str,
 ) -> Result<Value> {
-    match app.wait_for_state(id, state, RUN).await {
+    match app.wait_for_state(id, state).await {
         Ok(task) => Ok(task),
         Err(e) => {
             let exited = worker.process.exited()?;
@@ -208,7 +201,7 @@ async fn a_session_resumes_on_another_worker_process_with_its_history() -> Resul
     let first = id_of(&first)?;
     let done_1 = wait_on_worker(&app, &mut a, &first, "completed").await?;
     a.process.terminate()?;
-    let status = a.process.wait_exit(Duration::from_secs(15)).await?;
+    let status = a.process.wait_exit().await?;
     ensure!(
         status.success(),
         "worker host-a exited with {status} on SIGTERM"
@@ -482,12 +475,13 @@ async fn cancelling_a_command_turn_kills_its_child_process() -> Result<()> {
     };
     let pid_arg = pid_file.to_str().context("the temp path is UTF-8")?;
     // The child's own pid, then its grandchild's (a `sleep` in the background): killing
-    // the child alone would leave the grandchild running.
+    // the child alone would leave the grandchild running. Both would run for an hour,
+    // far past the test's patience: if they are gone, they were killed.
     put_agent(
         &app,
         "sleeper",
         bash_agent(
-            "echo $$ > \"$1.tmp\"; sleep 60 & echo $! >> \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; wait",
+            "echo $$ > \"$1.tmp\"; sleep 3600 & echo $! >> \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; wait",
             &[pid_arg],
         ),
     )
@@ -499,7 +493,10 @@ async fn cancelling_a_command_turn_kills_its_child_process() -> Result<()> {
             .await?,
     )?;
     wait_on_worker(&app, &mut worker, &id, "running").await?;
-    let pids = eventually(RUN, || async { pids_in(&pid_file, 2) }).await?;
+    let pids = eventually("the turn writes its pids", || async {
+        pids_in(&pid_file, 2)
+    })
+    .await?;
     leftovers.pids = pids.clone();
     let (child, grandchild) = (pids[0], pids[1]);
     ensure!(
@@ -513,7 +510,7 @@ async fn cancelling_a_command_turn_kills_its_child_process() -> Result<()> {
     assert_eq!(status, 200, "cancel answered {status}: {body}");
     assert_eq!(body["state"], "cancelled", "{body}");
     let cancelled_at = Instant::now();
-    eventually(KILLED_WITHIN, || async {
+    eventually("the turn's processes are killed", || async {
         ensure!(
             !exists(child),
             "child {child} exists (kill -0 succeeds; running: {})",

@@ -5,7 +5,7 @@ use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use turnq_core::auth::{Scope, TokenStore};
 
-use crate::harness::TestApp;
+use turnq_tests::TestApp;
 
 async fn call(
     app: &TestApp,
@@ -65,7 +65,7 @@ async fn requests_without_a_valid_token_get_401_and_health_stays_open() -> Resul
         );
     }
     assert_eq!(app.counts().await?, before);
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -139,7 +139,7 @@ async fn a_token_without_the_needed_scope_gets_403() -> Result<()> {
     )
     .await?;
     assert_eq!(status, 200, "a submitter may cancel: {body}");
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -165,7 +165,7 @@ async fn tokens_are_stored_hashed() -> Result<()> {
             .is_some()
     );
     assert!(TokenStore::create(&app.db, "none", &[]).await.is_err());
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -175,7 +175,7 @@ async fn the_api_answers_503_with_retry_after_when_postgres_is_gone() -> Result<
     let token = app.token().to_owned();
     // Take the database away under the running app.
     let admin = turnq_core::db::connect(
-        &format!("{}/postgres", crate::harness::POSTGRES)
+        &turnq_tests::admin_database_url()
             .parse()
             .map_err(anyhow::Error::msg)?,
         1,
@@ -191,6 +191,6 @@ async fn the_api_answers_503_with_retry_after_when_postgres_is_gone() -> Result<
     assert!(headers.contains_key("retry-after"));
     let (status, _, _) = call(&app, reqwest::Method::GET, "/readyz", None, None).await?;
     assert_eq!(status, 503);
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use turnq_core::{
     time,
 };
 
-use crate::harness::TestDb;
+use turnq_tests::TestDb;
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -150,7 +150,7 @@ async fn a_group_commit_applies_each_record_under_its_own_guard_in_order() -> Re
     TaskStore::claim(db, ids[3], 0, &b, LEASE, &meta)
         .await?
         .context("b claims the last task")?;
-    let events_before = crate::harness::count(db, "events").await?;
+    let events_before = turnq_tests::count(db, "events").await?;
 
     let record = |task: TaskId, attempt: i32, event: TaskEvent| Record {
         task,
@@ -202,7 +202,7 @@ async fn a_group_commit_applies_each_record_under_its_own_guard_in_order() -> Re
     assert_eq!(t3.state, TaskState::Running, "b's task is untouched");
     assert_eq!(t3.worker_id.as_deref(), Some("b"));
     assert_eq!(
-        crate::harness::count(db, "events").await? - events_before,
+        turnq_tests::count(db, "events").await? - events_before,
         5,
         "exactly the accepted records are in the log"
     );

@@ -5,12 +5,12 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::harness::{TestApp, turnq_bin};
+use turnq_tests::{TestApp, turnq_bin};
 
 fn turnq(app: &TestApp, args: &[&str]) -> Result<(i32, String, String)> {
     let output = Command::new(turnq_bin()?)
         .args(args)
-        .env("DATABASE_URL", app.test_db.url.expose())
+        .env("DATABASE_URL", &app.test_db.url)
         .env("TURNQ_API_URL", &app.base)
         .env("TURNQ_TOKEN", app.token())
         .env("TURNQ_TOKEN_FILE", "/nonexistent/turnq-token")
@@ -61,7 +61,7 @@ async fn submit_wait_prints_the_events_until_completed() -> Result<()> {
     })?;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("task.failed"), "{out}");
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -132,13 +132,13 @@ async fn cli_errors_say_what_is_wrong_and_tokens_print_once() -> Result<()> {
         err.contains("cannot connect to Postgres at postgres://postgres@127.0.0.1:1/nowhere"),
         "{err}"
     );
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
 /// Databases and Redis keys `turnq bench` names as its own.
 async fn bench_leftovers() -> Result<(i64, usize)> {
-    let url: turnq_core::db::DatabaseUrl = format!("{}/postgres", crate::harness::POSTGRES)
+    let url: turnq_core::db::DatabaseUrl = turnq_tests::admin_database_url()
         .parse()
         .map_err(anyhow::Error::msg)?;
     let admin = turnq_core::db::connect(&url, 1).await?;
@@ -153,7 +153,7 @@ async fn bench_leftovers() -> Result<(i64, usize)> {
     .ok_or_else(|| anyhow::anyhow!("count returned no row"))?;
     let databases: i64 = row.try_get_by_index(0)?;
     admin.close().await?;
-    let mut redis = redis::Client::open(crate::harness::REDIS)?
+    let mut redis = redis::Client::open(turnq_tests::redis_url())?
         .get_multiplexed_async_connection()
         .await?;
     let keys: Vec<String> = redis::cmd("KEYS")

@@ -8,7 +8,7 @@ use turnq_core::{
     event::{EventStore, NewEvent, StreamRef},
 };
 
-use crate::harness::{TestDb, count};
+use turnq_tests::{TestDb, count};
 
 fn event(kind: &str) -> NewEvent {
     NewEvent {

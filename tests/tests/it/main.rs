@@ -2,8 +2,6 @@
 //! `turnq` binary) against real Postgres and Redis. Each test gets its own database,
 //! cloned from a migrated template, and its own Redis key prefix.
 
-mod harness;
-
 mod agents;
 mod agents_e2e;
 mod auth;
@@ -16,4 +14,5 @@ mod replay;
 mod scheduling;
 mod sessions;
 mod stats;
+mod supervision;
 mod tasks;

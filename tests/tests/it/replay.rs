@@ -1,18 +1,18 @@
 //! `turnq replay --verify`, through the real binary.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use anyhow::Result;
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, eventually, turnq_bin};
+use turnq_tests::{TestApp, eventually, turnq_bin};
 
 fn replay(app: &TestApp, verify: bool) -> Result<(i32, String)> {
     let mut command = Command::new(turnq_bin()?);
     command
         .arg("replay")
-        .env("DATABASE_URL", app.test_db.url.expose())
+        .env("DATABASE_URL", &app.test_db.url)
         .env("RUST_LOG", "warn");
     if verify {
         command.arg("--verify");
@@ -38,7 +38,7 @@ async fn replay_verify_finds_no_drift_after_a_run_and_reports_a_tampered_row() -
         .post("/v1/tasks/batch", &json!({"tasks": tasks}))
         .await?;
     assert_eq!(status, 201);
-    eventually(Duration::from_secs(60), || async {
+    eventually("every task has ended", || async {
         let (_, page) = app.get("/v1/tasks?state=pending,running&limit=100").await?;
         let n = page["tasks"].as_array().map_or(0, Vec::len);
         anyhow::ensure!(n == 0, "{n} tasks still pending or running");
@@ -74,6 +74,6 @@ async fn replay_verify_finds_no_drift_after_a_run_and_reports_a_tampered_row() -
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("no drift"), "{out}");
     assert!(app.task(id).await?["output_summary"].is_null());
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use turnq_core::{
     time,
 };
 
-use crate::harness::TestDb;
+use turnq_tests::TestDb;
 
 fn task(body: Value) -> Result<turnq_core::task::NewTask> {
     let request: NewTaskRequest = serde_json::from_value(body)?;

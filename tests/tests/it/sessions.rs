@@ -3,7 +3,7 @@
 //! implements the same trait, as the SDK adapter in `docs/sessions.md` does); then the
 //! HTTP face's own rules: bad input, body limits, scopes and route overlaps.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
@@ -21,7 +21,7 @@ use turnq_core::{
     time,
 };
 
-use crate::harness::{TestApp, TestDb, count};
+use turnq_tests::{TestApp, TestDb, count};
 
 // ---------------------------------------------------------------------------------------
 // The two faces
@@ -258,8 +258,8 @@ impl Faces {
         ])
     }
 
-    async fn stop(self) {
-        self.app.stop().await;
+    async fn stop(self) -> Result<()> {
+        self.app.stop().await
     }
 }
 
@@ -381,7 +381,7 @@ async fn session_entries_load_deep_equal_in_append_call_order() -> Result<()> {
         ensure!(loaded == want, "loaded {loaded:?}");
         Ok(())
     });
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -395,7 +395,7 @@ async fn session_key_never_written_loads_as_none_not_empty() -> Result<()> {
         ensure!(load(store, &key("other", "sess")?).await?.is_none());
         Ok(())
     });
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -416,7 +416,7 @@ async fn session_append_of_no_entries_changes_nothing() -> Result<()> {
         ensure!(count(db, "session_entries").await? == 1);
         Ok(())
     });
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -478,7 +478,7 @@ async fn session_entries_with_a_stored_uuid_are_skipped_even_within_one_batch() 
         ensure!(count(db, "session_entries").await? == 10);
         Ok(())
     });
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -541,7 +541,7 @@ async fn concurrent_session_appends_store_each_uuid_once_and_never_interleave() 
             summary.data
         );
     }
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -567,7 +567,7 @@ async fn session_subpaths_and_projects_are_stored_apart() -> Result<()> {
         ensure!(session_ids(store, "B").await? == ["s1"]);
         Ok(())
     });
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -605,7 +605,17 @@ async fn list_sessions_gives_ids_with_epoch_ms_mtime_and_skips_subpath_only_sess
         // A later write moves the session's mtime forward; a subpath write does not
         // make a session appear.
         let a_before = listed.iter().find(|s| s.session_id == "a").map(|s| s.mtime);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The next write must land in a later millisecond than the first.
+        let first = a_before.unwrap_or_default();
+        turnq_tests::eventually("the clock passes the first write's millisecond", || async {
+            let now = chrono::Utc::now().timestamp_millis();
+            if now > first {
+                Ok(())
+            } else {
+                Err(format!("now {now}"))
+            }
+        })
+        .await?;
         append(store, &key("proj", "a")?, vec![e(json!({"n": 2}))]).await?;
         let a_after = store
             .list_sessions(&project("proj")?)
@@ -616,7 +626,7 @@ async fn list_sessions_gives_ids_with_epoch_ms_mtime_and_skips_subpath_only_sess
         ensure!(a_after > a_before, "{a_before:?} → {a_after:?}");
         Ok(())
     });
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -656,7 +666,7 @@ async fn list_subkeys_gives_a_sessions_subpaths_never_the_main_transcript() -> R
         ensure!(subkeys(store, "proj", "never-appended").await?.is_empty());
         Ok(())
     });
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -702,7 +712,7 @@ async fn deleting_a_main_session_key_removes_its_subpaths_and_summary_too() -> R
         ensure!(summary.data["entry_count"] == 1, "{}", summary.data);
         Ok(())
     });
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -765,7 +775,7 @@ async fn deleting_a_main_session_key_closes_the_sessions_agent_sessions() -> Res
         ensure!(status_of(db, "sess2", "claude").await? == AgentStatus::Closed);
         Ok(())
     });
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -788,7 +798,7 @@ async fn deleting_a_session_subpath_key_removes_only_that_transcript() -> Result
         ensure!(summary_of(store, "proj", "sess").await? == summary);
         Ok(())
     });
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -879,7 +889,7 @@ async fn session_summaries_follow_every_append_of_the_main_transcript() -> Resul
         );
         Ok(())
     });
-    faces.stop().await;
+    faces.stop().await?;
     Ok(())
 }
 
@@ -1105,7 +1115,7 @@ async fn bad_session_input_is_a_4xx_in_the_envelope_and_writes_nothing() -> Resu
         session_rows(&app.db).await? == before,
         "a bad request wrote or deleted"
     );
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -1139,7 +1149,7 @@ async fn session_bodies_up_to_16_mib_are_accepted_and_larger_ones_are_413() -> R
     ensure!(status == 413, "{status} {answer}");
     ensure!(answer["error"]["code"] == "payload_too_large", "{answer}");
     ensure!(session_rows(&app.db).await? == before);
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -1223,7 +1233,7 @@ async fn session_routes_need_read_to_get_submit_to_append_and_admin_to_delete() 
             ensure!(body.contains("\"forbidden\""), "{body}");
         }
     }
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -1293,6 +1303,6 @@ async fn a_session_named_summaries_is_still_reachable_beside_the_summaries_route
     ensure!(status == 204);
     let (_, answer) = app.get("/v1/sessions/a%2Fb").await?;
     ensure!(answer["sessions"][0]["session_id"] == "s id", "{answer}");
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use turnq_core::{
     time,
 };
 
-use crate::harness::{TestApp, TestDb};
+use turnq_tests::{TestApp, TestDb};
 
 /// Submits one task per `(project, agent, usage)`, and runs to completion (with that
 /// usage) those that have one; the others stay pending. All in one session-less batch.

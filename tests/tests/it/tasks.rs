@@ -1,13 +1,9 @@
 //! The vertical slice through the API: submit, run, read, transition, refuse.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, eventually};
-
-const RUN: Duration = Duration::from_secs(20);
+use turnq_tests::{TestApp, eventually};
 
 #[tokio::test]
 async fn submitted_task_runs_to_completed_through_the_whole_pipeline() -> Result<()> {
@@ -18,7 +14,7 @@ async fn submitted_task_runs_to_completed_through_the_whole_pipeline() -> Result
     assert_eq!(task["state"], "pending");
     let id = task["id"].as_str().unwrap().to_owned();
 
-    let done = app.wait_for_state(&id, "completed", RUN).await?;
+    let done = app.wait_for_state(&id, "completed").await?;
     assert_eq!(done["output_summary"], "hello");
     assert_eq!(
         done["usage"],
@@ -52,7 +48,7 @@ async fn submitted_task_runs_to_completed_through_the_whole_pipeline() -> Result
         .map(|e| e["version"].as_i64().unwrap())
         .collect();
     assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -67,14 +63,14 @@ async fn a_batch_of_500_all_complete() -> Result<()> {
         .await?;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["created"], 500);
-    eventually(Duration::from_secs(60), || async {
+    eventually("all 500 complete", || async {
         let (_, page) = app.get("/v1/tasks?state=completed&limit=500").await?;
         let n = page["tasks"].as_array().map_or(0, Vec::len);
         anyhow::ensure!(n == 500, "{n} of 500 completed");
         Ok(())
     })
     .await?;
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -115,7 +111,7 @@ async fn same_idempotency_key_returns_the_same_task() -> Result<()> {
         .await?;
     assert_ne!(other["id"], first["id"]);
     assert_eq!(app.counts().await?.0, 3);
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -124,7 +120,7 @@ async fn illegal_transitions_are_409_and_write_nothing() -> Result<()> {
     let app = TestApp::spawn().await?;
     let task = app.submit(json!({"input": "hi"})).await?;
     let id = task["id"].as_str().unwrap().to_owned();
-    app.wait_for_state(&id, "completed", RUN).await?;
+    app.wait_for_state(&id, "completed").await?;
     let before = app.counts().await?;
     for action in ["retry", "cancel", "approve"] {
         let (status, body) = app
@@ -141,7 +137,7 @@ async fn illegal_transitions_are_409_and_write_nothing() -> Result<()> {
         );
     }
     assert_eq!(app.counts().await?, before);
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -159,13 +155,17 @@ async fn pending_task_cancels_and_never_runs() -> Result<()> {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "cancelled");
     let mut app = app;
-    app.start_worker(&[]);
-    // Give the worker a chance to (wrongly) run it: the job, if any, must be a no-op.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.start_worker(&[]).await?;
+    // A task submitted after it runs on the same queue: once it has completed, the
+    // worker has taken whatever job the dispatcher pushed before the cancel (queues
+    // are taken in order), and that job must have done nothing.
+    let later = app.submit(json!({"input": "later"})).await?;
+    app.wait_for_state(later["id"].as_str().unwrap(), "completed")
+        .await?;
     assert_eq!(app.task(&id).await?["state"], "cancelled");
     let kinds = app.event_kinds(&id).await?;
     assert!(!kinds.contains(&"task.started".to_owned()), "{kinds:?}");
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -176,7 +176,7 @@ async fn failed_task_shows_in_the_inbox_and_retries_by_hand() -> Result<()> {
         .submit(json!({"input": {"script": {"outcome": "fail", "message": "bad tool"}}}))
         .await?;
     let id = task["id"].as_str().unwrap().to_owned();
-    let failed = app.wait_for_state(&id, "failed", RUN).await?;
+    let failed = app.wait_for_state(&id, "failed").await?;
     assert_eq!(failed["last_error"], "bad tool");
     let (_, inbox) = app.get("/v1/inbox").await?;
     assert_eq!(inbox["tasks"][0]["id"], id.as_str());
@@ -186,13 +186,13 @@ async fn failed_task_shows_in_the_inbox_and_retries_by_hand() -> Result<()> {
         .await?;
     assert_eq!(status, 200, "{body}");
     // It fails again (the script says so), on a second attempt.
-    eventually(RUN, || async {
+    eventually("the retry fails on a second attempt", || async {
         let t = app.task(&id).await?;
         anyhow::ensure!(t["state"] == "failed" && t["attempt"] == 2, "{t}");
         Ok(())
     })
     .await?;
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -203,13 +203,11 @@ async fn retryable_failures_retry_then_succeed() -> Result<()> {
         .submit(json!({"input": {"script": {"fail_attempts": 1}}, "max_attempts": 3}))
         .await?;
     let id = task["id"].as_str().unwrap().to_owned();
-    let done = app
-        .wait_for_state(&id, "completed", Duration::from_secs(30))
-        .await?;
+    let done = app.wait_for_state(&id, "completed").await?;
     assert_eq!(done["attempt"], 2);
     let kinds = app.event_kinds(&id).await?;
     assert!(kinds.contains(&"task.retrying".to_owned()), "{kinds:?}");
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -220,7 +218,7 @@ async fn blocked_task_waits_in_the_inbox_until_approved() -> Result<()> {
         .submit(json!({"input": {"script": {"outcome": "block", "message": "may I push?"}}, "max_attempts": 1}))
         .await?;
     let id = task["id"].as_str().unwrap().to_owned();
-    let blocked = app.wait_for_state(&id, "blocked", RUN).await?;
+    let blocked = app.wait_for_state(&id, "blocked").await?;
     assert_eq!(blocked["output_summary"], "may I push?");
     let (status, body) = app
         .post(&format!("/v1/tasks/{id}/approve"), &json!({"note": "yes"}))
@@ -228,7 +226,7 @@ async fn blocked_task_waits_in_the_inbox_until_approved() -> Result<()> {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "pending");
     assert_eq!(body["max_attempts"], 2);
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -335,7 +333,7 @@ async fn bad_input_is_a_4xx_in_the_envelope_and_writes_nothing() -> Result<()> {
         .await?;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(app.counts().await?, before);
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -364,7 +362,7 @@ async fn list_filters_and_paginates_with_a_cursor() -> Result<()> {
         .get("/v1/tasks?queue=odd&state=pending,running&agent=script&project=default")
         .await?;
     assert_eq!(odd["tasks"].as_array().unwrap().len(), 2);
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }
 
@@ -373,6 +371,6 @@ async fn health_endpoints_answer() -> Result<()> {
     let app = TestApp::spawn_without_workers().await?;
     assert_eq!(app.get("/healthz").await?.0, 200);
     assert_eq!(app.get("/readyz").await?.0, 200);
-    app.stop().await;
+    app.stop().await?;
     Ok(())
 }

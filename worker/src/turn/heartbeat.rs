@@ -25,11 +25,14 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 use tokio_util::sync::CancellationToken;
-use turnq_core::{TaskId, WorkerId, task::TaskStore, worker::WorkerRegistry};
+use turnq_core::{
+    TaskId, WorkerId, error::chain as error_chain, fault::fail_point, retry::Backoff,
+    task::TaskStore, worker::WorkerRegistry,
+};
 
 use crate::{
-    health::PostgresHealth,
-    runner::{StopReason, Turns, error_chain},
+    record::PostgresHealth,
+    turn::control::{StopReason, Turns},
 };
 
 /// The first wait before retrying a failed beat; it doubles up to the heartbeat
@@ -55,7 +58,7 @@ impl Heartbeat {
     /// signalled.
     pub(crate) async fn run(self, stop: CancellationToken) {
         let mut next = Instant::now();
-        let mut retry = RETRY_FIRST;
+        let mut retry = Backoff::between(RETRY_FIRST, self.every);
         // Errors other than an outage (which `health` logs): once when they start and
         // once when they end, not on every beat.
         let mut failing = false;
@@ -65,6 +68,7 @@ impl Heartbeat {
                 _ = self.renew_now.notified() => {}
                 _ = stop.cancelled() => return,
             }
+            fail_point!("worker.heartbeat");
             match self.beat().await {
                 Ok(()) => {
                     self.health.up();
@@ -72,7 +76,7 @@ impl Heartbeat {
                         tracing::info!(worker_id = %self.worker, "heartbeats get through again");
                         failing = false;
                     }
-                    retry = RETRY_FIRST;
+                    retry.reset();
                     next = Instant::now() + self.every;
                 }
                 Err(e) => {
@@ -86,8 +90,7 @@ impl Heartbeat {
                     } else {
                         tracing::debug!(worker_id = %self.worker, error = %error_chain(&e), "heartbeat failed again");
                     }
-                    next = Instant::now() + retry.min(self.every);
-                    retry = (retry * 2).min(self.every);
+                    next = Instant::now() + retry.next_delay();
                 }
             }
         }
@@ -121,15 +124,15 @@ impl Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testdb::TestDb;
     use sea_orm::{ConnectOptions, Database};
     use serde_json::json;
-    use tokio::time::timeout;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use turnq_core::{
         task::NewTaskRequest,
         time,
         worker::{WorkerInfo, WorkerRegistry},
     };
+    use turnq_testkit::{TestDb, eventually, within};
 
     async fn running_task(db: &DatabaseConnection, worker: &WorkerId, lease: Duration) -> TaskId {
         let new = NewTaskRequest {
@@ -166,7 +169,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_beat_renews_running_turns_and_stops_the_ones_no_longer_ours() {
-        let test = TestDb::create().await;
+        let test = TestDb::new().await.unwrap();
         let db = test.db.clone();
         let worker = WorkerId::generate("test-host");
         WorkerRegistry::register(
@@ -217,21 +220,36 @@ mod tests {
         );
 
         let stop = CancellationToken::new();
-        let beating = tokio::spawn(beat.run(stop.clone()));
         let later = running_task(&db, &worker, Duration::from_secs(60)).await;
         let later_turn = turns.register(later, 1);
-        // Let the first beat of `run` pass, then cancel and ask for a renewal.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = last_heartbeat(&db, &worker).await;
+        let beating = tokio::spawn(beat.run(stop.clone()));
+        // The first beat of `run` renews `later` (still ours), and is the last one for an
+        // hour: after it, only `renew_now` can find that `later` was cancelled.
+        eventually("the first beat of run is recorded", || {
+            let (db, worker, before) = (db.clone(), worker.clone(), before.clone());
+            async move {
+                let now = last_heartbeat(&db, &worker).await;
+                if now > before {
+                    Ok(())
+                } else {
+                    Err(format!("still {now}"))
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(!later_turn.control().token().is_cancelled());
         TaskStore::cancel(&db, later, None, &json!({"actor": "test"}))
             .await
             .unwrap();
         renew_now.notify_one();
-        timeout(
-            Duration::from_secs(5),
+        within(
+            "renew_now beats at once",
             later_turn.control().token().cancelled(),
         )
         .await
-        .expect("renew_now beats at once");
+        .unwrap();
         assert!(!kept_turn.control().token().is_cancelled());
         stop.cancel();
         beating.await.unwrap();
@@ -240,8 +258,21 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreachable_postgres_is_marked_down_and_beats_keep_trying() {
-        // Nothing listens on port 1; the pool connects lazily, so this fails per query.
-        let mut options = ConnectOptions::new("postgres://postgres@127.0.0.1:1/none");
+        // A "Postgres" that hangs up on every connection, counting them: each beat is a
+        // connection attempt, so the count shows the heartbeat goes on.
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let counting = tokio::spawn({
+            let attempts = attempts.clone();
+            async move {
+                while let Ok((socket, _)) = server.accept().await {
+                    attempts.fetch_add(1, Ordering::SeqCst);
+                    drop(socket);
+                }
+            }
+        });
+        let mut options = ConnectOptions::new(format!("postgres://postgres@127.0.0.1:{port}/none"));
         options
             .connect_lazy(true)
             .connect_timeout(Duration::from_millis(200))
@@ -255,15 +286,41 @@ mod tests {
         let mut state = health.subscribe();
         let stop = CancellationToken::new();
         let beating = tokio::spawn(beat.run(stop.clone()));
-        timeout(Duration::from_secs(10), state.wait_for(|up| !*up))
-            .await
-            .expect("the failed beat marks Postgres down")
-            .unwrap();
+        within(
+            "the failed beat marks Postgres down",
+            state.wait_for(|up| !*up),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         // It keeps beating (and failing) without ending or panicking.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let seen = attempts.load(Ordering::SeqCst);
+        eventually("three more beats are tried", || {
+            let n = attempts.load(Ordering::SeqCst);
+            async move {
+                if n >= seen + 3 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} attempts"))
+                }
+            }
+        })
+        .await
+        .unwrap();
         assert!(!beating.is_finished());
         assert!(!health.is_up());
         stop.cancel();
         beating.await.unwrap();
+        counting.abort();
+    }
+
+    async fn last_heartbeat(db: &DatabaseConnection, worker: &WorkerId) -> String {
+        WorkerRegistry::list(db)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|w| w.id == worker.0)
+            .map(|w| w.last_heartbeat_at.to_rfc3339())
+            .unwrap_or_default()
     }
 }

@@ -21,6 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use turnq_core::{
     Error, TaskId, WorkerId,
     event::TaskEvent,
+    fault::fail_point,
+    supervise::Supervisor,
     task::{Record, Task, TaskStore},
 };
 
@@ -62,15 +64,19 @@ pub(crate) struct GroupClaimer {
 }
 
 impl GroupClaimer {
-    /// Starts the claimer task; it ends when the last handle is dropped.
+    /// Starts the claimer task under `tasks`; it ends when the last handle is dropped.
     pub(crate) fn start(
         db: DatabaseConnection,
         worker: WorkerId,
         lease: Duration,
         metadata: Value,
+        tasks: &Supervisor,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(claim_loop(db, worker, lease, Arc::new(metadata), rx));
+        tasks.spawn(
+            "worker.claimer",
+            claim_loop(db, worker, lease, Arc::new(metadata), rx),
+        );
         GroupClaimer { tx }
     }
 
@@ -91,6 +97,7 @@ async fn claim_loop(
 ) {
     let mut batch: Vec<ClaimRequest> = Vec::new();
     while let Some(first) = rx.recv().await {
+        fail_point!("worker.claimer");
         let mut size = first.request.len();
         batch.push(first);
         while size < MAX_CLAIM {
@@ -157,10 +164,15 @@ pub(crate) struct GroupWriter {
 }
 
 impl GroupWriter {
-    /// Starts the writer task; it ends when the last handle is dropped.
-    pub(crate) fn start(db: DatabaseConnection, worker: WorkerId, metadata: Value) -> Self {
+    /// Starts the writer task under `tasks`; it ends when the last handle is dropped.
+    pub(crate) fn start(
+        db: DatabaseConnection,
+        worker: WorkerId,
+        metadata: Value,
+        tasks: &Supervisor,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(db, worker, Arc::new(metadata), rx));
+        tasks.spawn("worker.writer", run(db, worker, Arc::new(metadata), rx));
         GroupWriter { tx }
     }
 
@@ -182,7 +194,8 @@ impl GroupWriter {
     }
 }
 
-/// The writer task is gone (the runtime is shutting down): the write did not happen.
+/// The writer task is gone (the process is stopping, or the task died and the process
+/// with it): the write did not happen.
 fn stopped() -> Error {
     unavailable("the worker's Postgres writer has stopped".into())
 }
@@ -201,6 +214,7 @@ async fn run(
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut batch, MAX_GROUP).await > 0 {
+        fail_point!("worker.writer");
         let records: Vec<Record> = batch.iter().map(|p| p.request.clone()).collect();
         match TaskStore::record_many(&db, &worker, &records, &metadata).await {
             Ok(results) => {

@@ -16,14 +16,13 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
-    time::Duration,
 };
 
 use futures::{Stream, StreamExt, task::AtomicWaker};
 use tokio_util::sync::CancellationToken;
-use turnq_core::delivery::RedisNames;
+use turnq_core::{delivery::RedisNames, fault::fail_point, retry::Backoff, supervise::Supervisor};
 
-use crate::queue::{Delivery, redact};
+use super::{Delivery, redact};
 
 /// A stream that yields once after each [`Wake::signal`] (signals in between merge).
 #[derive(Clone, Debug, Default)]
@@ -61,11 +60,12 @@ impl Stream for Wake {
 }
 
 /// One [`Wake`] per delivery (by its `queue:agent` name), fed by a subscription that
-/// runs until `stop`.
+/// runs (a long-lived task of `tasks`) until `stop`.
 pub(crate) fn start(
     url: &str,
     names: &RedisNames,
     deliveries: &[Delivery],
+    tasks: &Supervisor,
     stop: CancellationToken,
 ) -> HashMap<String, Wake> {
     let mut by_delivery = HashMap::new();
@@ -78,14 +78,18 @@ pub(crate) fn start(
         );
         by_delivery.insert(delivery.to_string(), wake);
     }
-    tokio::spawn(listen(url.to_owned(), by_channel, stop));
+    tasks.spawn(
+        "worker.wake-listener",
+        listen(url.to_owned(), by_channel, stop),
+    );
     by_delivery
 }
 
 /// Subscribes and signals until `stop`, resubscribing after any failure.
 async fn listen(url: String, channels: HashMap<String, Wake>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::reconnect();
     while !stop.is_cancelled() {
+        fail_point!("worker.wake-listener");
         let subscribed = async {
             let client = redis::Client::open(url.as_str())?;
             let mut pubsub = client.get_async_pubsub().await?;
@@ -104,15 +108,13 @@ async fn listen(url: String, channels: HashMap<String, Wake>, stop: Cancellation
                 // The consumers report an unreachable Redis; this only loses speed.
                 tracing::debug!(url = %redact(&url), error = %e,
                     "cannot subscribe to wake-ups; polling until it can");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => return,
+                if !backoff.wait(&stop).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         // A push may have come while we were not subscribed.
         channels.values().for_each(Wake::signal);
         loop {
@@ -135,6 +137,7 @@ async fn listen(url: String, channels: HashMap<String, Wake>, stop: Cancellation
 mod tests {
     use super::*;
     use futures::FutureExt;
+    use turnq_testkit::within;
 
     #[test]
     fn a_wake_yields_once_per_burst_of_signals() {
@@ -154,27 +157,33 @@ mod tests {
 
     #[tokio::test]
     async fn a_publish_on_the_pairs_channel_wakes_its_consumer() {
-        let url = crate::queue::tests::redis_url();
-        let names = RedisNames::new(format!("turnq-wake-test-{}", uuid::Uuid::new_v4().simple()));
+        let redis = turnq_testkit::TestRedis::new();
+        let (url, names) = (redis.url.clone(), RedisNames::new(&redis.prefix));
         let stop = CancellationToken::new();
         let deliveries = [Delivery::new("q", "a"), Delivery::new("q", "b")];
-        let wakes = start(&url, &names, &deliveries, stop.clone());
+        let wakes = start(
+            &url,
+            &names,
+            &deliveries,
+            &Supervisor::new(stop.clone()),
+            stop.clone(),
+        );
         let (mut a, mut b) = (wakes["q:a"].clone(), wakes["q:b"].clone());
         // The first wake comes with the subscription.
-        tokio::time::timeout(Duration::from_secs(5), a.next())
-            .await
-            .expect("subscribed");
+        within("subscribed", a.next()).await.unwrap();
         let _ = b.next().now_or_never();
-        let mut conn = crate::queue::connect(&url).await.expect("Redis");
+        let mut conn = crate::delivery::connect(&url).await.expect("Redis");
         let _: i64 = redis::cmd("PUBLISH")
             .arg(names.wake_channel("q", "a"))
             .arg(1)
             .query_async(&mut conn)
             .await
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(5), a.next())
+        within("the publish wakes the consumer of q:a", a.next())
             .await
-            .expect("the publish wakes the consumer of q:a");
+            .unwrap();
+        // The one subscription handles messages in order, and it has handled this one:
+        // had it (wrongly) signalled b for it, b would be signalled by now.
         assert!(
             b.next().now_or_never().is_none(),
             "another pair's consumer sleeps on"

@@ -12,28 +12,23 @@
 //! A notification sent while the listener is disconnected is lost, so right after
 //! every (re)connection the heartbeat is asked to renew the leases at once
 //! (`renew_now`): renewal reports the turns whose task is no longer ours, and stops
-//! them. The listener reconnects with a backoff after any error. Should its connection
-//! die silently (no reset from the network), cancellations still arrive through the
-//! heartbeat's renewal, one `--heartbeat` later.
+//! them. The listener ([`turnq_core::listen`]) reconnects with a backoff after any
+//! error. Should its connection die silently (no reset from the network), cancellations
+//! still arrive through the heartbeat's renewal, one `--heartbeat` later.
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{str::FromStr, sync::Arc};
 
-use sea_orm::sqlx::{PgPool, postgres::PgListener};
-use tokio::{
-    sync::Notify,
-    time::{Instant, sleep},
-};
+use sea_orm::sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use turnq_core::{TaskId, task::CHANNEL_TASK_CANCELLED};
+use turnq_core::{
+    TaskId,
+    fault::fail_point,
+    listen::{Listener, Notice},
+    task::CHANNEL_TASK_CANCELLED,
+};
 
-use crate::runner::{StopReason, Turns};
-
-/// Backoff between reconnections: doubling from the first to the second.
-const RECONNECT_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(5));
-/// A connection that lasted this long was healthy: the next failure starts the
-/// backoff over.
-const HEALTHY_CONNECTION: Duration = Duration::from_secs(30);
+use crate::turn::control::{StopReason, Turns};
 
 /// Stops the turns whose task is named in `payload`; returns how many it stopped.
 pub(crate) fn on_cancelled(turns: &Turns, payload: &str) -> usize {
@@ -59,93 +54,40 @@ pub(crate) async fn listen(
     renew_now: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let (first, most) = RECONNECT_BACKOFF;
-    let mut backoff = first;
-    // Failures since the last good connection: the first is logged at info, the rest
-    // at debug (a Postgres outage is logged where it is noticed, see `health`).
-    let mut failures: u32 = 0;
-    loop {
-        let connected = tokio::select! {
-            _ = stop.cancelled() => return,
-            connected = subscribe(&pool) => connected,
-        };
-        let lost = match connected {
-            Ok(mut listener) => {
-                if failures > 0 {
-                    tracing::info!("listening for cancellations again");
-                    failures = 0;
+    let listener = Listener {
+        what: "the cancellation listener",
+        meanwhile: "cancellations arrive with the heartbeat meanwhile",
+    };
+    listener
+        .run(
+            &pool,
+            &[CHANNEL_TASK_CANCELLED],
+            &stop,
+            |notice| match notice {
+                Notice::Connected => {
+                    fail_point!("worker.cancel-listener");
+                    // Anything cancelled while we were not listening is caught by this.
+                    renew_now.notify_one();
                 }
-                // Anything cancelled while we were not listening is caught by this.
-                renew_now.notify_one();
-                let since = Instant::now();
-                let lost = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    lost = receive(&mut listener, &turns) => lost,
-                };
-                if since.elapsed() >= HEALTHY_CONNECTION {
-                    backoff = first;
+                Notice::Notification { payload, .. } => {
+                    on_cancelled(&turns, payload);
                 }
-                lost
-            }
-            Err(e) => e,
-        };
-        failures += 1;
-        if failures == 1 {
-            tracing::info!(error = %lost, retry_in_ms = backoff.as_millis() as u64,
-                "lost the cancellation listener; reconnecting (meanwhile cancellations arrive with the heartbeat)");
-        } else {
-            tracing::debug!(error = %lost, failures, retry_in_ms = backoff.as_millis() as u64,
-                "the cancellation listener could not reconnect yet");
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(most);
-    }
-}
-
-/// A listener on its own connection of `pool`, subscribed to the channel.
-async fn subscribe(pool: &PgPool) -> Result<PgListener, sea_orm::sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    // Reconnections go through `listen`, with a backoff and a renewal: a transparent
-    // reconnect would hide the window in which notifications were lost.
-    listener.eager_reconnect(false);
-    listener.listen(CHANNEL_TASK_CANCELLED).await?;
-    Ok(listener)
-}
-
-/// Handles notifications until the connection is lost; returns why.
-async fn receive(listener: &mut PgListener, turns: &Turns) -> sea_orm::sqlx::Error {
-    loop {
-        match listener.try_recv().await {
-            Ok(Some(notification)) => {
-                on_cancelled(turns, notification.payload());
-            }
-            // The connection was lost (and is not re-established: `eager_reconnect`
-            // is off).
-            Ok(None) => {
-                return sea_orm::sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "the listening connection was closed",
-                ));
-            }
-            Err(e) => return e,
-        }
-    }
+            },
+        )
+        .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testdb::TestDb;
     use serde_json::json;
-    use tokio::time::timeout;
+    use std::time::Duration;
     use turnq_core::{
         WorkerId,
         task::{NewTaskRequest, TaskStore},
         time,
     };
+    use turnq_testkit::{TestDb, within};
 
     #[test]
     fn a_notification_stops_every_turn_of_its_task_and_nothing_else() {
@@ -188,14 +130,18 @@ mod tests {
 
     /// Waits until the listener says it is (re)connected.
     async fn connected(renew_now: &Notify) {
-        timeout(Duration::from_secs(20), renew_now.notified())
-            .await
-            .expect("the listener connects and asks for a renewal");
+        within(
+            "the listener connects and asks for a renewal",
+            renew_now.notified(),
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_cancelled_running_task_stops_within_a_second_even_after_a_reconnect() {
-        let test = TestDb::create().await;
+    async fn a_cancelled_running_task_is_stopped_by_the_notification_even_after_a_reconnect() {
+        // No heartbeat runs here: only the notification can stop the turn.
+        let test = TestDb::new().await.unwrap();
         let db = test.db.clone();
         let worker = WorkerId(format!("w-{}", uuid::Uuid::new_v4().simple()));
         let turns = Turns::default();
@@ -212,39 +158,44 @@ mod tests {
         let meta = json!({"actor": "test"});
         let first = running_task(&db, &worker).await;
         let turn = turns.register(first, 1);
-        let cancelled_at = Instant::now();
         TaskStore::cancel(&db, first, None, &meta).await.unwrap();
-        timeout(Duration::from_secs(1), turn.control().token().cancelled())
-            .await
-            .expect("the turn is stopped within a second");
-        tracing::debug!(elapsed = ?cancelled_at.elapsed());
+        within(
+            "the notification stops the turn",
+            turn.control().token().cancelled(),
+        )
+        .await
+        .unwrap();
         assert_eq!(turn.control().reason(), Some(StopReason::Lost));
         drop(turn);
 
         // Kill the listening connection from outside: the listener reconnects, asks
         // for a renewal, and cancellations reach it again.
         let killed = test
-            .admin_rows(&format!(
+            .admin(&format!(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                  WHERE datname = '{}' AND query ILIKE 'LISTEN%'",
                 test.name
             ))
-            .await;
+            .await
+            .unwrap();
         assert_eq!(killed, 1, "the listening connection was found");
         connected(&renew_now).await;
 
         let second = running_task(&db, &worker).await;
         let turn = turns.register(second, 1);
         TaskStore::cancel(&db, second, None, &meta).await.unwrap();
-        timeout(Duration::from_secs(1), turn.control().token().cancelled())
-            .await
-            .expect("after a reconnect, the turn is stopped within a second");
+        within(
+            "after a reconnect, the notification stops the turn",
+            turn.control().token().cancelled(),
+        )
+        .await
+        .unwrap();
         drop(turn);
 
         stop.cancel();
-        timeout(Duration::from_secs(10), listening)
+        within("the listener stops on shutdown", listening)
             .await
-            .expect("the listener stops on shutdown")
+            .unwrap()
             .unwrap();
         drop(test);
     }

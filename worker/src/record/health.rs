@@ -4,8 +4,8 @@
 //! ([`turnq_core::Error::is_unavailable`]) marks it down. While it is down the Redis
 //! consumers fetch nothing: a job taken now could not be claimed, so it could only be
 //! handed back (jobs already fetched are put back on their queue unstarted). Running
-//! turns keep going; their own writes retry. [`watch`] then probes Postgres with a cheap
-//! `SELECT 1` after a backoff of [`PROBE_BACKOFF`] (100 ms doubling to 5 s, from the
+//! turns keep going; their own writes retry. [`watch`] then probes Postgres with a
+//! ping after a backoff of [`PROBE_BACKOFF`] (100 ms doubling to 5 s, from the
 //! start again for the next outage) until it answers, and marks it up: the consumers
 //! resume. A heartbeat that gets through marks it up as well.
 //!
@@ -21,18 +21,13 @@ use std::{
 };
 
 use futures::{FutureExt, future::BoxFuture};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio::{
     sync::watch,
-    time::{Instant, sleep, timeout},
+    time::{Instant, timeout},
 };
 use tokio_util::sync::CancellationToken;
-
-use crate::runner::error_chain;
-
-/// The wait before each probe of an outage: the first, doubling up to the second.
-pub(crate) const PROBE_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(5));
+use turnq_core::{error::chain as error_chain, fault::fail_point, retry::Backoff};
 /// A probe that takes longer than this counts as unanswered (the pool's own acquire
 /// timeout bounds it too; this also covers a connection that hangs).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,26 +95,27 @@ impl PostgresHealth {
     }
 }
 
-/// The probe [`watch`] uses in the worker: `SELECT 1` on the pool.
-pub(crate) fn select_one(
+/// The probe [`watch`] uses in the worker: a ping on the pool.
+pub(crate) fn ping(
     db: DatabaseConnection,
 ) -> impl FnMut() -> BoxFuture<'static, Result<(), DbErr>> + Send {
     move || {
         let db = db.clone();
-        async move { db.execute_unprepared("SELECT 1").await.map(drop) }.boxed()
+        async move { db.ping().await }.boxed()
     }
 }
 
 /// Until `stop`: whenever Postgres is marked down, runs `probe` after a backoff
-/// ([`PROBE_BACKOFF`]) until it succeeds, then marks Postgres up.
+/// ([`Backoff::reconnect`]) until it succeeds, then marks Postgres up.
 pub(crate) async fn watch<P, F>(health: Arc<PostgresHealth>, mut probe: P, stop: CancellationToken)
 where
     P: FnMut() -> F,
     F: Future<Output = Result<(), DbErr>>,
 {
-    let (first, most) = PROBE_BACKOFF;
     let mut state = health.subscribe();
+    let mut backoff = Backoff::reconnect();
     loop {
+        fail_point!("worker.postgres-probe");
         // The guard `wait_for` returns must not outlive this expression: it holds the
         // channel's read lock, which `down` and `up` need.
         let outage = async { state.wait_for(|up| !*up).await.is_ok() };
@@ -127,11 +123,10 @@ where
             _ = stop.cancelled() => return,
             changed = outage => if !changed { return },
         }
-        let mut backoff = first;
+        backoff.reset();
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = sleep(backoff) => {}
+            if !backoff.wait(&stop).await {
+                return;
             }
             if health.is_up() {
                 // A heartbeat got through meanwhile.
@@ -143,15 +138,13 @@ where
                     break;
                 }
                 Ok(Err(e)) => {
-                    tracing::debug!(error = %error_chain(&e), retry_in_ms = (backoff * 2).min(most).as_millis() as u64,
-                        "Postgres does not answer yet")
+                    tracing::debug!(error = %error_chain(&e), "Postgres does not answer yet")
                 }
                 Err(_) => tracing::debug!(
                     timeout_ms = PROBE_TIMEOUT.as_millis() as u64,
                     "probing Postgres timed out"
                 ),
             }
-            backoff = (backoff * 2).min(most);
         }
     }
 }
@@ -161,6 +154,10 @@ mod tests {
     use super::*;
     use sea_orm::RuntimeErr;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    // Time is paused in these tests: a `sleep` advances a virtual clock once every
+    // timer before it has fired, so it is an exact step, not a wall-clock wait.
+    use tokio::time::sleep;
+    use turnq_core::retry::RECONNECT;
 
     fn unreachable() -> turnq_core::Error {
         turnq_core::Error::Database(DbErr::Conn(RuntimeErr::Internal(
@@ -258,7 +255,7 @@ mod tests {
         let second = Instant::now();
         health.down(&unreachable());
         up.wait_for(|up| *up).await.unwrap();
-        assert_eq!(second.elapsed(), PROBE_BACKOFF.0);
+        assert_eq!(second.elapsed(), RECONNECT.0);
         assert_eq!(calls.load(Ordering::SeqCst), 4);
         stop.cancel();
         watcher.await.unwrap();

@@ -1,0 +1,282 @@
+//! Runs the jobs this worker receives: claim their tasks (grouped), then each task's
+//! turn to its recorded end, holding one slot of the process' concurrency per turn.
+
+use std::sync::Arc;
+
+use futures::{FutureExt, future::BoxFuture};
+use sea_orm::DatabaseConnection;
+use serde_json::json;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
+use tracing::Instrument;
+use turnq_core::{
+    Error, TaskId, WorkerId,
+    agent::{AgentSessions, AgentStatus, Turn as AgentTurn, config_hash},
+    delivery::Job,
+    error::chain as error_chain,
+    event::{ErrorClass, Failed, TaskEvent, TaskFailure, Usage},
+    session::{PgSessionStore, SessionStore},
+    supervise::Supervisor,
+    task::Task,
+    time,
+};
+
+use crate::{
+    WorkerConfig,
+    backend::{AgentEntry, Backends},
+    delivery::Handled,
+    record::{GroupClaimer, GroupWriter, PostgresHealth},
+    turn::{
+        control::Turns,
+        drive::{
+            CANCEL_GRACE, Recorder, TurnSettings, WRITE_PATIENCE, drive_turn_reporting, write_end,
+        },
+    },
+};
+
+/// Writes one attempt's events through the process' group commit ([`GroupWriter`]).
+struct DbRecorder<'a> {
+    writer: &'a GroupWriter,
+    task: TaskId,
+    attempt: i32,
+}
+
+impl Recorder for DbRecorder<'_> {
+    fn record<'a>(&'a self, event: &'a TaskEvent) -> BoxFuture<'a, Result<(), Error>> {
+        self.writer
+            .record(self.task, self.attempt, event.clone())
+            .boxed()
+    }
+}
+
+/// Runs the jobs this worker receives.
+pub(crate) struct Runner {
+    db: DatabaseConnection,
+    /// Every write of a running turn goes through it (group commit).
+    writer: GroupWriter,
+    /// Every claim goes through it (claims of concurrent jobs share a transaction).
+    claimer: GroupClaimer,
+    /// Handed to every turn; on the same connection pool as the task writes.
+    sessions: Arc<dyn SessionStore>,
+    health: Arc<PostgresHealth>,
+    backends: Backends,
+    settings: TurnSettings,
+    turns: Turns,
+}
+
+impl Runner {
+    pub(crate) fn new(
+        db: DatabaseConnection,
+        worker: WorkerId,
+        config: &WorkerConfig,
+        backends: Backends,
+        health: Arc<PostgresHealth>,
+        tasks: &Supervisor,
+    ) -> Self {
+        let metadata = json!({"actor": "worker", "worker_id": worker.0});
+        Runner {
+            sessions: Arc::new(PgSessionStore::new(db.clone())),
+            writer: GroupWriter::start(db.clone(), worker.clone(), metadata.clone(), tasks),
+            claimer: GroupClaimer::start(
+                db.clone(),
+                worker.clone(),
+                config.lease,
+                metadata.clone(),
+                tasks,
+            ),
+            db,
+            health,
+            backends,
+            settings: TurnSettings {
+                worker,
+                output_flush: config.output_flush,
+                turn_timeout: config.turn_timeout,
+                cancel_grace: CANCEL_GRACE,
+                write_patience: WRITE_PATIENCE,
+            },
+            turns: Turns::default(),
+        }
+    }
+
+    pub(crate) fn turns(&self) -> &Turns {
+        &self.turns
+    }
+
+    /// Handles one delivery: claims its tasks in one statement and runs their turns
+    /// side by side, each holding one of `slots` (one per task of the job) until its turn
+    /// ends. It never fails: whatever happened is recorded in Postgres, or a task is
+    /// still queued there and is delivered again. When Postgres cannot be reached nothing
+    /// was started: Postgres is marked down and the job is to be put back on its queue
+    /// ([`Handled::PostgresUnavailable`]).
+    pub(crate) async fn run_job(&self, job: Job, mut slots: Vec<OwnedSemaphorePermit>) -> Handled {
+        let worker = &self.settings.worker;
+        let wanted: Vec<(TaskId, i32)> = job.tasks.iter().map(|t| (t.task_id, t.attempt)).collect();
+        let claimed = self.claimer.claim(wanted.clone()).await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) if e.is_unavailable() => {
+                // Logged once per outage by `health`; the job goes back to its queue.
+                tracing::debug!(tasks = wanted.len(), worker_id = %worker,
+                    "Postgres is unreachable, so the job's tasks cannot be claimed");
+                self.health.down(&e);
+                return Handled::PostgresUnavailable;
+            }
+            Err(e) => {
+                tracing::error!(tasks = ?wanted, worker_id = %worker,
+                    error = %error_chain(&e), "claiming the job's tasks failed");
+                return Handled::Done;
+            }
+        };
+        if claimed.len() < wanted.len() {
+            tracing::debug!(claimed = claimed.len(), delivered = wanted.len(), worker_id = %worker,
+                "some tasks were not claimed: their jobs are stale or duplicates (the task is no \
+                 longer pending at that attempt), or another turn of their session is running \
+                 (they stay queued and are delivered again)");
+        }
+        // The slots of tasks not claimed are free at once, not when the job's turns end.
+        slots.truncate(claimed.len());
+        let turns = claimed.into_iter().map(|task| {
+            // A task's slot is freed when its own turn ends, not when the job's last does.
+            let slot = slots.pop();
+            async move { self.run_turn(task, slot).await }
+        });
+        futures::future::join_all(turns).await;
+        Handled::Done
+    }
+
+    /// Runs the turn of a task this worker has just claimed, to its recorded end. Its
+    /// `slot` is freed as soon as the backend has returned: recording the end needs no
+    /// agent, and the next turn can start meanwhile.
+    async fn run_turn(&self, task: Task, slot: Option<OwnedSemaphorePermit>) {
+        let worker = &self.settings.worker;
+        let started = Instant::now();
+        let attempt = task.attempt;
+        let guard = self.turns.register(task.id, attempt);
+        let recorder = DbRecorder {
+            writer: &self.writer,
+            task: task.id,
+            attempt,
+        };
+        // Every log line of the turn, however deep, names the task, attempt and worker.
+        let span = tracing::info_span!("turn", task_id = %task.id, attempt, worker_id = %worker);
+        let (backend_name, ending) = async {
+            match self.backends.for_task(&task) {
+                Ok(entry) => {
+                    // The agent session is active while its turn runs.
+                    self.record_agent_session(
+                        &task,
+                        entry,
+                        None,
+                        (AgentStatus::Active, Usage::default()),
+                    )
+                    .await;
+                    let report = drive_turn_reporting(
+                        &recorder,
+                        entry.backend.clone(),
+                        task.clone(),
+                        self.sessions.clone(),
+                        guard.control(),
+                        &self.settings,
+                        slot,
+                        |result, backend_session_id| {
+                            self.record_agent_session(&task, entry, backend_session_id, result)
+                                .boxed()
+                        },
+                    )
+                    .await;
+                    (entry.backend.name(), report.outcome)
+                }
+                Err(message) => {
+                    let event = TaskEvent::Failed(Failed {
+                        attempt,
+                        error: TaskFailure {
+                            class: ErrorClass::Fatal,
+                            message,
+                        },
+                        usage: Usage::default(),
+                    });
+                    let outcome = write_end(&recorder, event, "failed", &self.settings).await;
+                    ("none", outcome)
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        tracing::info!(
+            task_id = %task.id,
+            attempt,
+            worker_id = %worker,
+            backend = backend_name,
+            outcome = ending,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "turn ended"
+        );
+    }
+
+    /// Records the turn in the agent session of (`task.session_id`, `task.agent`) when the
+    /// task has a session: `active` when it starts, then `idle` or `crashed` with its
+    /// usage when it ends in a result. Logs a failure, never returns one: the task's own
+    /// record is what counts.
+    async fn record_agent_session(
+        &self,
+        task: &Task,
+        entry: &AgentEntry,
+        backend_session_id: Option<String>,
+        (status, usage): (AgentStatus, Usage),
+    ) {
+        let Some(session_id) = &task.session_id else {
+            return;
+        };
+        let turn = AgentTurn {
+            session_id: session_id.clone(),
+            agent: entry.agent.name.clone(),
+            backend: entry.agent.backend.clone(),
+            backend_session_id,
+            config_hash: config_hash(&entry.agent),
+            usage,
+            status,
+            at: time::now(),
+        };
+        if let Err(e) = AgentSessions::record_turn(&self.db, turn).await {
+            tracing::warn!(task_id = %task.id, session_id = %session_id, agent = %entry.agent.name,
+                error = %error_chain(&e),
+                "could not record the turn in its agent session; the task is recorded regardless");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_claim_that_cannot_reach_postgres_marks_it_down_and_asks_for_a_hand_back() {
+        // Nothing listens on port 1; the pool connects lazily, so the claim fails.
+        let mut options = sea_orm::ConnectOptions::new("postgres://postgres@127.0.0.1:1/none");
+        options
+            .connect_lazy(true)
+            .connect_timeout(Duration::from_millis(200))
+            .acquire_timeout(Duration::from_millis(200))
+            .sqlx_logging(false);
+        let db = sea_orm::Database::connect(options).await.unwrap();
+        let health = Arc::new(PostgresHealth::default());
+        // Already stopping: the claimer and writer end with the runner, as expected.
+        let stopping = tokio_util::sync::CancellationToken::new();
+        stopping.cancel();
+        let runner = Runner::new(
+            db,
+            WorkerId("w-1".into()),
+            &WorkerConfig::default(),
+            Backends::builtin(),
+            health.clone(),
+            &Supervisor::new(stopping),
+        );
+        let job = Job::one(TaskId::new(), 0);
+        assert_eq!(
+            runner.run_job(job, Vec::new()).await,
+            Handled::PostgresUnavailable
+        );
+        assert!(!health.is_up());
+        assert!(runner.turns().snapshot().is_empty(), "nothing was started");
+    }
+}
