@@ -14,6 +14,7 @@ use turnq_core::{
     Error, WorkerId,
     agent::AgentStatus,
     error::chain as error_chain,
+    retry::Backoff,
     event::{TaskEvent, Usage},
     session::SessionStore,
     task::Task,
@@ -227,6 +228,10 @@ pub(crate) async fn write_end(
     }
 }
 
+/// The waits between the retries of a turn's last writes: short, since its lease is
+/// not renewed meanwhile either.
+const WRITE_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
 /// Records `event`, retrying with backoff while Postgres is unreachable, for up to
 /// `patience`. Any other error, including `Fenced`, is returned at once.
 pub(crate) async fn record_patiently(
@@ -235,14 +240,17 @@ pub(crate) async fn record_patiently(
     patience: Duration,
 ) -> Result<(), Error> {
     let give_up = Instant::now() + patience;
-    let mut pause = Duration::from_millis(100);
+    let mut backoff = Backoff::between(WRITE_RETRY.0, WRITE_RETRY.1);
     loop {
         match recorder.record(event).await {
-            Err(e) if e.is_unavailable() && Instant::now() + pause < give_up => {
+            Err(e) if e.is_unavailable() => {
+                let pause = backoff.next_delay();
+                if Instant::now() + pause >= give_up {
+                    return Err(e);
+                }
                 tracing::warn!(error = %error_chain(&e), event = event.kind(),
                     retry_in_ms = pause.as_millis() as u64, "Postgres is unreachable; retrying the write");
                 sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
             }
             other => return other,
         }
