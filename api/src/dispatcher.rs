@@ -4,9 +4,15 @@
 //! `--dispatch-poll-interval`, because a notification sent while the listener was
 //! reconnecting is lost and a retry's `run_at` passes without any insert. Each round
 //! takes due tasks with `FOR UPDATE SKIP LOCKED` (several API replicas can run it),
-//! pushes one apalis job per task onto the queue of its (queue, agent) pair
+//! pushes them as apalis jobs onto the queue of their (queue, agent) pair
 //! (`{prefix}:q:{queue}:{agent}`), then commits `task.queued`: push before commit, so a
-//! crash in between re-pushes and never loses.
+//! crash in between re-pushes and never loses. A job carries one task, or several of one
+//! pair when a round finds a backlog (`--dispatch-pack-above`, `--dispatch-job-size`),
+//! which a worker then claims in one statement.
+//!
+//! The dispatcher's LISTEN connection is a long-lived task of its own
+//! (`dispatcher.listener`, see `turnq_core::listen`); both it and the dispatch loop are
+//! supervised: if either dies, the process stops (`turnq_core::supervise`).
 //!
 //! What it pushes is bounded (`--dispatch-max-queued`): Redis holds what workers can
 //! take soon, the rest waits in Postgres. apalis-redis' fetch script fails for every

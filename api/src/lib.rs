@@ -3,12 +3,15 @@
 //! # Layout
 //!
 //! - [`serve`]: the one seam. It runs the router on a listener until `shutdown`; the
-//!   binary and the tests both start the API through it.
-//! - `routes/`: one module per resource (`tasks`, `sessions`, `health`, `workers`), thin
-//!   handlers that validate input, call a `turnq-core` store and shape the JSON.
+//!   app (`turnq::App`, which the binary, the bench and the tests all start) starts the
+//!   API through it.
+//! - `routes/`: one module per resource (`tasks`, `sessions`, `agents`, `workers`,
+//!   `stats`, `health`), thin handlers that validate input, call a `turnq-core` store
+//!   and shape the JSON; `routes/mod.rs` mounts them with their scopes.
 //! - `auth`: bearer tokens with scopes (`submit`, `read`, `admin`); health stays open.
 //! - `error`: the one error type; core errors and extractor rejections map to the
 //!   `{"error":{"code","message"}}` envelope in one place.
+//! - `extract`: the extractors whose rejections use that envelope.
 //! - [`dispatcher`]: the Postgres → Redis relay (LISTEN `tasks_new` plus a fallback
 //!   poll), so any API replica can run it.
 //!

@@ -32,6 +32,7 @@
 //!   cancellation, its output, and the writes of its end.
 //! - `outcome`: the one mapping of a turn's result to its last event.
 //! - `output`: the batching of streamed output into `task.output` events.
+//! - `write`: where a turn's events go, and how its last writes wait out an outage.
 //! - `control`: the registry of running turns and why each was stopped.
 //! - `heartbeat`: lease renewal of every running turn, and stopping the lost ones.
 //! - `cancel`: cancellations pushed from Postgres, stopping a turn within a second.
@@ -43,6 +44,7 @@ pub(crate) mod heartbeat;
 pub(crate) mod outcome;
 pub(crate) mod output;
 pub(crate) mod runner;
+pub(crate) mod write;
 
 pub(crate) use control::StopReason;
 pub(crate) use drive::CANCEL_GRACE;

@@ -11,7 +11,7 @@ use turnq_core::{
 
 use crate::turn::{
     control::{StopReason, TurnControl},
-    drive::{Recorder, TurnSettings, record_patiently},
+    write::{Recorder, TurnSettings, record_patiently},
 };
 
 /// The most chunks in one `task.output` event.

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use futures::{FutureExt, future::BoxFuture};
+use futures::FutureExt;
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tracing::Instrument;
 use turnq_core::{
-    Error, TaskId, WorkerId,
+    TaskId, WorkerId,
     agent::{AgentSessions, AgentStatus, Turn as AgentTurn, config_hash},
     delivery::Job,
     error::chain as error_chain,
@@ -27,26 +27,10 @@ use crate::{
     record::{GroupClaimer, GroupWriter, PostgresHealth},
     turn::{
         control::Turns,
-        drive::{
-            CANCEL_GRACE, Recorder, TurnSettings, WRITE_PATIENCE, drive_turn_reporting, write_end,
-        },
+        drive::{CANCEL_GRACE, drive_turn_reporting},
+        write::{DbRecorder, TurnSettings, WRITE_PATIENCE, write_end},
     },
 };
-
-/// Writes one attempt's events through the process' group commit ([`GroupWriter`]).
-struct DbRecorder<'a> {
-    writer: &'a GroupWriter,
-    task: TaskId,
-    attempt: i32,
-}
-
-impl Recorder for DbRecorder<'_> {
-    fn record<'a>(&'a self, event: &'a TaskEvent) -> BoxFuture<'a, Result<(), Error>> {
-        self.writer
-            .record(self.task, self.attempt, event.clone())
-            .boxed()
-    }
-}
 
 /// Runs the jobs this worker receives.
 pub(crate) struct Runner {
