@@ -8,16 +8,9 @@ use rand::RngExt;
 use tokio::{
     sync::OwnedSemaphorePermit,
     task::JoinError,
-    time::{Instant, sleep, sleep_until},
+    time::{Instant, sleep_until},
 };
-use turnq_core::{
-    Error, WorkerId,
-    agent::AgentStatus,
-    event::{TaskEvent, Usage},
-    session::SessionStore,
-    task::Task,
-    time,
-};
+use turnq_core::{agent::AgentStatus, event::Usage, session::SessionStore, task::Task, time};
 
 use crate::{
     backend::{AgentBackend, OutputSink, Turn, TurnError, TurnOutcome},
@@ -225,7 +218,9 @@ mod tests {
         Mutex,
         atomic::{AtomicUsize, Ordering},
     };
+    use tokio::time::sleep;
     use turnq_core::TaskId;
+    use turnq_core::{Error, WorkerId, event::TaskEvent};
 
     /// Records events in memory; refuses writes as told.
     #[derive(Default)]
