@@ -35,6 +35,8 @@ mod m20261126_000017_create_session_summaries;
 mod m20261126_000018_session_entries_checks;
 mod m20261126_000019_workers_agents;
 mod m20261126_000020_tasks_list_index;
+mod m20261203_000021_events_xid;
+mod m20261203_000022_create_queues;
 
 /// Runs the turnq migrations, in the order they must be applied.
 pub struct Migrator;
@@ -63,6 +65,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000018_session_entries_checks::Migration),
             Box::new(m20261126_000019_workers_agents::Migration),
             Box::new(m20261126_000020_tasks_list_index::Migration),
+            Box::new(m20261203_000021_events_xid::Migration),
+            Box::new(m20261203_000022_create_queues::Migration),
         ]
     }
 }
