@@ -164,21 +164,42 @@ impl AgentProcess {
 
     /// Kills the child's process group, then the child, and reaps it.
     async fn stop(&mut self) {
+        // `id()` is `None` once the child is reaped; until then its pid, which is also
+        // its group's id, cannot be reused, so the signal cannot reach a stranger.
         #[cfg(unix)]
-        if let Some(pid) = self.child.id() {
-            // why the `kill` program: signalling a process group from Rust takes libc and
-            // `unsafe`, which the workspace forbids. Best effort: if `kill` is missing, the
-            // child itself is still killed below.
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await;
+        if let Some(leader) = self.child.id() {
+            kill_group(leader, &self.program);
         }
+        // The child itself too: the group kill is best effort (and there is none off
+        // Unix). `kill` waits for it; the `wait` reaps it when `kill` failed first.
         let _ = self.child.kill().await;
         let _ = self.child.wait().await;
+    }
+}
+
+/// SIGKILL to the process group `leader` leads. Best effort: a failure is logged and
+/// the caller still kills the child itself.
+#[cfg(unix)]
+fn kill_group(leader: u32, program: &str) {
+    use nix::{
+        errno::Errno,
+        sys::signal::{Signal, killpg},
+        unistd::Pid,
+    };
+    let Ok(pgid) = i32::try_from(leader) else {
+        tracing::warn!(
+            pid = leader,
+            program,
+            "a child pid beyond pid_t: its process group is not killed"
+        );
+        return;
+    };
+    match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+        // ESRCH: nothing left in the group to kill.
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => {
+            tracing::warn!(pgid, program, error = %e, "killing the agent's process group failed");
+        }
     }
 }
 
