@@ -429,6 +429,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
     use turnq_core::event::OutputChunk;
     use turnq_core::session::SessionStore;
+    use turnq_testkit::patience;
 
     /// (authorization header, request body) per request.
     type Received = Arc<Mutex<Vec<(Option<String>, Value)>>>;
@@ -551,7 +552,8 @@ mod tests {
             task,
             output,
             cancel: CancellationToken::new(),
-            deadline: Instant::now() + Duration::from_secs(30),
+            // The test's patience: a turn that hangs fails the test.
+            deadline: Instant::now() + patience(),
             sessions,
         };
         let result = backend.run(turn).await;

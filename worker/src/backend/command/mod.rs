@@ -250,6 +250,7 @@ pub(super) mod tests {
         event::{OutputChunk, Usage},
         task::Task,
     };
+    use turnq_testkit::patience;
 
     pub(super) fn backend(config: Value) -> CommandBackend {
         CommandBackend::from_config(config).unwrap()
@@ -260,11 +261,13 @@ pub(super) mod tests {
         backend(json!({"program": "sh", "args": ["-c", script], "mode": mode}))
     }
 
+    /// Starts a turn of `backend` on a task of its own, its deadline `deadline_in` from
+    /// now; returns it and the receiver of its output.
     pub(super) fn start(
         backend: &CommandBackend,
         task: Task,
         cancel: CancellationToken,
-        within: Duration,
+        deadline_in: Duration,
     ) -> (
         tokio::task::JoinHandle<Result<TurnOutcome, TurnError>>,
         mpsc::Receiver<OutputChunk>,
@@ -274,22 +277,19 @@ pub(super) mod tests {
             task,
             output,
             cancel,
-            deadline: Instant::now() + within,
+            deadline: Instant::now() + deadline_in,
             sessions: sessions(),
         };
         (tokio::spawn(backend.run(turn)), rx)
     }
 
+    /// Runs a turn of `backend` to its end; returns its result and its output. The
+    /// turn's deadline is the test's patience: a turn that hangs fails the test.
     pub(super) async fn run(
         backend: &CommandBackend,
         task: Task,
     ) -> (Result<TurnOutcome, TurnError>, Vec<OutputChunk>) {
-        let (running, mut rx) = start(
-            backend,
-            task,
-            CancellationToken::new(),
-            Duration::from_secs(30),
-        );
+        let (running, mut rx) = start(backend, task, CancellationToken::new(), patience());
         let result = running.await.unwrap();
         let mut chunks = Vec::new();
         while let Ok(chunk) = rx.try_recv() {

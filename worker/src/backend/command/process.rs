@@ -233,41 +233,85 @@ async fn read_tail(mut reader: impl AsyncRead + Unpin, limit: usize) -> String {
     String::from_utf8_lossy(&tail[start..]).into_owned()
 }
 
-#[cfg(test)]
+// Unix only: the tests run `sh` and look processes up by pid.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use crate::backend::{
         command::tests::{backend, pairs, run, sh, start},
         tests::task,
     };
+    use nix::{
+        errno::Errno,
+        sys::signal::kill,
+        unistd::{Pid, getpgid},
+    };
     use serde_json::json;
-    use tokio::time::Instant;
+    use tokio::sync::mpsc;
+    use turnq_core::event::OutputChunk;
+    use turnq_testkit::{eventually, patience, within};
 
-    /// Whether `pid` is gone: `kill -0` fails, or it is a zombie whose parent has not
-    /// reaped it yet (a grandchild, reparented to a PID 1 that may not reap).
-    fn gone(pid: &str) -> bool {
-        let alive = std::process::Command::new("kill")
-            .args(["-0", pid])
-            .stderr(Stdio::null())
-            .status()
+    /// A shell that starts a grandchild (in the shell's process group: a shell running
+    /// a script has no job control), prints its own pid and the grandchild's, and
+    /// waits. The grandchild sleeps far longer than any test waits, so it being gone
+    /// proves it was killed.
+    const PARENT_OF_SLEEPER: &str = "sleep 600 & echo $$ $!; wait";
+
+    fn pid(text: &str) -> Pid {
+        Pid::from_raw(text.parse().expect("the script prints pids"))
+    }
+
+    /// The agent's pid and its grandchild's, as [`PARENT_OF_SLEEPER`] prints them, once
+    /// both are running in the agent's process group.
+    async fn pids(rx: &mut mpsc::Receiver<OutputChunk>) -> (Pid, Pid) {
+        let line = within("the agent printing its pids", rx.recv())
+            .await
             .unwrap()
-            .success();
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            .expect("the agent prints its pids before the turn ends")
+            .text;
+        let [agent, grandchild] = line.split_whitespace().collect::<Vec<_>>()[..] else {
+            panic!("expected two pids, got {line:?}");
+        };
+        let (agent, grandchild) = (pid(agent), pid(grandchild));
+        assert!(!gone(agent) && !gone(grandchild), "both run: {line:?}");
+        assert_eq!(getpgid(Some(agent)), Ok(agent), "the agent leads its group");
+        assert_eq!(
+            getpgid(Some(grandchild)),
+            Ok(agent),
+            "the grandchild is in it"
+        );
+        (agent, grandchild)
+    }
+
+    /// Whether `pid` is gone: no such process (ESRCH), or a zombie, which is dead and
+    /// only waits for its parent to reap it (a killed grandchild is reparented to a
+    /// PID 1 that may never reap it).
+    fn gone(pid: Pid) -> bool {
+        if kill(pid, None) == Err(Errno::ESRCH) {
+            return true;
+        }
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses and may hold
+            // spaces or parentheses itself.
             stat.rsplit(')')
                 .next()
                 .unwrap_or("")
                 .trim()
                 .starts_with('Z')
-        });
-        !alive || zombie
+        })
     }
 
-    async fn eventually_gone(pid: &str) {
-        let until = Instant::now() + Duration::from_secs(5);
-        while !gone(pid) {
-            assert!(Instant::now() < until, "process {pid} is still alive");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// Waits until `pid` is gone (see [`gone`]).
+    async fn eventually_gone(what: &str, pid: Pid) {
+        eventually(format!("{what} ({pid}) gone"), || async move {
+            if gone(pid) {
+                Ok(())
+            } else {
+                Err("still running")
+            }
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
@@ -299,26 +343,72 @@ mod tests {
 
     #[tokio::test]
     async fn cancellation_kills_the_child_and_its_process_group() {
-        let backend = sh("sleep 30 & echo $$ $!; wait", "text");
         let cancel = CancellationToken::new();
         let (running, mut rx) = start(
-            &backend,
+            &sh(PARENT_OF_SLEEPER, "text"),
             task(json!("x")),
             cancel.clone(),
-            Duration::from_secs(60),
+            patience(),
         );
-        let first = rx.recv().await.unwrap().text;
-        let pids: Vec<String> = first.split_whitespace().map(str::to_owned).collect();
-        assert_eq!(pids.len(), 2, "{first:?}");
-        assert!(!gone(&pids[0]) && !gone(&pids[1]));
+        let (agent, grandchild) = pids(&mut rx).await;
         cancel.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(5), running)
+        let result = within("the cancelled turn ending", running)
             .await
-            .expect("the turn stops promptly")
+            .unwrap()
             .unwrap();
         assert_eq!(result, Err(TurnError::Cancelled));
-        assert!(gone(&pids[0]), "the child was killed and reaped");
-        eventually_gone(&pids[1]).await;
+        // The turn reaps its child before it returns: no waiting for that.
+        assert_eq!(kill(agent, None), Err(Errno::ESRCH), "the agent was reaped");
+        eventually_gone("the agent's grandchild", grandchild).await;
+    }
+
+    #[tokio::test]
+    async fn a_turn_past_its_deadline_is_killed_and_retryable() {
+        // A deadline far off, then time is moved past it once the agent and its
+        // grandchild run: however slow the machine, the deadline passes after they
+        // started, never before.
+        let far = patience() * 10;
+        let (running, mut rx) = start(
+            &sh(PARENT_OF_SLEEPER, "text"),
+            task(json!("x")),
+            CancellationToken::new(),
+            far,
+        );
+        let (agent, grandchild) = pids(&mut rx).await;
+        tokio::time::pause();
+        tokio::time::advance(far).await;
+        tokio::time::resume();
+        let result = within("the turn past its deadline ending", running)
+            .await
+            .unwrap()
+            .unwrap();
+        let Err(TurnError::Retryable { message, .. }) = result else {
+            panic!("expected a retryable failure, got {result:?}");
+        };
+        assert!(message.contains("deadline"), "{message}");
+        assert_eq!(kill(agent, None), Err(Errno::ESRCH), "the agent was reaped");
+        eventually_gone("the agent's grandchild", grandchild).await;
+    }
+
+    #[tokio::test]
+    async fn an_aborted_turn_still_kills_its_child() {
+        // `kill_on_drop` kills the child alone: this one has no grandchild to leave.
+        let (running, mut rx) = start(
+            &sh("echo $$; exec sleep 600", "text"),
+            task(json!("x")),
+            CancellationToken::new(),
+            patience(),
+        );
+        let line = within("the agent printing its pid", rx.recv())
+            .await
+            .unwrap()
+            .expect("the agent prints its pid before the turn ends")
+            .text;
+        let agent = pid(line.trim());
+        running.abort();
+        let aborted = within("the aborted turn ending", running).await.unwrap();
+        assert!(aborted.is_err_and(|e| e.is_cancelled()));
+        eventually_gone("the aborted turn's agent", agent).await;
     }
 
     #[tokio::test]
@@ -336,26 +426,6 @@ mod tests {
             "only the tail: {}",
             message.len()
         );
-    }
-
-    #[tokio::test]
-    async fn a_turn_past_its_deadline_is_killed_and_retryable() {
-        let backend = sh("echo $$; exec sleep 30", "text");
-        let started = Instant::now();
-        let (running, mut rx) = start(
-            &backend,
-            task(json!("x")),
-            CancellationToken::new(),
-            Duration::from_millis(500),
-        );
-        let pid = rx.recv().await.unwrap().text.trim().to_owned();
-        let result = running.await.unwrap();
-        assert!(started.elapsed() < Duration::from_secs(5));
-        let Err(TurnError::Retryable { message, .. }) = result else {
-            panic!("expected a retryable failure, got {result:?}");
-        };
-        assert!(message.contains("deadline"), "{message}");
-        assert!(gone(&pid), "process {pid} is still alive");
     }
 
     #[tokio::test]
