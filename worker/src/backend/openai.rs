@@ -10,8 +10,10 @@
 //! `stream_options: {include_usage: true}`. `messages` are the system prompt, then,
 //! when the task has a `session_id`, the session's main transcript from the session
 //! store (project = the task's project), then the task's input as the user message.
-//! The reply's Server-Sent Events (`data:` lines, up to `data: [DONE]`) stream as `text`
-//! chunks (`choices[0].delta.content`; a `reasoning_content` delta, which some
+//! The reply is read as Server-Sent Events (by the `eventsource-stream` crate, to the
+//! spec: comments and other fields skipped, an event's `data` lines joined) up to the
+//! event whose data is `[DONE]`. Each event's data is one chunk of the completion: its
+//! `choices[0].delta.content` streams as `text` (a `reasoning_content` delta, which some
 //! compatible servers send, as `reasoning`); usage comes from the chunk that carries
 //! `usage` (`prompt_tokens`, `completion_tokens`). The summary is the reply.
 //!
@@ -23,14 +25,16 @@
 //! skipped. After the reply, the user entry and the assistant entry (fresh uuids) are
 //! appended in one batch, so a transcript never holds a question without its answer.
 //!
-//! Failures: HTTP 429 and 5xx, a connection error, a stream cut before `[DONE]`, an
-//! error event in the stream, the timeout, and a session store that cannot be reached
+//! Failures: HTTP 429 and 5xx, a connection error, a stream cut or broken before
+//! `[DONE]`, an event that is not JSON or not UTF-8, an error event in the stream
+//! (`{"error": …}`), the timeout, and a session store that cannot be reached
 //! are retryable; any other 4xx is fatal, with the body's `error.message`; a malformed
 //! session key is fatal. Cancellation drops the request at once.
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::pin, sync::Arc, time::Duration};
 
-use futures::{FutureExt, StreamExt, future::BoxFuture};
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::{FutureExt, Stream, StreamExt, future::BoxFuture};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until};
@@ -214,7 +218,7 @@ async fn run(
         );
     }
 
-    let reply = read_stream(response, &turn.output).await?;
+    let reply = read_stream(response.bytes_stream(), &turn.output).await?;
     let usage = reply.usage;
     if let Some(key) = &key {
         let entries = transcript_entries(&history, key, &input, &reply.text);
@@ -300,21 +304,26 @@ struct Reply {
 }
 
 /// Reads the SSE body to `data: [DONE]`, streaming the deltas to `output`.
-async fn read_stream(response: reqwest::Response, output: &OutputSink) -> Result<Reply, TurnError> {
+// why generic over the byte stream: the tests feed it bytes cut at every boundary.
+async fn read_stream<B, E>(
+    body: impl Stream<Item = Result<B, E>>,
+    output: &OutputSink,
+) -> Result<Reply, TurnError>
+where
+    B: AsRef<[u8]>,
+    E: std::error::Error,
+{
     let mut reply = Reply::default();
-    let mut parser = SseLines::default();
-    let mut body = response.bytes_stream();
-    while let Some(bytes) = body.next().await {
-        let bytes = bytes.map_err(|e| {
-            TurnError::retryable(format!("reading the reply stream: {}", error_chain(&e)))
+    let mut events = pin!(body.eventsource());
+    while let Some(sse) = events.next().await {
+        let sse = sse.map_err(|e| {
+            TurnError::retryable(format!("reading the reply stream: {}", stream_error(&e)))
         })?;
-        for data in parser.push(&bytes) {
-            match event(&data, &mut reply)? {
-                Event::Done => return Ok(reply),
-                Event::Chunks(chunks) => {
-                    for (stream, text) in chunks {
-                        output.send(stream, text).await;
-                    }
+        match event(&sse.data, &mut reply)? {
+            Event::Done => return Ok(reply),
+            Event::Chunks(chunks) => {
+                for (stream, text) in chunks {
+                    output.send(stream, text).await;
                 }
             }
         }
@@ -325,14 +334,23 @@ async fn read_stream(response: reqwest::Response, output: &OutputSink) -> Result
     })
 }
 
+/// Why the reply stream could not be read, with the transport's causes.
+fn stream_error<E: std::error::Error>(e: &EventStreamError<E>) -> String {
+    match e {
+        EventStreamError::Transport(e) => error_chain(e),
+        EventStreamError::Utf8(e) => format!("it is not UTF-8 ({e})"),
+        EventStreamError::Parser(e) => format!("it is not a Server-Sent Events stream ({e})"),
+    }
+}
+
 enum Event {
     Done,
     Chunks(Vec<(&'static str, String)>),
 }
 
-/// One `data:` payload.
+/// One event's data.
 fn event(data: &str, reply: &mut Reply) -> Result<Event, TurnError> {
-    if data == "[DONE]" {
+    if data.trim() == "[DONE]" {
         return Ok(Event::Done);
     }
     let chunk: Value = serde_json::from_str(data).map_err(|e| {
@@ -377,28 +395,6 @@ fn event(data: &str, reply: &mut Reply) -> Result<Event, TurnError> {
     Ok(Event::Chunks(chunks))
 }
 
-/// Splits an SSE body into its `data:` payloads, whatever the byte boundaries.
-#[derive(Default)]
-struct SseLines {
-    pending: Vec<u8>,
-}
-
-impl SseLines {
-    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.pending.extend_from_slice(bytes);
-        let mut data = Vec::new();
-        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let line = line.trim_end_matches(['\n', '\r']);
-            if let Some(payload) = line.strip_prefix("data:") {
-                data.push(payload.trim_start().to_owned());
-            }
-        }
-        data
-    }
-}
-
 /// The `error.message` of an error body, else the body itself (cut).
 fn error_message(body: &str) -> String {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
@@ -423,6 +419,7 @@ mod tests {
     use crate::backend::tests::{sessions, task};
     use axum::{
         Json, Router,
+        body::{Body, Bytes},
         extract::State,
         http::{HeaderMap, StatusCode, header},
         response::{IntoResponse, Response},
@@ -432,6 +429,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
     use turnq_core::event::OutputChunk;
     use turnq_core::session::SessionStore;
+    use turnq_testkit::patience;
 
     /// (authorization header, request body) per request.
     type Received = Arc<Mutex<Vec<(Option<String>, Value)>>>;
@@ -441,7 +439,47 @@ mod tests {
     struct Fake {
         /// `None`: stream a reply; `Some((status, body))`: fail with it.
         failure: Option<(StatusCode, &'static str)>,
+        /// `Some((parts, ending))`: answer 200 with these parts of an SSE body instead
+        /// of a reply, each sent as it is, then end the body so.
+        stream: Option<(&'static [&'static str], Ending)>,
         received: Received,
+    }
+
+    /// How a scripted SSE body ends after its parts.
+    #[derive(Clone, Copy)]
+    enum Ending {
+        /// The body ends cleanly.
+        Close,
+        /// The connection breaks mid-body (the chunked body is never terminated).
+        Break,
+        /// The body stays open for good, as a server that forgot to close it would.
+        HoldOpen,
+    }
+
+    /// One `chat.completion.chunk` event carrying `text`, as an SSE event.
+    const DELTA_PARTIAL: &str =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"partial\"}}]}\n\n";
+
+    fn scripted(parts: &[&'static str], ending: Ending) -> Response {
+        let parts: Vec<Result<Bytes, std::io::Error>> = parts
+            .iter()
+            .map(|part| Ok(Bytes::from_static(part.as_bytes())))
+            .collect();
+        let parts = futures::stream::iter(parts);
+        let body = match ending {
+            Ending::Close => Body::from_stream(parts),
+            // The break waits for one turn of the server's loop: told "not yet", hyper
+            // flushes the head and the parts first, so the client sees a 200 and then a
+            // body that stops short, not a connection lost before any answer.
+            Ending::Break => Body::from_stream(parts.chain(futures::stream::once(async {
+                tokio::task::yield_now().await;
+                Err(std::io::Error::other(
+                    "the fake server breaks the connection",
+                ))
+            }))),
+            Ending::HoldOpen => Body::from_stream(parts.chain(futures::stream::pending())),
+        };
+        ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
     }
 
     /// The reply to the n-th request (1-based): `reply n` in three deltas.
@@ -460,6 +498,9 @@ mod tests {
         };
         if let Some((status, body)) = fake.failure {
             return (status, body).into_response();
+        }
+        if let Some((parts, ending)) = fake.stream {
+            return scripted(parts, ending);
         }
         let delta = |text: &str| {
             json!({"id": "c1", "object": "chat.completion.chunk",
@@ -511,7 +552,8 @@ mod tests {
             task,
             output,
             cancel: CancellationToken::new(),
-            deadline: Instant::now() + Duration::from_secs(30),
+            // The test's patience: a turn that hangs fails the test.
+            deadline: Instant::now() + patience(),
             sessions,
         };
         let result = backend.run(turn).await;
@@ -703,15 +745,108 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sse_payloads_are_found_whatever_the_byte_boundaries() {
-        let body = "data: {\"a\":1}\r\n\n: comment\nevent: x\ndata:[DONE]\n\n";
-        let mut parser = SseLines::default();
-        let mut payloads = Vec::new();
-        for byte in body.as_bytes() {
-            payloads.extend(parser.push(std::slice::from_ref(byte)));
-        }
-        assert_eq!(payloads, [r#"{"a":1}"#, "[DONE]"]);
+    #[tokio::test]
+    async fn sse_events_are_found_whatever_the_byte_boundaries() {
+        // CRLF, a comment, an event name, a multi-line data field, a character of two
+        // bytes, and a sentinel without the space after the colon.
+        let body = "data: {\"choices\":[{\"delta\":\r\ndata: {\"content\":\"caf\u{e9}\"}}]}\r\n\r\n\
+                    : keep-alive\n\
+                    event: x\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}\n\n\
+                    data:[DONE]\n\n\
+                    data: {\"never\": \"read\"}\n\n";
+        let bytes = futures::stream::iter(
+            body.as_bytes()
+                .iter()
+                .map(|byte| Ok::<_, std::io::Error>([*byte])),
+        );
+        let (output, mut rx) = OutputSink::channel(16);
+        let reply = read_stream(bytes, &output).await.unwrap();
+        assert_eq!(reply.text, "caf\u{e9}");
+        assert_eq!(
+            reply.usage,
+            Usage {
+                input_tokens: 4,
+                output_tokens: 2,
+                cost_usd: 0.0
+            }
+        );
+        let chunk = rx.try_recv().unwrap();
+        assert_eq!(
+            (chunk.stream.as_str(), chunk.text.as_str()),
+            ("text", "caf\u{e9}")
+        );
+        assert!(rx.try_recv().is_err(), "one chunk only");
+    }
+
+    #[tokio::test]
+    async fn an_error_event_mid_stream_fails_the_turn_retryably_after_what_came_before() {
+        let fake = Fake {
+            stream: Some((
+                &[
+                    DELTA_PARTIAL,
+                    "data: {\"error\":{\"message\":\"the model is overloaded\",\"type\":\"server_error\"}}\n\n",
+                    "data: [DONE]\n\n",
+                ],
+                Ending::Close,
+            )),
+            ..Fake::default()
+        };
+        let base = serve(fake).await;
+        let (result, chunks) =
+            run_turn(&backend(&base, json!({})), task(json!("x")), sessions()).await;
+        assert_eq!(chunks.len(), 1, "{chunks:?}");
+        assert_eq!(chunks[0].text, "partial");
+        let Err(TurnError::Retryable { message, .. }) = result else {
+            panic!("expected a retryable failure, got {result:?}");
+        };
+        assert!(
+            message.starts_with("the reply stream reported an error")
+                && message.ends_with("the model is overloaded"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reply_stream_that_ends_or_breaks_before_done_is_retryable() {
+        let fake = Fake {
+            stream: Some((&[DELTA_PARTIAL], Ending::Close)),
+            ..Fake::default()
+        };
+        let base = serve(fake).await;
+        let (result, _) = run_turn(&backend(&base, json!({})), task(json!("x")), sessions()).await;
+        assert!(
+            matches!(&result, Err(TurnError::Retryable { message, .. })
+                if message == "the reply stream ended before `data: [DONE]`"),
+            "{result:?}"
+        );
+
+        let fake = Fake {
+            stream: Some((&[DELTA_PARTIAL], Ending::Break)),
+            ..Fake::default()
+        };
+        let base = serve(fake).await;
+        let (result, _) = run_turn(&backend(&base, json!({})), task(json!("x")), sessions()).await;
+        assert!(
+            matches!(&result, Err(TurnError::Retryable { message, .. })
+                if message.starts_with("reading the reply stream: ")),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_done_event_ends_the_reply_though_the_server_keeps_the_body_open() {
+        let fake = Fake {
+            stream: Some((&[DELTA_PARTIAL, "data: [DONE]\n\n"], Ending::HoldOpen)),
+            ..Fake::default()
+        };
+        let base = serve(fake).await;
+        // Were the end of the body awaited, the turn would run into its deadline and
+        // fail instead.
+        let (result, _) = run_turn(&backend(&base, json!({})), task(json!("x")), sessions()).await;
+        assert!(
+            matches!(&result, Ok(TurnOutcome::Completed { summary, .. }) if summary == "partial"),
+            "{result:?}"
+        );
     }
 
     #[test]
