@@ -86,17 +86,10 @@ impl ChildProcess {
 
     /// `kill -TERM`: asks the process to shut down the way a deploy does.
     pub fn terminate(&self) -> Result<()> {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status()
-            .context("running kill -TERM")?;
-        anyhow::ensure!(
-            status.success(),
-            "kill -TERM {} failed: {status}",
-            self.name
-        );
-        Ok(())
+        // Not yet reaped, so the pid is still this child's.
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .with_context(|| format!("kill -TERM {}", self.name))
     }
 
     /// Waits for the process to exit on its own.

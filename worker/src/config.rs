@@ -177,17 +177,18 @@ impl WorkerConfig {
     }
 }
 
-/// The kernel's host name where Linux exposes it, else `/etc/hostname`, else
-/// `$HOSTNAME`, else `localhost`: enough to tell hosts apart in the registry without a
-/// crate for one syscall.
+/// The machine's host name (`gethostname`), else `localhost`.
 fn machine_host_name() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .into_iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .chain(std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .find(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    #[cfg(unix)]
+    if let Some(name) = nix::unistd::gethostname()
+        .ok()
+        .and_then(|n| n.into_string().ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+    {
+        return name;
+    }
+    "localhost".into()
 }
 
 #[cfg(test)]

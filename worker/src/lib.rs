@@ -36,7 +36,6 @@
 //! `turnq-core`'s stores only, never an entity directly. Depends on `turnq-core`, never
 //! on `turnq-api`.
 
-mod agents;
 pub mod backend;
 mod config;
 mod delivery;

@@ -5,13 +5,23 @@
 //! [`TurnError`]. It never writes task events: the runner owns every such write, so
 //! batching, fencing of a lost or cancelled attempt, and the retry decision live in one
 //! place for every backend. The one thing a backend writes is its session's transcript,
-//! through the [`SessionStore`] trait, so it never knows Postgres. The class of a failure, never its message, decides what happens next.
+//! through the [`SessionStore`] trait, so it never knows Postgres. The class of a failure,
+//! never its message, decides what happens next.
 //!
 //! Backends must stop promptly when `cancel` fires and return [`TurnError::Cancelled`];
 //! one that ignores it is dropped (its task aborted) a few seconds later, so whatever it
 //! holds must clean up on drop (a child process with `kill_on_drop`, say).
+//!
+//! # Layout
+//!
+//! - this file: the [`AgentBackend`] trait, a [`Turn`] and its endings, and
+//!   [`Backends`], the agents a worker runs by name.
+//! - `script`, `command/`, `openai`: the backends.
+//! - `discover`: which agents of the registry a worker runs, built and probed at start.
+//! - `lookup`: the agent sessions a resuming backend reads.
 
 pub mod command;
+pub(crate) mod discover;
 mod lookup;
 pub mod openai;
 pub mod script;

@@ -20,8 +20,7 @@ use turnq_core::{
 };
 
 use crate::{
-    agents,
-    backend::Backends,
+    backend::{Backends, discover},
     config::WorkerConfig,
     delivery::{Consumers, Delivery, JobHandler, QueueSettings},
     record::{self, PostgresHealth},
@@ -75,7 +74,7 @@ impl Worker {
         config: WorkerConfig,
     ) -> Result<Worker, WorkerError> {
         let only = config.agent_filter().map_err(WorkerError::Config)?;
-        let backends = agents::discover(&db, &only)
+        let backends = discover::discover(&db, &only)
             .await
             .map_err(|source| WorkerError::Agents { source })?;
         Self::with_backends(db, redis_url, names, config, backends)

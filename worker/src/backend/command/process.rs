@@ -3,8 +3,9 @@
 //!
 //! Invariants: the child leads a process group of its own, so that stopping it also
 //! stops whatever it started (a shell's children, an agent's tools); a stopped child is
-//! always reaped before the turn returns, never left a zombie; and `kill_on_drop`
-//! covers a turn that is aborted instead of stopped, when nothing can be awaited.
+//! always reaped before the turn returns, never left a zombie; and a turn that is
+//! aborted instead of stopped (nothing can be awaited then) still kills the whole group
+//! when its process is dropped (`Drop`, and `kill_on_drop` for the child itself).
 
 use std::{
     path::Path,
@@ -174,6 +175,19 @@ impl AgentProcess {
         // Unix). `kill` waits for it; the `wait` reaps it when `kill` failed first.
         let _ = self.child.kill().await;
         let _ = self.child.wait().await;
+    }
+}
+
+impl Drop for AgentProcess {
+    /// An aborted turn (its backend ignored its cancellation, or the worker stopped)
+    /// drops its process unstopped: kill the whole group, not only the child that
+    /// `kill_on_drop` kills, or the child's own children would run on. `id()` is `Some`
+    /// only while the child is not reaped, so the group is still the child's.
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(leader) = self.child.id() {
+            kill_group(leader, &self.program);
+        }
     }
 }
 
@@ -391,24 +405,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_aborted_turn_still_kills_its_child() {
-        // `kill_on_drop` kills the child alone: this one has no grandchild to leave.
+    async fn an_aborted_turn_kills_its_child_and_its_process_group() {
         let (running, mut rx) = start(
-            &sh("echo $$; exec sleep 600", "text"),
+            &sh(PARENT_OF_SLEEPER, "text"),
             task(json!("x")),
             CancellationToken::new(),
             patience(),
         );
-        let line = within("the agent printing its pid", rx.recv())
-            .await
-            .unwrap()
-            .expect("the agent prints its pid before the turn ends")
-            .text;
-        let agent = pid(line.trim());
+        let (agent, grandchild) = pids(&mut rx).await;
         running.abort();
         let aborted = within("the aborted turn ending", running).await.unwrap();
         assert!(aborted.is_err_and(|e| e.is_cancelled()));
         eventually_gone("the aborted turn's agent", agent).await;
+        eventually_gone("the aborted turn's grandchild", grandchild).await;
     }
 
     #[tokio::test]
