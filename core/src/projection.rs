@@ -2,7 +2,7 @@
 //!
 //! The log is the truth; `tasks` is a cache of it. Rebuilding folds every task stream
 //! in log order with the same column changes the live path writes
-//! ([`crate::task::projection`]), checking each step against the state machine.
+//! (`task::projection`), checking each step against the state machine.
 //! `verify` compares the result with the stored rows and reports every difference;
 //! `replay` writes the rebuilt rows back.
 //!

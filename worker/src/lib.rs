@@ -27,7 +27,7 @@
 //!
 //! Dependencies between the folders go one way: `lifecycle` → `delivery`, `turn`,
 //! `record`, `backend`; `turn` → `record`, `backend`; `delivery` knows none of them
-//! (the runner is handed to it as a [`JobHandler`](delivery::JobHandler)).
+//! (the runner is handed to it as a `JobHandler` closure).
 //!
 //! Invariants: a job never runs a turn without a successful claim; a handler always
 //! acknowledges its job (Postgres holds every outcome, apalis never retries), and a job

@@ -9,7 +9,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 const CI_SCALE: f64 = 2.0;
 
 /// The one timeout of the test suite: how long a test waits for an event before it
-/// fails. [`PATIENCE`] scaled by `TURNQ_TEST_PATIENCE_SCALE` (a factor, e.g. `4` on a
+/// fails. 30 s scaled by `TURNQ_TEST_PATIENCE_SCALE` (a factor, e.g. `4` on a
 /// very slow machine), else by 2 when `CI=true`.
 ///
 /// It bounds waits for what must happen; it is never a proof that something did not

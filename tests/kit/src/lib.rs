@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`env`]: where the test services are (`TURNQ_TEST_ADMIN_DATABASE_URL`,
+//! - [`mod@env`]: where the test services are (`TURNQ_TEST_ADMIN_DATABASE_URL`,
 //!   `TURNQ_TEST_REDIS_URL`, defaulting to the local Postgres and Redis) and the one
 //!   CI-scaled [`patience`] every wait in a test is bounded by.
 //! - [`wait`]: [`eventually`] and [`within`]: a test waits for the event that proves

@@ -21,7 +21,7 @@
 //! - Acknowledging (`persist_results`) moves the job id to `{queue}:done` and never
 //!   deletes its data or metadata; without it a job is never acknowledged at all and is
 //!   re-enqueued as orphaned. A cleanup loop removes acknowledged jobs every
-//!   [`CLEANUP_EVERY`], expires the metadata of consumers that die without a goodbye,
+//!   `CLEANUP_EVERY` (10 s), expires the metadata of consumers that die without a goodbye,
 //!   and a consumer that stops (or died) is retired: the jobs it fetched but never
 //!   started go back to the queue and its name leaves the workers set (apalis' own
 //!   close removes the wrong member).

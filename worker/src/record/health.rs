@@ -4,8 +4,8 @@
 //! ([`turnq_core::Error::is_unavailable`]) marks it down. While it is down the Redis
 //! consumers fetch nothing: a job taken now could not be claimed, so it could only be
 //! handed back (jobs already fetched are put back on their queue unstarted). Running
-//! turns keep going; their own writes retry. [`watch`] then probes Postgres with a
-//! ping after a backoff of [`PROBE_BACKOFF`] (100 ms doubling to 5 s, from the
+//! turns keep going; their own writes retry. [`watch()`] then probes Postgres with a
+//! ping after a backoff (100 ms doubling to 5 s, from the
 //! start again for the next outage) until it answers, and marks it up: the consumers
 //! resume. A heartbeat that gets through marks it up as well.
 //!
@@ -95,7 +95,7 @@ impl PostgresHealth {
     }
 }
 
-/// The probe [`watch`] uses in the worker: a ping on the pool.
+/// The probe [`watch()`] uses in the worker: a ping on the pool.
 pub(crate) fn ping(
     db: DatabaseConnection,
 ) -> impl FnMut() -> BoxFuture<'static, Result<(), DbErr>> + Send {

@@ -5,10 +5,10 @@
 //! - Nothing runs without a claim: the job from Redis only says "try task X at attempt
 //!   N"; the conditional claim in Postgres decides, so stale and duplicate deliveries
 //!   do nothing.
-//! - Every write names the attempt and this worker ([`TaskStore::record`]). The first
+//! - Every write names the attempt and this worker (`TaskStore::record`). The first
 //!   one refused (`Fenced`: the task was cancelled or its lease taken over) cancels the
 //!   turn and nothing more is written for it.
-//! - Exactly one place maps a turn's result to its last event ([`ending_event`]); the
+//! - Exactly one place maps a turn's result to its last event (`outcome::ending_event`); the
 //!   class of a failure, never its message, picks it. A turn stopped by its owner
 //!   writes nothing; one stopped by a timeout is retried; one stopped by shutdown is
 //!   handed back (`task.released`).
