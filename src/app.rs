@@ -184,7 +184,8 @@ impl App {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "API listening");
             }
-            let state = AppState::supervised(self.db.clone(), config, tasks.clone());
+            let feed = AppState::start_feed(&self.db, &config, &tasks);
+            let state = AppState::supervised(self.db.clone(), config, tasks.clone(), feed);
             tasks.spawn_fallible("api", turnq_api::serve(listener, state, stop.clone()));
             tasks.spawn(
                 "dispatcher",

@@ -23,14 +23,14 @@ mod error;
 mod extract;
 mod routes;
 
-use std::{io, sync::Arc};
+use std::{io, sync::Arc, time::Duration};
 
 use axum::Router;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
-use turnq_core::{session::PgSessionStore, supervise::Supervisor};
+use turnq_core::{event::EventFeed, session::PgSessionStore, supervise::Supervisor};
 
 pub use error::ApiError;
 
@@ -45,12 +45,24 @@ pub struct ApiConfig {
     /// bytes (default 16 MiB); a larger one is refused with 413.
     #[arg(long, env = "TURNQ_SESSION_BODY_LIMIT", default_value_t = DEFAULT_SESSION_BODY_LIMIT)]
     pub session_body_limit: usize,
+
+    /// How often the event stream's reader looks for new events when nothing woke it
+    /// (a duration; submissions and cancellations wake it at once). Default: 100ms.
+    #[arg(long, env = "TURNQ_STREAM_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub stream_poll_interval: Duration,
+
+    /// Events the event stream keeps for its slowest client; a client that falls
+    /// further behind is told where to reconnect from and disconnected. Default: 10000.
+    #[arg(long, env = "TURNQ_STREAM_BUFFER", default_value_t = 10_000)]
+    pub stream_buffer: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             session_body_limit: DEFAULT_SESSION_BODY_LIMIT,
+            stream_poll_interval: Duration::from_millis(100),
+            stream_buffer: 10_000,
         }
     }
 }
@@ -65,8 +77,11 @@ struct Inner {
     db: DatabaseConnection,
     sessions: PgSessionStore,
     config: ApiConfig,
-    /// The process' long-lived tasks, whose deaths make `/readyz` answer 503.
+    /// The process' long-lived tasks, whose deaths make `/readyz` answer 503, and
+    /// whose stop ends the event streams.
     tasks: Option<Supervisor>,
+    /// The process' one reader of the event log, which every stream client follows.
+    feed: Option<Arc<EventFeed>>,
 }
 
 impl AppState {
@@ -82,25 +97,53 @@ impl AppState {
                 db,
                 config,
                 tasks: None,
+                feed: None,
             }),
         }
     }
 
     /// The state of an API whose readiness also reflects the long-lived tasks of
-    /// `tasks` (the dispatcher, and in `turnq up` the worker pool).
-    pub fn supervised(db: DatabaseConnection, config: ApiConfig, tasks: Supervisor) -> Self {
+    /// `tasks` (the dispatcher, and in `turnq up` the worker pool), with the event
+    /// stream fed by `feed` (a long-lived task of `tasks`, see [`AppState::start_feed`]).
+    pub fn supervised(
+        db: DatabaseConnection,
+        config: ApiConfig,
+        tasks: Supervisor,
+        feed: Arc<EventFeed>,
+    ) -> Self {
         AppState {
             inner: Arc::new(Inner {
                 sessions: PgSessionStore::new(db.clone()),
                 db,
                 config,
                 tasks: Some(tasks),
+                feed: Some(feed),
             }),
         }
     }
 
+    /// Starts the process' reader of the event log as a long-lived task of `tasks`,
+    /// stopping with them; the API's streams follow it.
+    pub fn start_feed(
+        db: &DatabaseConnection,
+        config: &ApiConfig,
+        tasks: &Supervisor,
+    ) -> Arc<EventFeed> {
+        let feed = EventFeed::new(config.stream_buffer, config.stream_poll_interval);
+        tasks.spawn(
+            "api.event-feed",
+            feed.clone()
+                .run(db.clone(), tasks.clone(), tasks.stopping().clone()),
+        );
+        feed
+    }
+
     pub(crate) fn tasks(&self) -> Option<&Supervisor> {
         self.inner.tasks.as_ref()
+    }
+
+    pub(crate) fn feed(&self) -> Option<&Arc<EventFeed>> {
+        self.inner.feed.as_ref()
     }
 
     pub(crate) fn db(&self) -> &DatabaseConnection {

@@ -9,6 +9,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use turnq_api::ApiConfig;
 use turnq::{
     ApiPart, App, AppConfig, AppError,
     config::{DatabaseArgs, RedisArgs},
@@ -61,7 +62,7 @@ fn config(db: &TestDb, redis: &TestRedis, api: bool) -> AppConfig {
         prepare_database: false,
         api: api.then(|| ApiPart {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            api: turnq_api::ApiConfig::default(),
+            api: ApiConfig::default(),
             dispatcher: dispatcher_config(),
         }),
         worker: None,
@@ -120,28 +121,37 @@ pub struct TestApp {
 impl TestApp {
     /// API, dispatcher and one worker pool.
     pub async fn spawn() -> Result<TestApp> {
-        Self::spawn_with(true, &redis_url()).await
+        Self::spawn_with(true, &redis_url(), ApiConfig::default()).await
+    }
+
+    /// API and dispatcher with the API settings `api`; no worker pool.
+    pub async fn spawn_with_api(api: ApiConfig) -> Result<TestApp> {
+        Self::spawn_with(false, &redis_url(), api).await
     }
 
     /// API and dispatcher only: tasks stay queued until a worker is started.
     pub async fn spawn_without_workers() -> Result<TestApp> {
-        Self::spawn_with(false, &redis_url()).await
+        Self::spawn_with(false, &redis_url(), ApiConfig::default()).await
     }
 
     /// API and dispatcher only, delivering through the Redis at `redis_url` (a test's
     /// private server, for tests that flush or restart it).
     pub async fn spawn_without_workers_on(redis_url: &str) -> Result<TestApp> {
-        Self::spawn_with(false, redis_url).await
+        Self::spawn_with(false, redis_url, ApiConfig::default()).await
     }
 
-    async fn spawn_with(workers: bool, redis_url: &str) -> Result<TestApp> {
+    async fn spawn_with(workers: bool, redis_url: &str, api: ApiConfig) -> Result<TestApp> {
         let test_db = TestDb::new().await?;
         let redis = TestRedis::on(redis_url, "turnq-test");
         let db = test_db.db.clone();
         let token = admin_token(&db).await?;
+        let mut config = config(&test_db, &redis, true);
+        if let Some(part) = config.api.as_mut() {
+            part.api = api;
+        }
         let app = App::build(AppConfig {
             worker: workers.then(|| worker_config(&[])),
-            ..config(&test_db, &redis, true)
+            ..config
         })
         .await
         .context("building the app")?;

@@ -171,6 +171,35 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Starts `turnq api --listen 127.0.0.1:{port} {extra…}` as a separate process
+    /// against this app's database, Redis and prefix: a second API replica, one a test
+    /// can kill.
+    pub fn api_process(&self, port: u16, extra: &[&str]) -> Result<ChildProcess> {
+        let mut command = Command::new(turnq_bin()?);
+        command
+            .args(["api", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("DATABASE_URL", &self.test_db.url)
+            .env("TURNQ_DATABASE_MAX_CONNECTIONS", WORKER_PROCESS_CONNECTIONS)
+            .env("REDIS_URL", &self.redis.url)
+            .env("TURNQ_REDIS_PREFIX", &self.redis.prefix)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        ChildProcess::spawn(format!("turnq api :{port}"), &mut command)
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (another process could take it before it is used; the
+/// process that then fails to listen says so).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// A Redis server of the test's own, for faults that must not touch the shared one
 /// (FLUSHALL, restarts): no persistence, killed on drop.
 pub struct PrivateRedis {
@@ -184,10 +213,7 @@ impl PrivateRedis {
         // Bind port 0 to learn a free port, then release it for redis-server. Another
         // process could take it in between; redis-server would then fail to start and
         // `wait_ready` says so.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        Self::start_on(port).await
+        Self::start_on(free_port()?).await
     }
 
     async fn start_on(port: u16) -> Result<PrivateRedis> {

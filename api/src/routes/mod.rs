@@ -1,6 +1,7 @@
 //! The routes, one module per resource, grouped by the scope they need.
 
 mod agents;
+mod events;
 mod health;
 mod sessions;
 mod stats;
@@ -36,6 +37,7 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/tasks", get(tasks::list))
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/events", get(tasks::events))
+        .route("/v1/events/stream", get(events::stream))
         .route("/v1/inbox", get(tasks::inbox))
         .route("/v1/workers", get(workers::list))
         .route("/v1/agents", get(agents::list))

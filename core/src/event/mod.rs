@@ -5,8 +5,10 @@
 //! doubles as the serde tag; the `data` column holds the rest of the object. Changing a
 //! kind's JSON means a new kind or a new optional field, never a silent reshape.
 
+pub mod feed;
 mod store;
 
+pub use feed::{Cursor, EventFeed, LiveEvent, LiveFilter, LiveLog};
 pub use store::{EventStore, NewEvent, RecordedEvent, StreamRef};
 
 use serde::{Deserialize, Serialize};

@@ -14,5 +14,6 @@ mod replay;
 mod scheduling;
 mod sessions;
 mod stats;
+mod stream;
 mod supervision;
 mod tasks;

@@ -127,7 +127,9 @@ async fn readyz_answers_503_naming_a_dead_task_and_lists_the_live_ones_otherwise
         async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
-            let state = turnq_api::AppState::supervised(db, Default::default(), tasks);
+            let config = turnq_api::ApiConfig::default();
+            let feed = turnq_api::AppState::start_feed(&db, &config, &tasks);
+            let state = turnq_api::AppState::supervised(db, config, tasks, feed);
             tokio::spawn(turnq_api::serve(listener, state, stop));
             anyhow::Ok(format!("http://{addr}/readyz"))
         }

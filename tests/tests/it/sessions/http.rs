@@ -216,23 +216,16 @@ async fn session_bodies_up_to_16_mib_are_accepted_and_larger_ones_are_413() -> R
 
 #[tokio::test]
 async fn the_session_body_limit_is_a_setting_of_the_api() -> Result<()> {
-    let test_db = TestDb::new().await?;
-    let (token, _) = TokenStore::create(&test_db.db, "t", &[Scope::Admin]).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/v1/sessions/p/s/entries", listener.local_addr()?);
-    let config = turnq_api::ApiConfig {
+    let app = TestApp::spawn_with_api(turnq_api::ApiConfig {
         session_body_limit: 4096,
-    };
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(turnq_api::serve(
-        listener,
-        turnq_api::AppState::with_config(test_db.db.clone(), config),
-        shutdown.clone(),
-    ));
+        ..Default::default()
+    })
+    .await?;
+    let url = app.url("/v1/sessions/p/s/entries");
     let post = |body: Vec<u8>| {
         reqwest::Client::new()
             .post(&url)
-            .bearer_auth(token.expose())
+            .bearer_auth(app.token())
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -243,8 +236,7 @@ async fn the_session_body_limit_is_a_setting_of_the_api() -> Result<()> {
     ensure!(refused.status() == 413, "{}", refused.status());
     let answer: Value = refused.json().await?;
     ensure!(answer["error"]["code"] == "payload_too_large", "{answer}");
-    shutdown.cancel();
-    server.await??;
+    app.stop().await?;
     Ok(())
 }
 

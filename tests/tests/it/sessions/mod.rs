@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail, ensure};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use turnq_core::{
     Error,
     agent::{AgentSession, AgentSessions, AgentStatus, Turn},
