@@ -1,0 +1,222 @@
+//! The dispatcher's side: taking due tasks (in priority order, one turn per session at a
+//! time) and recording that they were handed to Redis.
+
+use std::time::Duration;
+
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, Func, LockBehavior, LockType},
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{TaskStore, event_row, update_returning_keys};
+use crate::{
+    Error, TaskId,
+    entity::tasks::{self, Column},
+    error::Result,
+    event::{EventStore, Queued, TaskEvent},
+    task::{TaskState, projection},
+    time::{self, Timestamp},
+};
+
+/// A task the dispatcher hands to Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueTask {
+    pub id: TaskId,
+    pub queue: String,
+    /// The agent that runs it: workers consume one Redis queue per (queue, agent), so a
+    /// task only reaches workers that run its agent.
+    pub agent: String,
+    /// The attempts made so far: the job carries it, and the claim only succeeds if the
+    /// task is still at this attempt, so a stale or duplicate job is harmless.
+    pub attempt: i32,
+}
+
+/// A due task as the dispatcher reads it: (id, priority, run_at, queue, agent, attempt).
+type DueRow = (Uuid, i32, Timestamp, String, String, i32);
+
+impl TaskStore {
+    /// Hands due tasks to `push` (the delivery queue) and records `task.queued` for them,
+    /// at most `limit` at a time, highest priority first.
+    ///
+    /// A task counts as due when it is pending, its `run_at` has come, and it was never
+    /// queued, or was queued longer than `redeliver_after` ago without starting (its job
+    /// was lost with Redis, or its worker vanished). The rows are taken with
+    /// `FOR UPDATE SKIP LOCKED`, so several dispatchers share the work without
+    /// overlapping, and `push` runs BEFORE the commit: a crash in between re-pushes
+    /// (duplicates are harmless: the claim is conditional), never loses.
+    pub async fn dispatch_due<F, Fut>(
+        db: &DatabaseConnection,
+        limit: u64,
+        redeliver_after: Duration,
+        metadata: &Value,
+        push: F,
+    ) -> Result<usize>
+    where
+        F: FnOnce(Vec<DueTask>) -> Fut,
+        Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    {
+        let stale = time::now()
+            - chrono::TimeDelta::from_std(redeliver_after).unwrap_or(chrono::TimeDelta::MAX);
+        Self::dispatch_due_queued_before(db, limit, stale, &[], metadata, push).await
+    }
+
+    /// [`TaskStore::dispatch_due`] with the re-delivery cutoff given as a time: tasks
+    /// queued before `stale` count as lost. A caller draining in several rounds keeps
+    /// one cutoff for all of them, so what it re-pushed in one round is not re-pushed
+    /// again in the next. Tasks of the (queue, agent) pairs in `skip` are left alone
+    /// (their Redis queue is full).
+    pub async fn dispatch_due_queued_before<F, Fut>(
+        db: &DatabaseConnection,
+        limit: u64,
+        stale: Timestamp,
+        skip: &[(String, String)],
+        metadata: &Value,
+        push: F,
+    ) -> Result<usize>
+    where
+        F: FnOnce(Vec<DueTask>) -> Fut,
+        Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    {
+        let at = time::now();
+        let txn = db.begin().await?;
+        // Two queries, each walking its own partial index in dispatch order and stopping
+        // at `limit`: tasks never handed over (`tasks_dispatch_idx`), and tasks handed
+        // over before `stale` (`tasks_queued_idx`, re-deliveries: rare). One query with
+        // `queued_at IS NULL OR queued_at < stale` could use neither index, and would read
+        // and sort the whole backlog every round.
+        let mut due = Self::due(&txn, at, Column::QueuedAt.is_null(), stale, skip, limit).await?;
+        let stale_ones =
+            Self::due(&txn, at, Column::QueuedAt.lt(stale), stale, skip, limit).await?;
+        if !stale_ones.is_empty() {
+            due.extend(stale_ones);
+            due.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+            due.truncate(limit as usize);
+        }
+        let due: Vec<(Uuid, String, String, i32)> = due
+            .into_iter()
+            .map(|(id, _, _, queue, agent, attempt)| (id, queue, agent, attempt))
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = due.iter().map(|(id, _, _, _)| *id).collect();
+        push(
+            due.into_iter()
+                .map(|(id, queue, agent, attempt)| DueTask {
+                    id: TaskId(id),
+                    queue,
+                    agent,
+                    attempt,
+                })
+                .collect(),
+        )
+        .await
+        .map_err(Error::Delivery)?;
+
+        // `task.queued` changes the same columns whatever its queue, so one statement
+        // updates every row; each event then names its own task's queue.
+        let template = TaskEvent::Queued(Queued {
+            queue: String::new(),
+        });
+        let rows = update_returning_keys(
+            &txn,
+            projection::update(&template, at).filter(Column::Id.is_in(ids)),
+        )
+        .await?;
+        let events = rows
+            .iter()
+            .map(|row| {
+                let event = TaskEvent::Queued(Queued {
+                    queue: row.queue.clone(),
+                });
+                event_row(TaskId(row.id), row.version, &event, metadata, at)
+            })
+            .collect();
+        EventStore::insert(&txn, events).await?;
+        txn.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// Due pending tasks matching `which` (never queued, or queued before `stale`),
+    /// highest priority first, locked with `SKIP LOCKED`: (id, priority, run_at, queue,
+    /// agent, attempt).
+    async fn due(
+        txn: &sea_orm::DatabaseTransaction,
+        at: Timestamp,
+        which: sea_orm::sea_query::SimpleExpr,
+        stale: Timestamp,
+        skip: &[(String, String)],
+        limit: u64,
+    ) -> Result<Vec<DueRow>> {
+        Ok(tasks::Entity::find()
+            .select_only()
+            .columns([
+                Column::Id,
+                Column::Priority,
+                Column::RunAt,
+                Column::Queue,
+                Column::Agent,
+                Column::Attempt,
+            ])
+            .filter(Column::State.eq(TaskState::Pending.as_str()))
+            .filter(which)
+            .filter(Column::RunAt.lte(at))
+            // One turn per session at a time, in submission order: a task of a session
+            // waits while an earlier task of it is running, handed to Redis, or still
+            // pending. (The unique index `tasks_one_running_turn_per_session_uidx` makes a
+            // second running turn impossible even if a stale job slips through.)
+            .filter(Expr::cust_with_values(
+                "(tasks.session_id IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM tasks AS other
+                    WHERE other.project = tasks.project
+                      AND other.session_id = tasks.session_id
+                      AND other.id <> tasks.id
+                      AND (other.state = 'running'
+                           OR (other.state = 'pending' AND other.queued_at >= $1)
+                           OR (other.state = 'pending' AND other.id < tasks.id))))",
+                [stale],
+            ))
+            .filter(skip.iter().fold(Condition::all(), |all, (queue, agent)| {
+                all.add(
+                    Condition::any()
+                        .add(Column::Queue.ne(queue.as_str()))
+                        .add(Column::Agent.ne(agent.as_str())),
+                )
+            }))
+            // The order of `tasks_dispatch_idx`, then the id (UUIDv7: submission order).
+            .order_by_desc(Column::Priority)
+            .order_by_asc(Column::RunAt)
+            .order_by_asc(Column::CreatedAt)
+            .order_by_asc(Column::Id)
+            .limit(limit)
+            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+            .into_tuple()
+            .all(txn)
+            .await?)
+    }
+
+    /// How many tasks wait in each (queue, agent) Redis queue: handed over at or after
+    /// `since` and not yet started (tasks queued before `since` count as lost, and are
+    /// pushed again). The dispatcher bounds each pair on its own, so a backlog of an agent
+    /// no worker runs cannot hold back every other agent's work.
+    pub async fn queued_by_pair<C: ConnectionTrait>(
+        db: &C,
+        since: Timestamp,
+    ) -> Result<Vec<(String, String, i64)>> {
+        Ok(tasks::Entity::find()
+            .select_only()
+            .column(Column::Queue)
+            .column(Column::Agent)
+            .expr(Func::count(Expr::col(Column::Id)))
+            .filter(Column::State.eq(TaskState::Pending.as_str()))
+            .filter(Column::QueuedAt.gte(since))
+            .group_by(Column::Queue)
+            .group_by(Column::Agent)
+            .into_tuple()
+            .all(db)
+            .await?)
+    }
+}
