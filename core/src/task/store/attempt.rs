@@ -404,3 +404,245 @@ impl TaskStore {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use anyhow::{Context, Result};
+    use serde_json::json;
+    use turnq_testkit::TestDb;
+
+    use super::super::fixtures::{LEASE, completed, kinds, meta, row, running, submitted, worker};
+    use super::*;
+    use crate::event::{Output, OutputChunk, Queued};
+
+    fn output(attempt: i32, text: &str) -> TaskEvent {
+        TaskEvent::Output(Output {
+            attempt,
+            chunks: vec![OutputChunk {
+                stream: "text".into(),
+                text: text.into(),
+            }],
+        })
+    }
+
+    #[tokio::test]
+    async fn a_claim_succeeds_once_and_a_second_claim_of_the_attempt_does_nothing() -> Result<()> {
+        let t = TestDb::new().await?;
+        let task = submitted(&t.db, json!({"input": "x"})).await?;
+        let (a, b) = (worker("a"), worker("b"));
+        let claimed = TaskStore::claim(&t.db, task.id, 0, &a, LEASE, &meta())
+            .await?
+            .context("the first claim wins")?
+            .task;
+        assert_eq!(claimed.state, TaskState::Running);
+        assert_eq!(claimed.attempt, 1);
+        assert_eq!(claimed.worker_id.as_deref(), Some("a"));
+        assert!(claimed.lease_until.is_some_and(|until| until > time::now()));
+
+        assert!(
+            TaskStore::claim(&t.db, task.id, 0, &b, LEASE, &meta())
+                .await?
+                .is_none()
+        );
+        assert!(
+            TaskStore::claim(&t.db, task.id, 0, &a, LEASE, &meta())
+                .await?
+                .is_none()
+        );
+        assert_eq!(
+            kinds(&t.db, task.id).await?,
+            ["task.submitted", "task.started"]
+        );
+        assert_eq!(row(&t.db, task.id).await?.worker_id.as_deref(), Some("a"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_grouped_claim_takes_each_claimable_job_once_in_job_order() -> Result<()> {
+        let t = TestDb::new().await?;
+        let (a, b) = (worker("a"), worker("b"));
+        let first = submitted(&t.db, json!({"input": 1})).await?;
+        let second = submitted(&t.db, json!({"input": 2})).await?;
+        let taken = running(&t.db, json!({"input": 3}), &b).await?;
+        let jobs = [
+            (second.id, 0),
+            (taken.id, 0),
+            (first.id, 5), // a stale attempt number
+            (first.id, 0),
+        ];
+        let claimed = TaskStore::claim_many(&t.db, &jobs, &a, LEASE, &meta()).await?;
+        let ids: Vec<TaskId> = claimed.iter().map(|c| c.task.id).collect();
+        assert_eq!(ids, [second.id, first.id]);
+        assert!(
+            claimed
+                .iter()
+                .all(|c| c.task.worker_id.as_deref() == Some("a") && c.task.attempt == 1)
+        );
+        assert_eq!(row(&t.db, taken.id).await?.worker_id.as_deref(), Some("b"));
+        assert!(
+            TaskStore::claim_many(&t.db, &jobs, &a, LEASE, &meta())
+                .await?
+                .is_empty()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_record_is_fenced_by_attempt_and_worker() -> Result<()> {
+        let t = TestDb::new().await?;
+        let a = worker("a");
+        let task = running(&t.db, json!({"input": "x"}), &a).await?;
+        for (attempt, by) in [(1, worker("b")), (2, a.clone()), (0, a.clone())] {
+            let outcome =
+                TaskStore::record(&t.db, task.id, attempt, &by, &completed(attempt), &meta()).await;
+            assert!(
+                matches!(&outcome, Err(Error::Fenced { task: id, attempt: n, worker })
+                    if *id == task.id && *n == attempt && *worker == by.0),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(
+            kinds(&t.db, task.id).await?,
+            ["task.submitted", "task.started"]
+        );
+
+        let during = TaskStore::record(&t.db, task.id, 1, &a, &output(1, "hi"), &meta()).await?;
+        assert_eq!((during.state, during.version.0), (TaskState::Running, 3));
+        let done = TaskStore::record(&t.db, task.id, 1, &a, &completed(1), &meta()).await?;
+        assert_eq!(done.state, TaskState::Completed);
+        assert_eq!(done.output_summary.as_deref(), Some("done"));
+        assert!(
+            matches!(
+                TaskStore::record(&t.db, task.id, 1, &a, &output(1, "late"), &meta()).await,
+                Err(Error::Fenced { .. })
+            ),
+            "nothing is written to an attempt after its end"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_record_the_state_machine_has_no_transition_for_is_illegal() -> Result<()> {
+        let t = TestDb::new().await?;
+        let a = worker("a");
+        let task = running(&t.db, json!({"input": "x"}), &a).await?;
+        let queued = TaskEvent::Queued(Queued { queue: "q".into() });
+        let outcome = TaskStore::record(&t.db, task.id, 1, &a, &queued, &meta()).await;
+        assert!(
+            matches!(
+                outcome,
+                Err(Error::IllegalTransition {
+                    from: TaskState::Running,
+                    action: "task.queued",
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(TaskStore::get(&t.db, task.id).await?.version.0, 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_group_commit_answers_each_record_under_its_own_guard_in_order() -> Result<()> {
+        let t = TestDb::new().await?;
+        let (a, b) = (worker("a"), worker("b"));
+        let mine = running(&t.db, json!({"input": 1}), &a).await?;
+        let theirs = running(&t.db, json!({"input": 2}), &b).await?;
+        let records = [
+            Record {
+                task: mine.id,
+                attempt: 1,
+                event: output(1, "one"),
+            },
+            Record {
+                task: theirs.id,
+                attempt: 1,
+                event: output(1, "not mine"),
+            },
+            Record {
+                task: mine.id,
+                attempt: 1,
+                event: completed(1),
+            },
+            Record {
+                task: mine.id,
+                attempt: 1,
+                event: TaskEvent::Queued(Queued { queue: "q".into() }),
+            },
+        ];
+        let answers = TaskStore::record_many(&t.db, &a, &records, &meta()).await?;
+        assert_eq!(answers.len(), 4);
+        assert!(
+            matches!(answers[0], Ok(StreamVersion(3))),
+            "{:?}",
+            answers[0]
+        );
+        assert!(
+            matches!(answers[1], Err(Error::Fenced { .. })),
+            "{:?}",
+            answers[1]
+        );
+        assert!(
+            matches!(answers[2], Ok(StreamVersion(4))),
+            "{:?}",
+            answers[2]
+        );
+        assert!(
+            matches!(answers[3], Err(Error::IllegalTransition { .. })),
+            "{:?}",
+            answers[3]
+        );
+        assert_eq!(
+            kinds(&t.db, mine.id).await?,
+            [
+                "task.submitted",
+                "task.started",
+                "task.output",
+                "task.completed"
+            ]
+        );
+        assert_eq!(
+            kinds(&t.db, theirs.id).await?,
+            ["task.submitted", "task.started"]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_renewal_extends_only_leases_still_running_under_that_worker_and_attempt()
+    -> Result<()> {
+        let t = TestDb::new().await?;
+        let (a, b) = (worker("a"), worker("b"));
+        let short = Duration::from_secs(60);
+        let held = running(&t.db, json!({"input": 1}), &a).await?;
+        let ended = running(&t.db, json!({"input": 2}), &a).await?;
+        TaskStore::record(&t.db, ended.id, 1, &a, &completed(1), &meta()).await?;
+        let others = running(&t.db, json!({"input": 3}), &b).await?;
+        let lease = |id| row(&t.db, id);
+        let others_lease = lease(others.id).await?.lease_until;
+        let held_lease = lease(held.id).await?.lease_until;
+
+        let asked = [(held.id, 1), (held.id, 7), (ended.id, 1), (others.id, 1)];
+        let renewed = TaskStore::extend_leases(&t.db, &a, &asked, short).await?;
+        assert_eq!(renewed, HashSet::from([(held.id, 1)]));
+        let now_held = lease(held.id).await?.lease_until;
+        assert!(
+            now_held < held_lease,
+            "renewed to now + 60 s, from now + 1 h"
+        );
+        assert_eq!(lease(others.id).await?.lease_until, others_lease);
+        assert_eq!(lease(ended.id).await?.lease_until, None);
+        assert_eq!(
+            kinds(&t.db, held.id).await?,
+            ["task.submitted", "task.started"],
+            "a renewal is not an event"
+        );
+        assert!(
+            TaskStore::extend_leases(&t.db, &a, &[], short)
+                .await?
+                .is_empty()
+        );
+        Ok(())
+    }
+}

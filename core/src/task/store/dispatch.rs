@@ -220,3 +220,195 @@ impl TaskStore {
             .await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use anyhow::Result;
+    use serde_json::json;
+    use turnq_testkit::TestDb;
+
+    use super::super::fixtures::{LEASE, completed, kinds, meta, row, submitted, worker};
+    use super::*;
+    use crate::task::Task;
+
+    /// Dispatches up to `limit` due tasks, skipping `skip`, and returns what was pushed.
+    async fn dispatch(
+        db: &DatabaseConnection,
+        limit: u64,
+        stale: Timestamp,
+        skip: &[(String, String)],
+    ) -> Result<Vec<DueTask>> {
+        let pushed = Mutex::new(Vec::new());
+        TaskStore::dispatch_due_queued_before(db, limit, stale, skip, &meta(), |due| {
+            pushed.lock().unwrap().extend(due);
+            async { Ok(()) }
+        })
+        .await?;
+        Ok(pushed.into_inner().unwrap())
+    }
+
+    /// A cutoff that counts no delivery as lost.
+    fn never_stale() -> Timestamp {
+        time::now() - chrono::TimeDelta::hours(1)
+    }
+
+    fn ids(due: &[DueTask]) -> Vec<TaskId> {
+        due.iter().map(|d| d.id).collect()
+    }
+
+    #[tokio::test]
+    async fn due_tasks_go_out_highest_priority_first_and_are_marked_queued() -> Result<()> {
+        let t = TestDb::new().await?;
+        let low = submitted(&t.db, json!({"input": 1, "priority": -1})).await?;
+        let high = submitted(&t.db, json!({"input": 2, "priority": 9, "queue": "q"})).await?;
+        let mid = submitted(&t.db, json!({"input": 3, "agent": "a2"})).await?;
+        let later = submitted(
+            &t.db,
+            json!({"input": 4, "priority": 99, "run_at": "2999-01-01T00:00:00Z"}),
+        )
+        .await?;
+
+        let due = dispatch(&t.db, 2, never_stale(), &[]).await?;
+        assert_eq!(
+            due,
+            [
+                DueTask {
+                    id: high.id,
+                    queue: "q".into(),
+                    agent: "script".into(),
+                    attempt: 0
+                },
+                DueTask {
+                    id: mid.id,
+                    queue: "default".into(),
+                    agent: "a2".into(),
+                    attempt: 0
+                },
+            ]
+        );
+        for task in [&high, &mid] {
+            assert!(row(&t.db, task.id).await?.queued_at.is_some());
+            assert_eq!(
+                kinds(&t.db, task.id).await?,
+                ["task.submitted", "task.queued"]
+            );
+        }
+        let queued = TaskStore::events(&t.db, high.id, crate::StreamVersion(1), 1).await?;
+        assert_eq!(queued[0].data, json!({"queue": "q"}));
+        assert_eq!(
+            ids(&dispatch(&t.db, 10, never_stale(), &[]).await?),
+            [low.id]
+        );
+        assert!(
+            row(&t.db, later.id).await?.queued_at.is_none(),
+            "not due yet"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_queued_task_goes_out_again_only_once_its_delivery_counts_as_lost() -> Result<()> {
+        let t = TestDb::new().await?;
+        let task = submitted(&t.db, json!({"input": "x"})).await?;
+        assert_eq!(
+            ids(&dispatch(&t.db, 10, never_stale(), &[]).await?),
+            [task.id]
+        );
+        assert!(dispatch(&t.db, 10, never_stale(), &[]).await?.is_empty());
+        let lost = time::now() + chrono::TimeDelta::seconds(1);
+        assert_eq!(ids(&dispatch(&t.db, 10, lost, &[]).await?), [task.id]);
+        assert_eq!(
+            kinds(&t.db, task.id).await?,
+            ["task.submitted", "task.queued", "task.queued"]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_hand_over_records_nothing() -> Result<()> {
+        let t = TestDb::new().await?;
+        let task = submitted(&t.db, json!({"input": "x"})).await?;
+        let outcome = TaskStore::dispatch_due(&t.db, 10, LEASE, &meta(), |_| async {
+            Err("Redis is down".into())
+        })
+        .await;
+        assert!(matches!(outcome, Err(Error::Delivery(_))), "{outcome:?}");
+        assert!(row(&t.db, task.id).await?.queued_at.is_none());
+        assert_eq!(kinds(&t.db, task.id).await?, ["task.submitted"]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn tasks_of_a_skipped_queue_and_agent_pair_are_left_alone() -> Result<()> {
+        let t = TestDb::new().await?;
+        let full = submitted(&t.db, json!({"input": 1, "agent": "a"})).await?;
+        let other_agent = submitted(&t.db, json!({"input": 2, "agent": "b"})).await?;
+        let other_queue = submitted(&t.db, json!({"input": 3, "agent": "a", "queue": "q"})).await?;
+        let skip = [("default".to_owned(), "a".to_owned())];
+        let due = dispatch(&t.db, 10, never_stale(), &skip).await?;
+        assert_eq!(ids(&due), [other_agent.id, other_queue.id]);
+        assert!(row(&t.db, full.id).await?.queued_at.is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_later_turn_of_a_session_waits_until_the_earlier_one_ends() -> Result<()> {
+        let t = TestDb::new().await?;
+        let first = submitted(&t.db, json!({"input": 1, "session_id": "s"})).await?;
+        let second = submitted(
+            &t.db,
+            json!({"input": 2, "session_id": "s", "priority": 50}),
+        )
+        .await?;
+        let elsewhere = submitted(
+            &t.db,
+            json!({"input": 3, "session_id": "s", "project": "p2"}),
+        )
+        .await?;
+        let stale = never_stale();
+        let due = dispatch(&t.db, 10, stale, &[]).await?;
+        assert_eq!(
+            ids(&due),
+            [first.id, elsewhere.id],
+            "the later turn waits, whatever its priority"
+        );
+        // Handed over, then running: the later turn still waits.
+        assert!(dispatch(&t.db, 10, stale, &[]).await?.is_empty());
+        let w = worker("w");
+        TaskStore::claim(&t.db, first.id, 0, &w, LEASE, &meta()).await?;
+        assert!(dispatch(&t.db, 10, stale, &[]).await?.is_empty());
+        TaskStore::record(&t.db, first.id, 1, &w, &completed(1), &meta()).await?;
+        assert_eq!(ids(&dispatch(&t.db, 10, stale, &[]).await?), [second.id]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn queued_tasks_are_counted_per_queue_and_agent_since_a_time() -> Result<()> {
+        let t = TestDb::new().await?;
+        let before = time::now() - chrono::TimeDelta::seconds(1);
+        for body in [
+            json!({"input": 1, "agent": "a"}),
+            json!({"input": 2, "agent": "a"}),
+            json!({"input": 3, "agent": "b", "queue": "q"}),
+        ] {
+            submitted(&t.db, body).await?;
+        }
+        let unqueued: Task = submitted(&t.db, json!({"input": 4, "agent": "c"})).await?;
+        dispatch(&t.db, 3, never_stale(), &[]).await?;
+        let mut counts = TaskStore::queued_by_pair(&t.db, before).await?;
+        counts.sort();
+        assert_eq!(
+            counts,
+            [
+                ("default".to_owned(), "a".to_owned(), 2),
+                ("q".to_owned(), "b".to_owned(), 1)
+            ]
+        );
+        assert!(row(&t.db, unqueued.id).await?.queued_at.is_none());
+        let later = time::now() + chrono::TimeDelta::seconds(1);
+        assert!(TaskStore::queued_by_pair(&t.db, later).await?.is_empty());
+        Ok(())
+    }
+}

@@ -174,3 +174,6 @@ async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) -> Res
 
 /// Reads and writes tasks. Stateless: each method takes the connection to use.
 pub struct TaskStore;
+
+#[cfg(test)]
+mod fixtures;

@@ -95,3 +95,110 @@ impl TaskStore {
         Ok(events)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Result;
+    use serde_json::json;
+    use turnq_testkit::TestDb;
+
+    use super::super::fixtures::{meta, running, submitted, worker};
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unknown_task_is_not_found_by_get_or_events() -> Result<()> {
+        let t = TestDb::new().await?;
+        let id = TaskId::new();
+        assert!(matches!(
+            TaskStore::get(&t.db, id).await,
+            Err(Error::TaskNotFound(missing)) if missing == id
+        ));
+        assert!(matches!(
+            TaskStore::events(&t.db, id, StreamVersion::NEW, 10).await,
+            Err(Error::TaskNotFound(_))
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn events_after_a_version_are_the_later_ones_oldest_first() -> Result<()> {
+        let t = TestDb::new().await?;
+        let task = running(&t.db, json!({"input": "x"}), &worker("w")).await?;
+        TaskStore::cancel(&t.db, task.id, None, &meta()).await?;
+        let later = TaskStore::events(&t.db, task.id, StreamVersion(1), 10).await?;
+        let seen: Vec<(i64, &str)> = later
+            .iter()
+            .map(|e| (e.version.0, e.kind.as_str()))
+            .collect();
+        assert_eq!(seen, [(2, "task.started"), (3, "task.cancelled")]);
+        assert!(
+            TaskStore::events(&t.db, task.id, StreamVersion(3), 10)
+                .await?
+                .is_empty(),
+            "nothing after the last version, and no error"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_listing_keeps_only_tasks_matching_every_filter_given() -> Result<()> {
+        let t = TestDb::new().await?;
+        let a = submitted(&t.db, json!({"input": 1, "agent": "a", "queue": "q1"})).await?;
+        let b = submitted(&t.db, json!({"input": 2, "agent": "b", "project": "p"})).await?;
+        let c = submitted(&t.db, json!({"input": 3, "agent": "a", "project": "p"})).await?;
+        TaskStore::cancel(&t.db, c.id, None, &meta()).await?;
+        let db = &t.db;
+        let ids = move |filter: TaskFilter| async move {
+            let page = TaskStore::list(db, &filter, None, 10).await?;
+            anyhow::Ok(page.tasks.iter().map(|t| t.id).collect::<Vec<_>>())
+        };
+        assert_eq!(ids(TaskFilter::default()).await?, [c.id, b.id, a.id]);
+        let by_agent = TaskFilter {
+            agent: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(by_agent).await?, [c.id, a.id]);
+        let by_state = TaskFilter {
+            states: vec![TaskState::Cancelled, TaskState::Running],
+            ..Default::default()
+        };
+        assert_eq!(ids(by_state).await?, [c.id]);
+        let by_project_and_state = TaskFilter {
+            states: vec![TaskState::Pending],
+            project: Some("p".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(by_project_and_state).await?, [b.id]);
+        let by_queue = TaskFilter {
+            queue: Some("q1".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(by_queue).await?, [a.id]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn pages_run_newest_first_and_the_cursor_continues_after_the_last_task() -> Result<()> {
+        let t = TestDb::new().await?;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(submitted(&t.db, json!({"input": i})).await?.id);
+        }
+        ids.reverse();
+        let mut pages = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = TaskStore::list(&t.db, &TaskFilter::default(), cursor, 2).await?;
+            pages.push(page.tasks.iter().map(|t| t.id).collect::<Vec<_>>());
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(
+            pages,
+            [ids[0..2].to_vec(), ids[2..4].to_vec(), ids[4..].to_vec()]
+        );
+        Ok(())
+    }
+}

@@ -164,3 +164,88 @@ impl TaskStore {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Result;
+    use serde_json::json;
+    use turnq_testkit::TestDb;
+
+    use super::super::fixtures::{counts, kinds, meta, new_task, row};
+    use crate::{
+        event::TaskEvent,
+        task::{TaskState, TaskStore},
+    };
+
+    #[tokio::test]
+    async fn a_submission_writes_a_pending_row_and_its_submitted_event() -> Result<()> {
+        let t = TestDb::new().await?;
+        let new = new_task(json!({"input": "hello", "agent": "a1", "priority": 7}));
+        let submitted = TaskStore::submit(&t.db, new.clone(), &meta()).await?;
+        assert!(submitted.created);
+        let task = submitted.task;
+        assert_eq!(
+            (task.state, task.version.0, task.attempt, task.priority),
+            (TaskState::Pending, 1, 0, 7)
+        );
+        assert_eq!(row(&t.db, task.id).await?.agent, "a1");
+        let events = TaskStore::events(&t.db, task.id, crate::StreamVersion::NEW, 10).await?;
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            TaskEvent::from_parts(&events[0].kind, &events[0].data).map_err(anyhow::Error::msg)?,
+            TaskEvent::Submitted(Box::new(new)),
+            "the event holds the whole validated submission"
+        );
+        assert_eq!(events[0].metadata, meta());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_breaks_a_rule_of_the_table_writes_nothing() -> Result<()> {
+        let t = TestDb::new().await?;
+        // Past validation, so only the CHECK constraint stops it: the first task and
+        // both events must go with it.
+        let mut bad = new_task(json!({"input": "x"}));
+        bad.priority = 5000;
+        let batch = vec![new_task(json!({"input": "fine"})), bad];
+        assert!(
+            TaskStore::submit_batch(&t.db, batch, &meta())
+                .await
+                .is_err()
+        );
+        assert_eq!(counts(&t.db).await?, (0, 0));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_returns_the_task_it_named_first() -> Result<()> {
+        let t = TestDb::new().await?;
+        let body = json!({"input": "once", "idempotency_key": "k1"});
+        let first = TaskStore::submit(&t.db, new_task(body.clone()), &meta()).await?;
+        let again = TaskStore::submit(&t.db, new_task(body), &meta()).await?;
+        assert!(first.created && !again.created);
+        assert_eq!(again.task.id, first.task.id);
+        assert_eq!(kinds(&t.db, first.task.id).await?, ["task.submitted"]);
+        assert_eq!(counts(&t.db).await?, (1, 1));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_key_repeated_in_one_batch_names_its_first_task_and_keys_are_per_project()
+    -> Result<()> {
+        let t = TestDb::new().await?;
+        let batch = vec![
+            new_task(json!({"input": "a", "idempotency_key": "k"})),
+            new_task(json!({"input": "b", "idempotency_key": "k"})),
+            new_task(json!({"input": "c", "idempotency_key": "k", "project": "other"})),
+        ];
+        let out = TaskStore::submit_batch(&t.db, batch, &meta()).await?;
+        let created: Vec<bool> = out.iter().map(|s| s.created).collect();
+        assert_eq!(created, [true, false, true]);
+        assert_eq!(out[0].task.id, out[1].task.id);
+        assert_ne!(out[0].task.id, out[2].task.id);
+        assert_eq!(out[1].task.input, json!("a"), "the first use wins");
+        assert_eq!(counts(&t.db).await?, (2, 2));
+        Ok(())
+    }
+}

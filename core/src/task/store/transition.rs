@@ -99,3 +99,117 @@ impl TaskStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use anyhow::{Context, Result};
+    use sea_orm::sqlx::postgres::PgListener;
+    use serde_json::json;
+    use turnq_testkit::{TestDb, within};
+
+    use super::super::fixtures::{
+        blocked, completed, counts, failed, kinds, meta, running, submitted, worker,
+    };
+    use super::*;
+
+    #[tokio::test]
+    async fn cancelling_a_pending_task_ends_it_with_its_reason() -> Result<()> {
+        let t = TestDb::new().await?;
+        let task = submitted(&t.db, json!({"input": "x"})).await?;
+        let cancelled =
+            TaskStore::cancel(&t.db, task.id, Some("not needed".into()), &meta()).await?;
+        assert_eq!(cancelled.state, TaskState::Cancelled);
+        assert!(cancelled.ended_at.is_some());
+        assert_eq!(cancelled.version.0, 2);
+        let events = TaskStore::events(&t.db, task.id, crate::StreamVersion(1), 10).await?;
+        assert_eq!(events[0].kind, "task.cancelled");
+        assert_eq!(events[0].data, json!({"reason": "not needed"}));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_running_task_tells_its_worker_on_commit() -> Result<()> {
+        let t = TestDb::new().await?;
+        let mut listener = PgListener::connect(&t.url).await?;
+        listener.listen(CHANNEL_TASK_CANCELLED).await?;
+        let task = running(&t.db, json!({"input": "x"}), &worker("w")).await?;
+        TaskStore::cancel(&t.db, task.id, None, &meta()).await?;
+        let note = within("the cancellation's NOTIFY", listener.recv()).await??;
+        assert_eq!(note.payload(), task.id.to_string());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn retrying_a_failed_task_reopens_it_with_one_more_attempt() -> Result<()> {
+        let t = TestDb::new().await?;
+        let w = worker("w");
+        let task = running(&t.db, json!({"input": "x", "max_attempts": 1}), &w).await?;
+        TaskStore::record(&t.db, task.id, 1, &w, &failed(1), &meta()).await?;
+        let retried = TaskStore::retry(&t.db, task.id, &meta()).await?;
+        assert_eq!(retried.state, TaskState::Pending);
+        assert_eq!((retried.attempt, retried.max_attempts), (1, 2));
+        assert_eq!((retried.ended_at, retried.queued_at), (None, None));
+        assert_eq!(
+            kinds(&t.db, task.id).await?.last().map(String::as_str),
+            Some("task.retried")
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn approving_a_blocked_task_reopens_it_with_a_note() -> Result<()> {
+        let t = TestDb::new().await?;
+        let w = worker("w");
+        let task = running(&t.db, json!({"input": "x", "max_attempts": 1}), &w).await?;
+        TaskStore::record(&t.db, task.id, 1, &w, &blocked(1), &meta()).await?;
+        let approved = TaskStore::approve(&t.db, task.id, Some("go".into()), &meta()).await?;
+        assert_eq!(approved.state, TaskState::Pending);
+        assert_eq!(approved.max_attempts, 2, "room for one more attempt");
+        let last = TaskStore::events(&t.db, task.id, crate::StreamVersion(3), 10).await?;
+        assert_eq!(last[0].kind, "task.approved");
+        assert_eq!(last[0].data, json!({"note": "go", "max_attempts": 2}));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_illegal_transition_is_an_error_and_writes_nothing() -> Result<()> {
+        let t = TestDb::new().await?;
+        let w = worker("w");
+        let pending = submitted(&t.db, json!({"input": "x"})).await?;
+        let done = running(&t.db, json!({"input": "y"}), &w).await?;
+        TaskStore::record(&t.db, done.id, 1, &w, &completed(1), &meta()).await?;
+        let before = counts(&t.db).await?;
+
+        let refusals = [
+            (
+                TaskStore::approve(&t.db, pending.id, None, &meta()).await,
+                pending.id,
+                TaskState::Pending,
+                "approved",
+            ),
+            (
+                TaskStore::retry(&t.db, pending.id, &meta()).await,
+                pending.id,
+                TaskState::Pending,
+                "retried",
+            ),
+            (
+                TaskStore::cancel(&t.db, done.id, None, &meta()).await,
+                done.id,
+                TaskState::Completed,
+                "cancelled",
+            ),
+        ];
+        for (outcome, id, state, verb) in refusals {
+            let err = outcome.err().context("the transition must be refused")?;
+            assert!(
+                matches!(err, Error::IllegalTransition { task, from, action }
+                    if task == id && from == state && action == verb),
+                "{err:?}"
+            );
+        }
+        assert_eq!(counts(&t.db).await?, before);
+        assert_eq!(TaskStore::get(&t.db, pending.id).await?.version.0, 1);
+        Ok(())
+    }
+}
