@@ -32,7 +32,7 @@ fn set(column: Column, value: impl Into<Value>) -> (Column, Change) {
 }
 
 fn state(state: TaskState) -> (Column, Change) {
-    set(Column::State, state.as_str())
+    set(Column::State, state)
 }
 
 fn null_time(column: Column) -> (Column, Change) {
@@ -56,7 +56,7 @@ pub(crate) fn new_row(id: TaskId, task: &NewTask, at: Timestamp) -> tasks::Activ
         arena_id: Set(task.arena_id),
         queue: Set(task.queue.clone()),
         priority: Set(task.priority),
-        state: Set(TaskState::Pending.as_str().into()),
+        state: Set(TaskState::Pending),
         input: Set(task.input.clone()),
         output_summary: Set(None),
         agent: Set(task.agent.clone()),

@@ -135,7 +135,7 @@ async fn task_rows(db: &DatabaseConnection) -> Result<BTreeMap<String, tasks::Mo
 /// (task id, attempt, worker id) of every running task.
 async fn running(db: &DatabaseConnection) -> Result<Vec<(String, i32, String)>> {
     Ok(tasks::Entity::find()
-        .filter(tasks::Column::State.eq(TaskState::Running.as_str()))
+        .filter(tasks::Column::State.eq(TaskState::Running))
         .all(db)
         .await?
         .into_iter()
@@ -406,9 +406,9 @@ async fn kill_9_of_a_worker_mid_run_loses_nothing_and_never_overlaps_attempts() 
     // leases can fail a turn here: the scripts succeed).
     for id in &ids {
         let task = &rows[id];
-        let spent = task.state == "failed" && task.attempt >= task.max_attempts;
+        let spent = task.state == TaskState::Failed && task.attempt >= task.max_attempts;
         ensure!(
-            task.state == "completed" || spent,
+            task.state == TaskState::Completed || spent,
             "task {id} ended {} at attempt {} of {}; its log: {:#?}",
             task.state,
             task.attempt,
@@ -577,7 +577,7 @@ async fn waiting_in_redis(db: &DatabaseConnection, ids: &[String]) -> Result<usi
         .iter()
         .filter(|id| {
             rows.get(*id)
-                .is_some_and(|t| t.state == "pending" && t.queued_at.is_some())
+                .is_some_and(|t| t.state == TaskState::Pending && t.queued_at.is_some())
         })
         .count())
 }

@@ -65,7 +65,7 @@ impl TaskStore {
             lease_until: lease_end(at, lease),
         });
         let guard = Condition::all()
-            .add(Column::State.eq(TaskState::Pending.as_str()))
+            .add(Column::State.eq(TaskState::Pending))
             .add(Column::Attempt.eq(attempt));
         let txn = db.begin().await?;
         let row = match write(&txn, id, guard, &event, metadata, at).await {
@@ -81,7 +81,7 @@ impl TaskStore {
         };
         txn.commit().await?;
         Ok(Some(Claimed {
-            task: Task::try_from(row)?,
+            task: Task::from(row),
         }))
     }
 
@@ -156,13 +156,13 @@ impl TaskStore {
             if lock {
                 query = query.lock(LockType::Update);
             }
-            query.into_tuple::<(Uuid, String, i32)>().all(&txn)
+            query.into_tuple::<(Uuid, TaskState, i32)>().all(&txn)
         };
         let wanted: HashSet<(Uuid, i32)> = jobs.iter().map(|(id, a)| (id.0, *a)).collect();
-        let claimable = |rows: Vec<(Uuid, String, i32)>| -> Vec<Uuid> {
+        let claimable = |rows: Vec<(Uuid, TaskState, i32)>| -> Vec<Uuid> {
             rows.into_iter()
                 .filter(|(id, state, attempt)| {
-                    state == TaskState::Pending.as_str() && wanted.contains(&(*id, *attempt))
+                    *state == TaskState::Pending && wanted.contains(&(*id, *attempt))
                 })
                 .map(|(id, _, _)| id)
                 .collect()
@@ -180,7 +180,7 @@ impl TaskStore {
         };
         let pending: HashMap<Uuid, i32> = locked
             .into_iter()
-            .filter(|(_, state, _)| state == TaskState::Pending.as_str())
+            .filter(|(_, state, _)| *state == TaskState::Pending)
             .map(|(id, _, attempt)| (id, attempt))
             .collect();
         // One statement per attempt number (the event sets the attempt); a batch is
@@ -214,7 +214,7 @@ impl TaskStore {
         for (id, _) in jobs {
             if let Some(i) = rows.iter().position(|row| row.id == id.0) {
                 claimed.push(Claimed {
-                    task: Task::try_from(rows.swap_remove(i))?,
+                    task: Task::from(rows.swap_remove(i)),
                 });
             }
         }
@@ -360,7 +360,7 @@ impl TaskStore {
             notify(&txn, CHANNEL_TASKS_NEW, "").await?;
         }
         txn.commit().await?;
-        Task::try_from(row)
+        Ok(Task::from(row))
     }
 
     /// Extends to now + `lease` the leases of the (task, attempt) pairs `worker` holds,
@@ -390,7 +390,7 @@ impl TaskStore {
         });
         let rows: Vec<(Uuid, i32)> = tasks::Entity::update_many()
             .col_expr(Column::LeaseUntil, Expr::value(Some(until)))
-            .filter(Column::State.eq(TaskState::Running.as_str()))
+            .filter(Column::State.eq(TaskState::Running))
             .filter(Column::WorkerId.eq(worker.0.as_str()))
             .filter(pairs)
             .exec_with_returning(db)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, TransactionTrait,
-    sea_query::{Expr, Func, LockBehavior, LockType},
+    sea_query::{Expr, ExprTrait, Func, LockBehavior, LockType, Query, SelectStatement},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -161,24 +161,18 @@ impl TaskStore {
                 Column::Agent,
                 Column::Attempt,
             ])
-            .filter(Column::State.eq(TaskState::Pending.as_str()))
+            .filter(Column::State.eq(TaskState::Pending))
             .filter(which)
             .filter(Column::RunAt.lte(at))
             // One turn per session at a time, in submission order: a task of a session
             // waits while an earlier task of it is running, handed to Redis, or still
             // pending. (The unique index `tasks_one_running_turn_per_session_uidx` makes a
             // second running turn impossible even if a stale job slips through.)
-            .filter(Expr::cust_with_values(
-                "(tasks.session_id IS NULL OR NOT EXISTS (
-                    SELECT 1 FROM tasks AS other
-                    WHERE other.project = tasks.project
-                      AND other.session_id = tasks.session_id
-                      AND other.id <> tasks.id
-                      AND (other.state = 'running'
-                           OR (other.state = 'pending' AND other.queued_at >= $1)
-                           OR (other.state = 'pending' AND other.id < tasks.id))))",
-                [stale],
-            ))
+            .filter(
+                Condition::any()
+                    .add(Column::SessionId.is_null())
+                    .add(Expr::not_exists(Self::turn_ahead(stale))),
+            )
             .filter(skip.iter().fold(Condition::all(), |all, (queue, agent)| {
                 all.add(
                     Condition::any()
@@ -198,6 +192,30 @@ impl TaskStore {
             .await?)
     }
 
+    /// The tasks of the same session that the outer `tasks` row must wait for: another
+    /// task of its (project, session) that is running, handed to Redis at or after
+    /// `stale`, or pending and submitted before it. A correlated sub-query, `tasks AS
+    /// other`.
+    fn turn_ahead(stale: Timestamp) -> SelectStatement {
+        const OTHER: &str = "other";
+        let other = |c: Column| Expr::col((OTHER, c));
+        let this = |c: Column| Expr::col((tasks::Entity, c));
+        let pending = || other(Column::State).eq(TaskState::Pending);
+        Query::select()
+            .column((OTHER, Column::Id))
+            .from_as(tasks::Entity, OTHER)
+            .and_where(other(Column::Project).eq(this(Column::Project)))
+            .and_where(other(Column::SessionId).eq(this(Column::SessionId)))
+            .and_where(other(Column::Id).ne(this(Column::Id)))
+            .cond_where(
+                Condition::any()
+                    .add(other(Column::State).eq(TaskState::Running))
+                    .add(pending().and(other(Column::QueuedAt).gte(stale)))
+                    .add(pending().and(other(Column::Id).lt(this(Column::Id)))),
+            )
+            .take()
+    }
+
     /// How many tasks wait in each (queue, agent) Redis queue: handed over at or after
     /// `since` and not yet started (tasks queued before `since` count as lost, and are
     /// pushed again). The dispatcher bounds each pair on its own, so a backlog of an agent
@@ -211,7 +229,7 @@ impl TaskStore {
             .column(Column::Queue)
             .column(Column::Agent)
             .expr(Func::count(Expr::col(Column::Id)))
-            .filter(Column::State.eq(TaskState::Pending.as_str()))
+            .filter(Column::State.eq(TaskState::Pending))
             .filter(Column::QueuedAt.gte(since))
             .group_by(Column::Queue)
             .group_by(Column::Agent)

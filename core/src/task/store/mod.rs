@@ -145,7 +145,7 @@ fn lease_end(at: Timestamp, lease: Duration) -> Timestamp {
 
 fn worker_guard(attempt: i32, worker: &WorkerId) -> Condition {
     Condition::all()
-        .add(Column::State.eq(TaskState::Running.as_str()))
+        .add(Column::State.eq(TaskState::Running))
         .add(Column::Attempt.eq(attempt))
         .add(Column::WorkerId.eq(worker.0.as_str()))
 }

@@ -33,8 +33,8 @@ impl TaskStore {
         tasks::Entity::find_by_id(id.0)
             .one(db)
             .await?
+            .map(Task::from)
             .ok_or(Error::TaskNotFound(id))
-            .and_then(Task::try_from)
     }
 
     /// Tasks newest first, `limit` at a time, after `cursor` (the last id of the previous
@@ -47,7 +47,7 @@ impl TaskStore {
     ) -> Result<TaskPage> {
         let mut query = tasks::Entity::find();
         if !filter.states.is_empty() {
-            query = query.filter(Column::State.is_in(filter.states.iter().map(|s| s.as_str())));
+            query = query.filter(Column::State.is_in(filter.states.iter().copied()));
         }
         if let Some(agent) = &filter.agent {
             query = query.filter(Column::Agent.eq(agent.as_str()));
@@ -68,10 +68,7 @@ impl TaskStore {
             .await?;
         let more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);
-        let tasks = rows
-            .into_iter()
-            .map(Task::try_from)
-            .collect::<Result<Vec<_>>>()?;
+        let tasks: Vec<Task> = rows.into_iter().map(Task::from).collect();
         let next_cursor = if more {
             tasks.last().map(|t| t.id)
         } else {

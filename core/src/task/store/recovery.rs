@@ -38,7 +38,7 @@ impl TaskStore {
                 Column::MaxAttempts,
                 Column::WorkerId,
             ])
-            .filter(Column::State.eq(TaskState::Running.as_str()))
+            .filter(Column::State.eq(TaskState::Running))
             .filter(Column::LeaseUntil.lt(at))
             .order_by_asc(Column::LeaseUntil)
             .limit(limit)
@@ -54,7 +54,7 @@ impl TaskStore {
                 failed: attempt >= max_attempts,
             });
             let guard = Condition::all()
-                .add(Column::State.eq(TaskState::Running.as_str()))
+                .add(Column::State.eq(TaskState::Running))
                 .add(Column::Attempt.eq(attempt));
             if write(&txn, TaskId(id), guard, &event, metadata, at)
                 .await?

@@ -147,7 +147,7 @@ impl TaskStore {
                         }
                     };
                 Ok(Submitted {
-                    task: Task::try_from(row)?,
+                    task: Task::from(row),
                     created: was_created,
                 })
             })

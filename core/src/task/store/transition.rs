@@ -47,7 +47,7 @@ impl TaskStore {
                     notify(&txn, CHANNEL_TASKS_NEW, "").await?;
                 }
                 txn.commit().await?;
-                return Task::try_from(row);
+                return Ok(Task::from(row));
             }
         }
         let task = Self::get(db, id).await?;
