@@ -3,7 +3,8 @@
 use std::{fmt, str::FromStr, time::Duration};
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, RuntimeErr, Statement,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, RuntimeErr,
+    sea_query::{Expr, ExprTrait, Query},
 };
 
 /// A Postgres URL. It may hold a password, so `Debug` and `Display` hide it.
@@ -179,15 +180,18 @@ pub async fn ensure_database(url: &DatabaseUrl) -> Result<(), ConnectError> {
         source,
     };
     let exists = admin
-        .query_one_raw(Statement::from_sql_and_values(
-            admin.get_database_backend(),
-            "SELECT 1 FROM pg_database WHERE datname = $1",
-            [name.into()],
-        ))
+        .query_one(
+            &Query::select()
+                .column("datname")
+                .from("pg_database")
+                .and_where(Expr::col("datname").eq(name))
+                .take(),
+        )
         .await
         .map_err(error)?
         .is_some();
     if !exists {
+        // Raw SQL: sea-query has no CREATE DATABASE.
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
         match admin
             .execute_unprepared(&format!("CREATE DATABASE {quoted}"))
@@ -275,5 +279,28 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
         );
         assert!("mysql://x".parse::<DatabaseUrl>().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_missing_database_is_created_and_an_existing_one_is_left_alone() -> anyhow::Result<()>
+    {
+        let t = turnq_testkit::TestDb::new().await?;
+        let existing: DatabaseUrl = t.url.parse().map_err(anyhow::Error::msg)?;
+        ensure_database(&existing).await?;
+        let name = format!("{}_made", t.name);
+        let missing = existing.with_database(&name);
+        let made = async {
+            ensure_database(&missing).await?;
+            ensure_database(&missing).await?;
+            t.admin(&format!(
+                "SELECT 1 FROM pg_database WHERE datname = '{name}'"
+            ))
+            .await
+        }
+        .await;
+        t.admin(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await?;
+        assert_eq!(made?, 1, "created once");
+        Ok(())
     }
 }

@@ -35,8 +35,8 @@ mod transition;
 use std::time::Duration;
 
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, QueryFilter, QueryTrait, SqlErr, Statement,
-    sea_query::Query,
+    ColumnTrait, Condition, ConnectionTrait, QueryFilter, QueryTrait, SqlErr,
+    sea_query::{Func, Query},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -162,13 +162,11 @@ pub const CHANNEL_TASKS_NEW: &str = "tasks_new";
 pub const CHANNEL_TASK_CANCELLED: &str = "task_cancelled";
 
 /// `NOTIFY` inside the caller's transaction: delivered on commit, dropped on rollback.
+/// Through `pg_notify(channel, payload)`, a function, because the `NOTIFY` statement
+/// takes no bound parameters.
 async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) -> Result<()> {
-    db.execute_raw(Statement::from_sql_and_values(
-        db.get_database_backend(),
-        "SELECT pg_notify($1, $2)",
-        [channel.into(), payload.into()],
-    ))
-    .await?;
+    let notify = Func::cust("pg_notify").arg(channel).arg(payload);
+    db.execute(&Query::select().expr(notify).take()).await?;
     Ok(())
 }
 
