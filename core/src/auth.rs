@@ -95,10 +95,7 @@ impl TokenInfo {
 }
 
 fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 fn info(row: api_tokens::Model) -> Result<TokenInfo> {
@@ -194,6 +191,11 @@ mod tests {
         assert_eq!(format!("{secret:?}"), "SecretToken(***)");
         assert_eq!(hash("tq_abc"), hash("tq_abc"));
         assert_eq!(hash("tq_abc").len(), 64);
+        // SHA-256 of the empty string, lowercase hex, as the stored hashes are.
+        assert_eq!(
+            hash(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert!(
             "owner"
                 .parse::<Scope>()

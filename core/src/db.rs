@@ -3,73 +3,63 @@
 use std::{fmt, str::FromStr, time::Duration};
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, RuntimeErr, Statement,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, RuntimeErr,
+    sea_query::{Expr, ExprTrait, Query},
 };
 
 /// A Postgres URL. It may hold a password, so `Debug` and `Display` hide it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
+pub struct DatabaseUrl(url::Url);
 
 impl DatabaseUrl {
     /// The URL with its password, to hand to the driver and nothing else.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 
-    /// The name of the database the URL points at.
+    /// The name of the database the URL points at (its path, as written in the URL).
     pub fn database_name(&self) -> Option<&str> {
-        let after_host = self.0.split_once("://")?.1;
-        let path = after_host.split_once('/')?.1;
-        let name = path.split(['?', '#']).next()?;
-        (!name.is_empty()).then_some(name)
+        self.0
+            .path()
+            .strip_prefix('/')
+            .filter(|name| !name.is_empty())
     }
 
     /// The same server, another database.
     pub fn with_database(&self, name: &str) -> DatabaseUrl {
-        let (base, query) = match self.0.split_once('?') {
-            Some((base, query)) => (base, Some(query)),
-            None => (self.0.as_str(), None),
-        };
-        let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-        let server = match base[scheme_end..].find('/') {
-            Some(i) => &base[..scheme_end + i],
-            None => base,
-        };
-        match query {
-            Some(q) => DatabaseUrl(format!("{server}/{name}?{q}")),
-            None => DatabaseUrl(format!("{server}/{name}")),
-        }
+        let mut url = self.0.clone();
+        url.set_path(name);
+        DatabaseUrl(url)
     }
 
-    fn redacted(&self) -> String {
-        // postgres://user:secret@host/db -> postgres://user:***@host/db
-        let Some((scheme, rest)) = self.0.split_once("://") else {
-            return self.0.clone();
-        };
-        match rest.split_once('@') {
-            Some((userinfo, host)) if userinfo.contains(':') => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}:***@{host}")
-            }
-            _ => self.0.clone(),
+    fn redacted(&self) -> url::Url {
+        let mut url = self.0.clone();
+        if url.password().is_some() {
+            // Cannot fail: a URL with a password has a host to hold it.
+            let _ = url.set_password(Some("***"));
         }
+        url
     }
 }
 
 impl FromStr for DatabaseUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            Ok(DatabaseUrl(s.to_owned()))
+        const EXAMPLE: &str = "e.g. postgres://postgres@127.0.0.1:5432/turnq";
+        let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e}); {EXAMPLE}"))?;
+        if matches!(url.scheme(), "postgres" | "postgresql") && url.has_authority() {
+            Ok(DatabaseUrl(url))
         } else {
-            Err("a Postgres URL starts with postgres:// (e.g. postgres://postgres@127.0.0.1:5432/turnq)".into())
+            Err(format!(
+                "a Postgres URL starts with postgres:// ({EXAMPLE})"
+            ))
         }
     }
 }
 
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
+        f.write_str(self.redacted().as_str())
     }
 }
 
@@ -179,15 +169,18 @@ pub async fn ensure_database(url: &DatabaseUrl) -> Result<(), ConnectError> {
         source,
     };
     let exists = admin
-        .query_one_raw(Statement::from_sql_and_values(
-            admin.get_database_backend(),
-            "SELECT 1 FROM pg_database WHERE datname = $1",
-            [name.into()],
-        ))
+        .query_one(
+            &Query::select()
+                .column("datname")
+                .from("pg_database")
+                .and_where(Expr::col("datname").eq(name))
+                .take(),
+        )
         .await
         .map_err(error)?
         .is_some();
     if !exists {
+        // Raw SQL: sea-query has no CREATE DATABASE.
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
         match admin
             .execute_unprepared(&format!("CREATE DATABASE {quoted}"))
@@ -262,6 +255,11 @@ mod tests {
         let url: DatabaseUrl = "postgres://me:hunter2@db:5432/turnq".parse().unwrap();
         assert_eq!(url.to_string(), "postgres://me:***@db:5432/turnq");
         assert!(!format!("{url:?}").contains("hunter2"));
+        assert_eq!(url.expose(), "postgres://me:hunter2@db:5432/turnq");
+        let encoded: DatabaseUrl = "postgres://me:p%40ss@[::1]/turnq".parse().unwrap();
+        assert_eq!(encoded.to_string(), "postgres://me:***@[::1]/turnq");
+        let without = "postgres://me@db/turnq";
+        assert_eq!(without.parse::<DatabaseUrl>().unwrap().to_string(), without);
     }
 
     #[test]
@@ -275,5 +273,46 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
         );
         assert!("mysql://x".parse::<DatabaseUrl>().is_err());
+        assert!("postgres:turnq".parse::<DatabaseUrl>().is_err());
+        assert!(
+            "not a url"
+                .parse::<DatabaseUrl>()
+                .unwrap_err()
+                .contains("not a URL")
+        );
+        let socket: DatabaseUrl = "postgres:///turnq?host=/var/run/postgresql"
+            .parse()
+            .unwrap();
+        assert_eq!(socket.database_name(), Some("turnq"));
+        assert_eq!(
+            socket.with_database("postgres").expose(),
+            "postgres:///postgres?host=/var/run/postgresql"
+        );
+        let bare: DatabaseUrl = "postgresql://me@db".parse().unwrap();
+        assert_eq!(bare.database_name(), None);
+        assert_eq!(bare.with_database("x").expose(), "postgresql://me@db/x");
+    }
+
+    #[tokio::test]
+    async fn a_missing_database_is_created_and_an_existing_one_is_left_alone() -> anyhow::Result<()>
+    {
+        let t = turnq_testkit::TestDb::new().await?;
+        let existing: DatabaseUrl = t.url.parse().map_err(anyhow::Error::msg)?;
+        ensure_database(&existing).await?;
+        let name = format!("{}_made", t.name);
+        let missing = existing.with_database(&name);
+        let made = async {
+            ensure_database(&missing).await?;
+            ensure_database(&missing).await?;
+            t.admin(&format!(
+                "SELECT 1 FROM pg_database WHERE datname = '{name}'"
+            ))
+            .await
+        }
+        .await;
+        t.admin(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await?;
+        assert_eq!(made?, 1, "created once");
+        Ok(())
     }
 }

@@ -25,7 +25,7 @@ use crate::{
     entity::{events, tasks},
     error::Result,
     event::TaskEvent,
-    task::{TaskState, projection},
+    task::projection,
 };
 
 /// One difference between the log and the projection.
@@ -96,9 +96,9 @@ async fn rebuild(
                 });
                 continue;
             };
-            let state = match row.get(tasks::Column::State) {
-                ActiveValue::Set(Value::String(Some(s))) => s.parse::<TaskState>().ok(),
-                _ => None,
+            let state = match row.state {
+                ActiveValue::Set(state) | ActiveValue::Unchanged(state) => Some(state),
+                ActiveValue::NotSet => None,
             };
             if state.and_then(|s| s.after(&event)).is_none() {
                 report.drift.push(Drift {

@@ -11,7 +11,7 @@ use std::{fmt, str::FromStr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
     QuerySelect,
-    sea_query::{Alias, Expr, ExprTrait, Func, Order},
+    sea_query::{Alias, Expr, ExprTrait, Func, Order, extension::postgres::PgExpr},
 };
 use serde::{Deserialize, Serialize};
 
@@ -51,18 +51,31 @@ impl GroupBy {
         }
     }
 
-    /// The expression the rows are keyed and grouped by.
+    /// The expression the rows are keyed and grouped by. It appears in the SELECT list,
+    /// the GROUP BY and the ORDER BY, which Postgres matches by expression, so its
+    /// strings are constants written into the SQL: three bound parameters would be three
+    /// different expressions.
     fn key(self) -> Expr {
+        let text = |s: &str| Expr::Constant(s.into());
         match self {
             GroupBy::Project => Expr::col(Column::Project),
             GroupBy::Agent => Expr::col(Column::Agent),
-            // Raw SQL: the ORM has no AT TIME ZONE or to_char. The session's TimeZone
-            // must not move a task to another day, hence UTC spelled out.
-            GroupBy::Day => Expr::cust(
-                "to_char(date_trunc('day', created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD')",
-            ),
-            // Raw SQL for the string concatenation; a session is keyed by its project.
-            GroupBy::Session => Expr::cust("project || '/' || session_id"),
+            // `timezone('UTC', t)` is `t AT TIME ZONE 'UTC'`: the session's TimeZone
+            // must not move a task to another day.
+            GroupBy::Day => Func::cust("to_char")
+                .arg(
+                    Func::cust("date_trunc").arg(text("day")).arg(
+                        Func::cust("timezone")
+                            .arg(text("UTC"))
+                            .arg(Expr::col(Column::CreatedAt)),
+                    ),
+                )
+                .arg(text("YYYY-MM-DD"))
+                .into(),
+            // A session is keyed by its project.
+            GroupBy::Session => Expr::col(Column::Project)
+                .concatenate(text("/"))
+                .concatenate(Expr::col(Column::SessionId)),
         }
     }
 }
@@ -152,5 +165,40 @@ mod tests {
             err,
             r#"group_by "week" is not one of project, agent, day, session"#
         );
+    }
+
+    /// The keys built in SQL: `project/session_id`, and the UTC day of creation.
+    #[tokio::test]
+    async fn sessions_are_keyed_by_project_and_days_by_their_utc_date() -> anyhow::Result<()> {
+        use crate::task::{NewTaskRequest, TaskStore};
+        let t = turnq_testkit::TestDb::new().await?;
+        let now = crate::time::now();
+        let mut days = std::collections::BTreeMap::<String, i64>::new();
+        for body in [
+            serde_json::json!({"input": 1, "project": "p", "session_id": "s"}),
+            serde_json::json!({"input": 2, "project": "p", "session_id": "s"}),
+            serde_json::json!({"input": 3, "project": "q", "session_id": "s"}),
+            serde_json::json!({"input": 4}),
+        ] {
+            let task = serde_json::from_value::<NewTaskRequest>(body)?.validate(now)?;
+            let task = TaskStore::submit(&t.db, task, &serde_json::json!({}))
+                .await?
+                .task;
+            *days
+                .entry(task.created_at.format("%Y-%m-%d").to_string())
+                .or_default() += 1;
+        }
+        let keys = |rows: Vec<UsageRow>| -> Vec<(String, i64)> {
+            rows.into_iter().map(|r| (r.key, r.tasks)).collect()
+        };
+        assert_eq!(
+            keys(UsageStats::group_by(&t.db, GroupBy::Session, None).await?),
+            [("p/s".to_owned(), 2), ("q/s".to_owned(), 1)]
+        );
+        assert_eq!(
+            keys(UsageStats::group_by(&t.db, GroupBy::Day, None).await?),
+            days.into_iter().collect::<Vec<_>>()
+        );
+        Ok(())
     }
 }

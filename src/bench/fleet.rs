@@ -10,7 +10,10 @@ use anyhow::{Context, Result};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 use serde::Serialize;
 use serde_json::{Value, json};
-use turnq_core::entity::{events, tasks};
+use turnq_core::{
+    entity::{events, tasks},
+    task::TaskState,
+};
 
 use super::{Stack, quantile, stack::QUEUE};
 
@@ -151,7 +154,7 @@ async fn trickle(stack: &Stack, rate: u32, length: Duration) -> Result<Latency> 
 
 async fn completed(stack: &Stack) -> Result<u64> {
     Ok(tasks::Entity::find()
-        .filter(tasks::Column::State.eq("completed"))
+        .filter(tasks::Column::State.eq(TaskState::Completed))
         .count(&stack.db)
         .await?)
 }
@@ -167,7 +170,7 @@ async fn wait_completed(stack: &Stack, target: u64, n: usize) -> Result<()> {
         let unfinished = tasks::Entity::find()
             .select_only()
             .column(tasks::Column::Id)
-            .filter(tasks::Column::State.is_in(["pending", "running"]))
+            .filter(tasks::Column::State.is_in([TaskState::Pending, TaskState::Running]))
             .limit(1)
             .into_tuple::<uuid::Uuid>()
             .one(&stack.db)
@@ -179,7 +182,11 @@ async fn wait_completed(stack: &Stack, target: u64, n: usize) -> Result<()> {
                 return Ok(());
             }
             let failed = tasks::Entity::find()
-                .filter(tasks::Column::State.is_in(["failed", "blocked", "cancelled"]))
+                .filter(tasks::Column::State.is_in([
+                    TaskState::Failed,
+                    TaskState::Blocked,
+                    TaskState::Cancelled,
+                ]))
                 .count(&stack.db)
                 .await?;
             anyhow::ensure!(

@@ -150,8 +150,7 @@ pub fn config_hash(agent: &Agent) -> String {
     doc.insert("config".into(), agent.config.clone());
     let mut canonical = String::new();
     write_canonical(&Value::Object(doc), &mut canonical);
-    let digest = Sha256::digest(canonical.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(canonical.as_bytes()))
 }
 
 /// Writes `v` as JSON with object keys sorted. Sorted here rather than trusting the map

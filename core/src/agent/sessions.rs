@@ -4,7 +4,8 @@
 use std::{fmt, str::FromStr};
 
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    ColumnTrait, ConnectionTrait, DeriveActiveEnum, EntityTrait, EnumIter, QueryFilter, QueryOrder,
+    Set,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 use serde::{Deserialize, Serialize};
@@ -19,10 +20,11 @@ use crate::{
     time::Timestamp,
 };
 
-/// Where an agent's backend session stands. The database's CHECK on
-/// `agent_sessions.status` allows exactly these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where an agent's backend session stands. The type of `agent_sessions.status`, a
+/// `text` column whose CHECK allows exactly these names (the same in JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, EnumIter, DeriveActiveEnum)]
 #[serde(rename_all = "lowercase")]
+#[sea_orm(rs_type = "String", db_type = "Text", rename_all = "lowercase")]
 pub enum AgentStatus {
     /// No turn is running; the next one resumes the backend session.
     Idle,
@@ -67,7 +69,8 @@ impl FromStr for AgentStatus {
             .find(|status| status.as_str() == s)
             .ok_or_else(|| {
                 Error::Invalid(format!(
-                    "agent session status {s:?} is not one of idle, active, crashed, closed"
+                    "agent session status {s:?} is not one of {}",
+                    AgentStatus::ALL.map(AgentStatus::as_str).join(", ")
                 ))
             })
     }
@@ -93,17 +96,10 @@ pub struct AgentSession {
     pub created_at: Timestamp,
 }
 
-impl TryFrom<agent_sessions::Model> for AgentSession {
-    type Error = Error;
-
-    fn try_from(m: agent_sessions::Model) -> Result<Self> {
-        Ok(AgentSession {
-            status: m.status.parse().map_err(|_| {
-                Error::Corrupt(format!(
-                    "agent session ({}, {}) has status {:?}",
-                    m.session_id, m.agent, m.status
-                ))
-            })?,
+impl From<agent_sessions::Model> for AgentSession {
+    fn from(m: agent_sessions::Model) -> Self {
+        AgentSession {
+            status: m.status,
             session_id: m.session_id,
             agent: m.agent,
             backend: m.backend,
@@ -115,7 +111,7 @@ impl TryFrom<agent_sessions::Model> for AgentSession {
             cost_usd: m.cost_usd,
             last_active_at: m.last_active_at,
             created_at: m.created_at,
-        })
+        }
     }
 }
 
@@ -185,7 +181,7 @@ impl AgentSessions {
             agent: Set(turn.agent),
             backend: Set(turn.backend),
             backend_session_id: Set(turn.backend_session_id),
-            status: Set(turn.status.as_str().to_owned()),
+            status: Set(turn.status),
             config_hash: Set(Some(turn.config_hash)),
             input_tokens: Set(turn.usage.input_tokens),
             output_tokens: Set(turn.usage.output_tokens),
@@ -196,10 +192,8 @@ impl AgentSessions {
         };
         let stored = |c: Column| Expr::col((agent_sessions::Entity, c));
         let excluded = |c: Column| Expr::col((Alias::new("excluded"), c));
-        let closed = AgentStatus::Closed.as_str();
-        let active = AgentStatus::Active.as_str();
-        let was_closed = || stored(Column::Status).eq(closed);
-        let starts = || excluded(Column::Status).eq(active);
+        let was_closed = || stored(Column::Status).eq(AgentStatus::Closed);
+        let starts = || excluded(Column::Status).eq(AgentStatus::Active);
         // `=` is NULL for a stored NULL hash, so CASE takes the fresh-session branch.
         let same_config = stored(Column::ConfigHash).eq(excluded(Column::ConfigHash));
         // A closed session is never resumed: a turn starting in it (`active`) starts a
@@ -215,8 +209,11 @@ impl AgentSessions {
             excluded(Column::BackendSessionId).if_null(stored(Column::BackendSessionId)),
         )
         .finally(excluded(Column::BackendSessionId));
-        let status = Expr::case(was_closed().and(starts().not()), Expr::val(closed))
-            .finally(excluded(Column::Status));
+        let status = Expr::case(
+            was_closed().and(starts().not()),
+            Expr::val(AgentStatus::Closed),
+        )
+        .finally(excluded(Column::Status));
         let model = agent_sessions::Entity::insert(row)
             .on_conflict(
                 OnConflict::columns([Column::SessionId, Column::Agent])
@@ -241,7 +238,7 @@ impl AgentSessions {
             )
             .exec_with_returning(db)
             .await?;
-        model.try_into()
+        Ok(model.into())
     }
 
     /// Marks every agent session of `session_id` `closed`; returns how many changed.
@@ -250,11 +247,10 @@ impl AgentSessions {
     /// id, agent), as tasks give it), so this closes the agent sessions of that session
     /// id whatever project they ran in.
     pub async fn close_session<C: ConnectionTrait>(db: &C, session_id: &str) -> Result<u64> {
-        let closed = AgentStatus::Closed.as_str();
         let result = agent_sessions::Entity::update_many()
-            .col_expr(Column::Status, Expr::val(closed))
+            .col_expr(Column::Status, Expr::val(AgentStatus::Closed))
             .filter(Column::SessionId.eq(session_id))
-            .filter(Column::Status.ne(closed))
+            .filter(Column::Status.ne(AgentStatus::Closed))
             .exec(db)
             .await?;
         Ok(result.rows_affected)
@@ -265,11 +261,12 @@ impl AgentSessions {
         session_id: &str,
         agent: &str,
     ) -> Result<Option<AgentSession>> {
-        agent_sessions::Entity::find_by_id((session_id.to_owned(), agent.to_owned()))
-            .one(db)
-            .await?
-            .map(AgentSession::try_from)
-            .transpose()
+        Ok(
+            agent_sessions::Entity::find_by_id((session_id.to_owned(), agent.to_owned()))
+                .one(db)
+                .await?
+                .map(AgentSession::from),
+        )
     }
 
     /// The agents of a session, by agent name.
@@ -277,14 +274,14 @@ impl AgentSessions {
         db: &C,
         session_id: &str,
     ) -> Result<Vec<AgentSession>> {
-        agent_sessions::Entity::find()
+        Ok(agent_sessions::Entity::find()
             .filter(Column::SessionId.eq(session_id))
             .order_by_asc(Column::Agent)
             .all(db)
             .await?
             .into_iter()
-            .map(AgentSession::try_from)
-            .collect()
+            .map(AgentSession::from)
+            .collect())
     }
 }
 
@@ -293,13 +290,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_round_trips_through_text_and_json() {
+    fn status_round_trips_through_text_json_and_the_column() {
+        use sea_orm::{ActiveEnum, Iterable};
+        assert_eq!(AgentStatus::iter().collect::<Vec<_>>(), AgentStatus::ALL);
         for status in AgentStatus::ALL {
             assert_eq!(status.as_str().parse::<AgentStatus>().unwrap(), status);
             assert_eq!(
                 serde_json::to_value(status).unwrap(),
                 serde_json::json!(status.as_str())
             );
+            assert_eq!(status.to_value(), status.as_str());
         }
         assert!("running".parse::<AgentStatus>().is_err());
     }

@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::agent::AgentStatus;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "agent_sessions")]
 pub struct Model {
@@ -12,7 +14,7 @@ pub struct Model {
     pub backend: String,
     pub backend_session_id: Option<String>,
     pub worktree_id: Option<Uuid>,
-    pub status: String,
+    pub status: AgentStatus,
     pub config_hash: Option<String>,
     pub input_tokens: i64,
     pub output_tokens: i64,

@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::task::TaskState;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "tasks")]
 pub struct Model {
@@ -12,7 +14,7 @@ pub struct Model {
     pub arena_id: Option<Uuid>,
     pub queue: String,
     pub priority: i32,
-    pub state: String,
+    pub state: TaskState,
     pub input: Json,
     pub output_summary: Option<String>,
     pub agent: String,

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, Statement, TransactionTrait,
-    sea_query::{Expr, OnConflict, Query},
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, TransactionTrait,
+    sea_query::{Expr, Func, OnConflict, Query, extension::postgres::PgExpr},
 };
 use serde_json::{Map, Value};
 
@@ -149,9 +149,9 @@ impl PgSessionStore {
     }
 }
 
-/// Serialises writers of one transcript until the transaction ends. Raw SQL: the ORM has
-/// no advisory locks. A hash collision between two keys only makes them wait for each
-/// other, never lets two writers of one key in.
+/// Serialises writers of one transcript until the transaction ends
+/// (`pg_advisory_xact_lock(class, hashtext(name))`). A hash collision between two keys
+/// only makes them wait for each other, never lets two writers of one key in.
 async fn lock(txn: &DatabaseTransaction, key: &SessionKey) -> Result<()> {
     // U+001F cannot occur in a validated key, so the joined text is unambiguous.
     let name = format!(
@@ -160,19 +160,33 @@ async fn lock(txn: &DatabaseTransaction, key: &SessionKey) -> Result<()> {
         key.session.as_str(),
         key.subpath_column()
     );
-    txn.execute_raw(Statement::from_sql_and_values(
-        txn.get_database_backend(),
-        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-        [LOCK_CLASS.into(), name.into()],
-    ))
-    .await?;
+    let lock = Func::cust("pg_advisory_xact_lock")
+        .arg(LOCK_CLASS)
+        .arg(Func::cust("hashtext").arg(name));
+    txn.execute(&Query::select().expr(lock).take()).await?;
     Ok(())
 }
 
-/// The index expression of `session_entries_uuid_uidx`; the ON CONFLICT target must
-/// repeat it exactly for Postgres to use the index as the arbiter.
-const UUID_EXPR: &str = "entry->>'uuid'";
-const UUID_PREDICATE: &str = "jsonb_typeof(entry->'uuid') = 'string'";
+/// The index expression of `session_entries_uuid_uidx`, `entry->>'uuid'`; the ON
+/// CONFLICT target must repeat it for Postgres to use the index as the arbiter. The key
+/// is a constant written into the SQL, not a bound parameter: `entry->>$1` is not the
+/// index's expression, and Postgres would find no arbiter.
+fn uuid_expr() -> Expr {
+    Expr::col(E::Entry).cast_json_field(Expr::Constant("uuid".into()))
+}
+
+/// The predicate of `session_entries_uuid_uidx`, `jsonb_typeof(entry->'uuid') =
+/// 'string'`, which the ON CONFLICT target must imply; constants, for the same reason.
+fn uuid_predicate() -> Expr {
+    // Scoped: `ExprTrait` is implemented for every value, and its `max` would shadow
+    // `Ord::max` in this file.
+    use sea_orm::sea_query::ExprTrait;
+    Expr::expr(
+        Func::cust("jsonb_typeof")
+            .arg(Expr::col(E::Entry).get_json_field(Expr::Constant("uuid".into()))),
+    )
+    .eq(Expr::Constant("string".into()))
+}
 
 /// Inserts `batch` in as few statements as its size allows (see `db::MAX_STATEMENT_BYTES`),
 /// skipping entries whose `uuid` the transcript holds.
@@ -205,12 +219,12 @@ async fn insert(
         statement
             .on_conflict(
                 OnConflict::columns([E::ProjectKey, E::SessionId, E::Subpath])
-                    .expr(Expr::cust(UUID_EXPR))
-                    .target_and_where(Expr::cust(UUID_PREDICATE))
+                    .expr(uuid_expr())
+                    .target_and_where(uuid_predicate())
                     .do_nothing()
                     .to_owned(),
             )
-            .returning(Query::returning().expr(Expr::cust(UUID_EXPR)));
+            .returning(Query::returning().expr(uuid_expr()));
         for row in txn.query_all(&statement).await? {
             if let Some(uuid) = row.try_get_by_index::<Option<String>>(0)? {
                 uuids.insert(uuid);

@@ -4,10 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{
-    Error, StreamVersion, TaskId, entity::tasks, error::Result, event::Usage, task::TaskState,
-    time::Timestamp,
-};
+use crate::{StreamVersion, TaskId, entity::tasks, event::Usage, task::TaskState, time::Timestamp};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Task {
@@ -48,19 +45,14 @@ pub struct Task {
     pub updated_at: Timestamp,
 }
 
-impl TryFrom<tasks::Model> for Task {
-    type Error = Error;
-    fn try_from(m: tasks::Model) -> Result<Self> {
-        let state = m
-            .state
-            .parse::<TaskState>()
-            .map_err(|e| Error::Corrupt(format!("task {}: {e}", m.id)))?;
-        Ok(Task {
+impl From<tasks::Model> for Task {
+    fn from(m: tasks::Model) -> Self {
+        Task {
             id: TaskId(m.id),
             project: m.project,
             queue: m.queue,
             priority: m.priority,
-            state,
+            state: m.state,
             queued: m.queued_at.is_some(),
             input: m.input,
             output_summary: m.output_summary,
@@ -93,6 +85,6 @@ impl TryFrom<tasks::Model> for Task {
             started_at: m.started_at,
             ended_at: m.ended_at,
             updated_at: m.updated_at,
-        })
+        }
     }
 }

@@ -32,7 +32,7 @@ fn set(column: Column, value: impl Into<Value>) -> (Column, Change) {
 }
 
 fn state(state: TaskState) -> (Column, Change) {
-    set(Column::State, state.as_str())
+    set(Column::State, state)
 }
 
 fn null_time(column: Column) -> (Column, Change) {
@@ -49,25 +49,26 @@ fn usage(usage: &Usage) -> [(Column, Change); 3] {
 
 /// The row a submission creates (stream version 1).
 pub(crate) fn new_row(id: TaskId, task: &NewTask, at: Timestamp) -> tasks::ActiveModel {
+    let details = task.details.clone();
     tasks::ActiveModel {
         id: Set(id.0),
         project: Set(task.project.clone()),
-        parent_task_id: Set(task.parent_task_id),
-        arena_id: Set(task.arena_id),
+        parent_task_id: Set(details.parent_task_id),
+        arena_id: Set(details.arena_id),
         queue: Set(task.queue.clone()),
         priority: Set(task.priority),
-        state: Set(TaskState::Pending.as_str().into()),
+        state: Set(TaskState::Pending),
         input: Set(task.input.clone()),
         output_summary: Set(None),
         agent: Set(task.agent.clone()),
-        model: Set(task.model.clone()),
-        backend: Set(task.backend.clone()),
-        worktree_path: Set(task.worktree_path.clone()),
-        session_id: Set(task.session_id.clone()),
-        chat_id: Set(task.chat_id.clone()),
-        mode_id: Set(task.mode_id.clone()),
-        thinking_option_id: Set(task.thinking_option_id.clone()),
-        feature_values: Set(task.feature_values.clone()),
+        model: Set(details.model),
+        backend: Set(details.backend),
+        worktree_path: Set(details.worktree_path),
+        session_id: Set(details.session_id),
+        chat_id: Set(details.chat_id),
+        mode_id: Set(details.mode_id),
+        thinking_option_id: Set(details.thinking_option_id),
+        feature_values: Set(details.feature_values),
         input_tokens: Set(0),
         output_tokens: Set(0),
         cost_usd: Set(0.0),

@@ -1,7 +1,11 @@
 //! What a submitter may ask for. [`NewTaskRequest`] is the wire shape; [`NewTask`] is the
 //! validated value, the only one the store accepts, and the data of `task.submitted`.
+//! Both carry the seed's optional descriptive fields as one [`TaskDetails`], flattened,
+//! so the JSON of either is one flat object.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -18,10 +22,11 @@ const DEFAULT_AGENT: &str = "script";
 const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 const MAX_TEXT: usize = 4096;
 
-/// A task as a submitter sends it. Unknown fields are refused, so a typo
-/// (`"prority"`) is an error instead of a silently ignored wish.
+/// A task as a submitter sends it. Unknown fields are refused (by [`validate`]), so a
+/// typo (`"prority"`) is an error instead of a silently ignored wish.
+///
+/// [`validate`]: NewTaskRequest::validate
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct NewTaskRequest {
     /// What the agent gets: a prompt string, or any JSON value the agent understands.
     #[serde(default)]
@@ -30,20 +35,18 @@ pub struct NewTaskRequest {
     pub queue: Option<String>,
     pub priority: Option<i32>,
     pub agent: Option<String>,
-    pub model: Option<String>,
-    pub backend: Option<String>,
-    pub worktree_path: Option<String>,
-    pub session_id: Option<String>,
-    pub chat_id: Option<String>,
-    pub mode_id: Option<String>,
-    pub thinking_option_id: Option<String>,
-    pub feature_values: Option<Value>,
-    pub parent_task_id: Option<Uuid>,
-    pub arena_id: Option<Uuid>,
+    #[serde(flatten, deserialize_with = "TaskDetails::deserialize_named")]
+    pub details: TaskDetails,
     /// Do not start before this time.
     pub run_at: Option<Timestamp>,
     pub max_attempts: Option<i32>,
     pub idempotency_key: Option<String>,
+    /// Whatever else the submission held: refused by [`NewTaskRequest::validate`]. serde's
+    /// `deny_unknown_fields` cannot do it, because it does not work together with
+    /// `flatten`; this map, flattened after [`TaskDetails`], gets exactly the fields that
+    /// no other field took.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
 }
 
 /// A validated submission.
@@ -54,6 +57,21 @@ pub struct NewTask {
     pub queue: String,
     pub priority: i32,
     pub agent: String,
+    #[serde(flatten, deserialize_with = "TaskDetails::deserialize_named")]
+    pub details: TaskDetails,
+    pub run_at: Timestamp,
+    pub max_attempts: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The seed's optional, descriptive fields of a task: which model and backend run it,
+/// in which worktree, in which conversation (session, chat, mode, thinking option,
+/// feature values), and where it comes from (parent task, arena). One type for the
+/// wire shape, the validated submission and the `task.submitted` event, each of which
+/// flattens it; an absent field is left out of their JSON, as it always was.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,10 +92,41 @@ pub struct NewTask {
     pub parent_task_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arena_id: Option<Uuid>,
-    pub run_at: Timestamp,
-    pub max_attempts: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
+}
+
+impl TaskDetails {
+    /// Checks every rule; the message names the field.
+    pub fn validate(self) -> Result<TaskDetails> {
+        if let Some(backend) = &self.backend {
+            check_name("backend", backend)?;
+        }
+        if let Some(values) = &self.feature_values
+            && !values.is_object()
+        {
+            return Err(invalid("feature_values must be a JSON object".into()));
+        }
+        Ok(TaskDetails {
+            model: check_text("model", self.model)?,
+            backend: self.backend,
+            worktree_path: check_text("worktree_path", self.worktree_path)?,
+            session_id: check_text("session_id", self.session_id)?,
+            chat_id: check_text("chat_id", self.chat_id)?,
+            mode_id: check_text("mode_id", self.mode_id)?,
+            thinking_option_id: check_text("thinking_option_id", self.thinking_option_id)?,
+            feature_values: self.feature_values,
+            parent_task_id: self.parent_task_id,
+            arena_id: self.arena_id,
+        })
+    }
+
+    /// Deserialises the flattened details so that an error names its field
+    /// (`model: invalid type: …`). serde hands a flattened struct the fields it buffered
+    /// and reports an error inside it without the field's name; `serde_path_to_error`
+    /// puts it back.
+    fn deserialize_named<'de, D: Deserializer<'de>>(d: D) -> Result<TaskDetails, D::Error> {
+        serde_path_to_error::deserialize(d)
+            .map_err(|e| serde::de::Error::custom(format_args!("{}: {}", e.path(), e.inner())))
+    }
 }
 
 fn invalid(message: String) -> Error {
@@ -128,6 +177,14 @@ fn check_text(field: &str, value: Option<String>) -> Result<Option<String>> {
 impl NewTaskRequest {
     /// Checks every rule and fills in the defaults. `now` is the default `run_at`.
     pub fn validate(self, now: Timestamp) -> Result<NewTask> {
+        if !self.unknown.is_empty() {
+            let names: Vec<String> = self.unknown.keys().map(|k| format!("`{k}`")).collect();
+            return Err(invalid(format!(
+                "unknown field{} {}: a task has no such field (a typo?)",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            )));
+        }
         match &self.input {
             Value::Null => return Err(invalid("input is required".into())),
             Value::String(s) if s.trim().is_empty() => {
@@ -149,9 +206,6 @@ impl NewTaskRequest {
         check_name("queue", &queue)?;
         let agent = self.agent.unwrap_or_else(|| DEFAULT_AGENT.into());
         check_name("agent", &agent)?;
-        if let Some(backend) = &self.backend {
-            check_name("backend", backend)?;
-        }
         let priority = self.priority.unwrap_or(0);
         if !(-1000..=1000).contains(&priority) {
             return Err(invalid(format!(
@@ -164,11 +218,7 @@ impl NewTaskRequest {
                 "max_attempts {max_attempts} is out of range: use 1 to 100"
             )));
         }
-        if let Some(values) = &self.feature_values
-            && !values.is_object()
-        {
-            return Err(invalid("feature_values must be a JSON object".into()));
-        }
+        let details = self.details.validate()?;
         let idempotency_key = check_text("idempotency_key", self.idempotency_key)?;
         if let Some(key) = &idempotency_key
             && key.len() > 255
@@ -181,16 +231,7 @@ impl NewTaskRequest {
             queue,
             priority,
             agent,
-            model: check_text("model", self.model)?,
-            backend: self.backend,
-            worktree_path: check_text("worktree_path", self.worktree_path)?,
-            session_id: check_text("session_id", self.session_id)?,
-            chat_id: check_text("chat_id", self.chat_id)?,
-            mode_id: check_text("mode_id", self.mode_id)?,
-            thinking_option_id: check_text("thinking_option_id", self.thinking_option_id)?,
-            feature_values: self.feature_values,
-            parent_task_id: self.parent_task_id,
-            arena_id: self.arena_id,
+            details,
             run_at: crate::time::truncate(self.run_at.unwrap_or(now)),
             max_attempts,
             idempotency_key,
@@ -272,7 +313,10 @@ mod tests {
             ),
             (
                 NewTaskRequest {
-                    feature_values: Some(json!([1])),
+                    details: TaskDetails {
+                        feature_values: Some(json!([1])),
+                        ..Default::default()
+                    },
                     ..request(json!(1))
                 },
                 "feature_values",
@@ -293,9 +337,72 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err = serde_json::from_value::<NewTaskRequest>(json!({"input": "x", "prority": 3}))
+        let request: NewTaskRequest = serde_json::from_value(
+            json!({"input": "x", "model": "m", "prority": 3, "colour": "red"}),
+        )
+        .unwrap();
+        // serde hands the flattened details their own fields first; only the rest is
+        // unknown.
+        assert_eq!(request.details.model.as_deref(), Some("m"));
+        assert_eq!(
+            request.unknown.keys().collect::<Vec<_>>(),
+            ["colour", "prority"]
+        );
+        let err = request
+            .validate(crate::time::now())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("prority"), "{err}");
+        assert!(
+            err.contains("`prority`") && err.contains("`colour`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_in_a_detail_names_the_field() {
+        let err = serde_json::from_value::<NewTaskRequest>(json!({"input": "x", "chat_id": 5}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("chat_id: invalid type"), "{err}");
+    }
+
+    /// The `task.submitted` data of a full and of a minimal submission, as the flat
+    /// `NewTask` of before wrote them, byte for byte.
+    const FULL: &str = r#"{"input":{"prompt":"hi"},"project":"p","queue":"q","priority":5,"agent":"a","model":"m","backend":"b","worktree_path":"/w","session_id":"s","chat_id":"c","mode_id":"mo","thinking_option_id":"t","feature_values":{"f":true},"parent_task_id":"0190a0a0-0000-7000-8000-000000000001","arena_id":"0190a0a0-0000-7000-8000-000000000002","run_at":"2026-01-02T03:04:05.123456Z","max_attempts":4,"idempotency_key":"k"}"#;
+    const MINIMAL: &str = r#"{"input":"x","project":"default","queue":"default","priority":0,"agent":"script","run_at":"2026-01-02T03:04:05.123456Z","max_attempts":3}"#;
+
+    #[test]
+    fn a_validated_submission_serialises_as_it_always_did() {
+        let at: Timestamp = "2026-01-02T03:04:05.123456Z".parse().unwrap();
+        let full: NewTaskRequest = serde_json::from_str(FULL).unwrap();
+        let minimal = request(json!("x"));
+        assert_eq!(
+            serde_json::to_string(&full.validate(at).unwrap()).unwrap(),
+            FULL
+        );
+        assert_eq!(
+            serde_json::to_string(&minimal.validate(at).unwrap()).unwrap(),
+            MINIMAL
+        );
+    }
+
+    #[test]
+    fn submissions_logged_before_still_read_back() {
+        for logged in [FULL, MINIMAL] {
+            let task: NewTask = serde_json::from_str(logged).unwrap();
+            assert_eq!(serde_json::to_string(&task).unwrap(), logged);
+        }
+        let task: NewTask = serde_json::from_str(FULL).unwrap();
+        assert_eq!(task.details.session_id.as_deref(), Some("s"));
+        // As the log stores it: the kind apart, the data as jsonb gives it back.
+        let data: Value = serde_json::from_str(FULL).unwrap();
+        assert_eq!(
+            crate::event::TaskEvent::from_parts("task.submitted", &data).unwrap(),
+            crate::event::TaskEvent::Submitted(Box::new(task))
+        );
+        // A field this version does not know is ignored, as before.
+        let mut newer: serde_json::Map<String, Value> = serde_json::from_str(MINIMAL).unwrap();
+        newer.insert("added_later".into(), json!(1));
+        assert!(serde_json::from_value::<NewTask>(Value::Object(newer)).is_ok());
     }
 }

@@ -1,14 +1,23 @@
 //! The task state machine. `docs/state-machine.md` draws it; the `tasks_*_chk` CHECK
 //! constraints in the database enforce the same rules on the rows.
 
+use sea_orm::{DeriveActiveEnum, EnumIter};
 use serde::{Deserialize, Serialize};
 use std::{fmt, str::FromStr};
 
 use crate::event::TaskEvent;
 
 /// Where a task is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Also the type of `tasks.state`: a `text` column whose CHECK (`tasks_state_chk`)
+/// allows exactly these names, so queries compare the column with a `TaskState`, never
+/// with a name spelled out. The name is the same in JSON, in the column and in
+/// [`TaskState::as_str`]; a test holds the three together.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, EnumIter, DeriveActiveEnum,
+)]
 #[serde(rename_all = "lowercase")]
+#[sea_orm(rs_type = "String", db_type = "Text", rename_all = "lowercase")]
 pub enum TaskState {
     /// Waiting to run: submitted, retrying after a failure (once `run_at` is due),
     /// approved after a block, or retried by hand. `queued_at` says whether the
@@ -92,7 +101,8 @@ impl FromStr for TaskState {
             .find(|state| state.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown task state {s:?}: expected one of pending, running, completed, failed, blocked, cancelled"
+                    "unknown task state {s:?}: expected one of {}",
+                    TaskState::ALL.map(TaskState::as_str).join(", ")
                 )
             })
     }
@@ -106,29 +116,25 @@ mod tests {
     /// Every (state, event) pair, against the table in docs/state-machine.md.
     #[test]
     fn every_state_and_event_pair_follows_the_documented_table() {
+        use TaskState::*;
         for state in TaskState::ALL {
             for event in one_of_each_kind() {
-                let expected = match (state.as_str(), event.kind()) {
-                    ("pending", "task.queued") => Some("pending"),
-                    ("pending", "task.started") => Some("running"),
-                    ("running", "task.output") => Some("running"),
-                    ("running", "task.completed") => Some("completed"),
-                    ("running", "task.retrying") => Some("pending"),
-                    ("running", "task.failed") => Some("failed"),
-                    ("running", "task.blocked") => Some("blocked"),
-                    ("running", "task.lease_lost") => Some("pending"),
-                    ("running", "task.released") => Some("pending"),
-                    ("pending" | "running" | "blocked", "task.cancelled") => Some("cancelled"),
-                    ("blocked", "task.approved") => Some("pending"),
-                    ("failed", "task.retried") => Some("pending"),
+                let expected = match (state, event.kind()) {
+                    (Pending, "task.queued") => Some(Pending),
+                    (Pending, "task.started") => Some(Running),
+                    (Running, "task.output") => Some(Running),
+                    (Running, "task.completed") => Some(Completed),
+                    (Running, "task.retrying") => Some(Pending),
+                    (Running, "task.failed") => Some(Failed),
+                    (Running, "task.blocked") => Some(Blocked),
+                    (Running, "task.lease_lost") => Some(Pending),
+                    (Running, "task.released") => Some(Pending),
+                    (Pending | Running | Blocked, "task.cancelled") => Some(Cancelled),
+                    (Blocked, "task.approved") => Some(Pending),
+                    (Failed, "task.retried") => Some(Pending),
                     _ => None,
                 };
-                assert_eq!(
-                    state.after(&event).map(TaskState::as_str),
-                    expected,
-                    "{state} + {}",
-                    event.kind()
-                );
+                assert_eq!(state.after(&event), expected, "{state} + {}", event.kind());
             }
         }
     }
@@ -140,6 +146,23 @@ mod tests {
             for event in one_of_each_kind() {
                 assert_eq!(state.after(&event), None, "{state} + {}", event.kind());
             }
+        }
+    }
+
+    /// The name of a state in JSON (the API, `TaskFilter`), in `tasks.state` and in
+    /// messages is one name.
+    #[test]
+    fn each_state_has_one_name_in_json_in_the_column_and_in_text() {
+        use sea_orm::{ActiveEnum, Iterable};
+        assert_eq!(TaskState::iter().collect::<Vec<_>>(), TaskState::ALL);
+        for state in TaskState::ALL {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+            assert_eq!(state.to_value(), state.as_str());
+            assert_eq!(
+                TaskState::try_from_value(&state.as_str().into()).unwrap(),
+                state
+            );
+            assert_eq!(state.to_string(), state.as_str());
         }
     }
 

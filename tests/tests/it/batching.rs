@@ -11,7 +11,7 @@ use turnq_core::{
     Error, TaskId, WorkerId,
     entity::events,
     event::{Completed, Output, OutputChunk, Retried, TaskEvent, Usage},
-    task::{NewTaskRequest, Record, TaskState, TaskStore},
+    task::{NewTaskRequest, Record, TaskDetails, TaskState, TaskStore},
     time,
 };
 
@@ -27,7 +27,10 @@ async fn queued(db: &DatabaseConnection, sessions: &[Option<&str>]) -> Result<Ve
         .map(|session| {
             let request = NewTaskRequest {
                 input: json!("x"),
-                session_id: session.map(str::to_owned),
+                details: TaskDetails {
+                    session_id: session.map(str::to_owned),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             Ok(request.validate(time::now())?)

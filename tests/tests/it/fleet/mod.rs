@@ -135,7 +135,7 @@ async fn task_rows(db: &DatabaseConnection) -> Result<BTreeMap<String, tasks::Mo
 /// (task id, attempt, worker id) of every running task.
 async fn running(db: &DatabaseConnection) -> Result<Vec<(String, i32, String)>> {
     Ok(tasks::Entity::find()
-        .filter(tasks::Column::State.eq(TaskState::Running.as_str()))
+        .filter(tasks::Column::State.eq(TaskState::Running))
         .all(db)
         .await?
         .into_iter()

@@ -9,7 +9,7 @@ async fn waiting_in_redis(db: &DatabaseConnection, ids: &[String]) -> Result<usi
         .iter()
         .filter(|id| {
             rows.get(*id)
-                .is_some_and(|t| t.state == "pending" && t.queued_at.is_some())
+                .is_some_and(|t| t.state == TaskState::Pending && t.queued_at.is_some())
         })
         .count())
 }

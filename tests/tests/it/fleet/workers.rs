@@ -54,9 +54,9 @@ async fn kill_9_of_a_worker_mid_run_loses_nothing_and_never_overlaps_attempts() 
     // leases can fail a turn here: the scripts succeed).
     for id in &ids {
         let task = &rows[id];
-        let spent = task.state == "failed" && task.attempt >= task.max_attempts;
+        let spent = task.state == TaskState::Failed && task.attempt >= task.max_attempts;
         ensure!(
-            task.state == "completed" || spent,
+            task.state == TaskState::Completed || spent,
             "task {id} ended {} at attempt {} of {}; its log: {:#?}",
             task.state,
             task.attempt,

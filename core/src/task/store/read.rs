@@ -1,0 +1,201 @@
+//! Reading tasks and their events.
+
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use super::{TaskStore, stream_of};
+use crate::{
+    Error, StreamVersion, TaskId,
+    entity::tasks::{self, Column},
+    error::Result,
+    event::{EventStore, RecordedEvent},
+    task::{Task, TaskState},
+};
+
+/// Filters of `GET /v1/tasks`; every one given must match.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    pub states: Vec<TaskState>,
+    pub agent: Option<String>,
+    pub project: Option<String>,
+    pub queue: Option<String>,
+}
+
+/// One page of tasks, newest first.
+#[derive(Debug)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<TaskId>,
+}
+
+impl TaskStore {
+    pub async fn get<C: ConnectionTrait>(db: &C, id: TaskId) -> Result<Task> {
+        tasks::Entity::find_by_id(id.0)
+            .one(db)
+            .await?
+            .map(Task::from)
+            .ok_or(Error::TaskNotFound(id))
+    }
+
+    /// Tasks newest first, `limit` at a time, after `cursor` (the last id of the previous
+    /// page). Ids are UUIDv7, so id order is creation order.
+    pub async fn list<C: ConnectionTrait>(
+        db: &C,
+        filter: &TaskFilter,
+        cursor: Option<TaskId>,
+        limit: u64,
+    ) -> Result<TaskPage> {
+        let mut query = tasks::Entity::find();
+        if !filter.states.is_empty() {
+            query = query.filter(Column::State.is_in(filter.states.iter().copied()));
+        }
+        if let Some(agent) = &filter.agent {
+            query = query.filter(Column::Agent.eq(agent.as_str()));
+        }
+        if let Some(project) = &filter.project {
+            query = query.filter(Column::Project.eq(project.as_str()));
+        }
+        if let Some(queue) = &filter.queue {
+            query = query.filter(Column::Queue.eq(queue.as_str()));
+        }
+        if let Some(cursor) = cursor {
+            query = query.filter(Column::Id.lt(cursor.0));
+        }
+        let mut rows = query
+            .order_by_desc(Column::Id)
+            .limit(limit + 1)
+            .all(db)
+            .await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        let tasks: Vec<Task> = rows.into_iter().map(Task::from).collect();
+        let next_cursor = if more {
+            tasks.last().map(|t| t.id)
+        } else {
+            None
+        };
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    /// The task's events after `after`, oldest first.
+    pub async fn events<C: ConnectionTrait>(
+        db: &C,
+        id: TaskId,
+        after: StreamVersion,
+        limit: u64,
+    ) -> Result<Vec<RecordedEvent>> {
+        let events = EventStore::read_stream(db, &stream_of(id), after, limit).await?;
+        if events.is_empty() && after == StreamVersion::NEW {
+            // Every task has its `task.submitted`; no events means no task.
+            Self::get(db, id).await?;
+        }
+        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Result;
+    use serde_json::json;
+    use turnq_testkit::TestDb;
+
+    use super::super::fixtures::{meta, running, submitted, worker};
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unknown_task_is_not_found_by_get_or_events() -> Result<()> {
+        let t = TestDb::new().await?;
+        let id = TaskId::new();
+        assert!(matches!(
+            TaskStore::get(&t.db, id).await,
+            Err(Error::TaskNotFound(missing)) if missing == id
+        ));
+        assert!(matches!(
+            TaskStore::events(&t.db, id, StreamVersion::NEW, 10).await,
+            Err(Error::TaskNotFound(_))
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn events_after_a_version_are_the_later_ones_oldest_first() -> Result<()> {
+        let t = TestDb::new().await?;
+        let task = running(&t.db, json!({"input": "x"}), &worker("w")).await?;
+        TaskStore::cancel(&t.db, task.id, None, &meta()).await?;
+        let later = TaskStore::events(&t.db, task.id, StreamVersion(1), 10).await?;
+        let seen: Vec<(i64, &str)> = later
+            .iter()
+            .map(|e| (e.version.0, e.kind.as_str()))
+            .collect();
+        assert_eq!(seen, [(2, "task.started"), (3, "task.cancelled")]);
+        assert!(
+            TaskStore::events(&t.db, task.id, StreamVersion(3), 10)
+                .await?
+                .is_empty(),
+            "nothing after the last version, and no error"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_listing_keeps_only_tasks_matching_every_filter_given() -> Result<()> {
+        let t = TestDb::new().await?;
+        let a = submitted(&t.db, json!({"input": 1, "agent": "a", "queue": "q1"})).await?;
+        let b = submitted(&t.db, json!({"input": 2, "agent": "b", "project": "p"})).await?;
+        let c = submitted(&t.db, json!({"input": 3, "agent": "a", "project": "p"})).await?;
+        TaskStore::cancel(&t.db, c.id, None, &meta()).await?;
+        let db = &t.db;
+        let ids = move |filter: TaskFilter| async move {
+            let page = TaskStore::list(db, &filter, None, 10).await?;
+            anyhow::Ok(page.tasks.iter().map(|t| t.id).collect::<Vec<_>>())
+        };
+        assert_eq!(ids(TaskFilter::default()).await?, [c.id, b.id, a.id]);
+        let by_agent = TaskFilter {
+            agent: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(by_agent).await?, [c.id, a.id]);
+        let by_state = TaskFilter {
+            states: vec![TaskState::Cancelled, TaskState::Running],
+            ..Default::default()
+        };
+        assert_eq!(ids(by_state).await?, [c.id]);
+        let by_project_and_state = TaskFilter {
+            states: vec![TaskState::Pending],
+            project: Some("p".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(by_project_and_state).await?, [b.id]);
+        let by_queue = TaskFilter {
+            queue: Some("q1".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(by_queue).await?, [a.id]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn pages_run_newest_first_and_the_cursor_continues_after_the_last_task() -> Result<()> {
+        let t = TestDb::new().await?;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(submitted(&t.db, json!({"input": i})).await?.id);
+        }
+        ids.reverse();
+        let mut pages = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = TaskStore::list(&t.db, &TaskFilter::default(), cursor, 2).await?;
+            pages.push(page.tasks.iter().map(|t| t.id).collect::<Vec<_>>());
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(
+            pages,
+            [ids[0..2].to_vec(), ids[2..4].to_vec(), ids[4..].to_vec()]
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! Submissions: the row and its `task.submitted` in one transaction, idempotency keys
+//! resolved to the task they named first.
+
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
+use serde_json::Value;
+
+use super::{TaskStore, event_row, is_unique_violation};
+use crate::{
+    Error, TaskId,
+    entity::tasks::{self, Column},
+    error::Result,
+    event::{EventStore, TaskEvent},
+    task::{NewTask, Task, projection},
+    time,
+};
+
+/// The outcome of a submission.
+#[derive(Debug)]
+pub struct Submitted {
+    pub task: Task,
+    /// False when an `Idempotency-Key` matched an existing task, which is returned.
+    pub created: bool,
+}
+
+impl TaskStore {
+    /// Submits one task. See [`TaskStore::submit_batch`].
+    pub async fn submit(
+        db: &DatabaseConnection,
+        task: NewTask,
+        metadata: &Value,
+    ) -> Result<Submitted> {
+        let mut out = Self::submit_batch(db, vec![task], metadata).await?;
+        out.pop()
+            .ok_or_else(|| Error::Corrupt("a submission of one task returned none".into()))
+    }
+
+    /// Submits tasks in ONE transaction: every row and its `task.submitted` event, or
+    /// nothing. A task whose idempotency key is already taken in its project is not
+    /// created again; the existing task is returned in its place.
+    pub async fn submit_batch(
+        db: &DatabaseConnection,
+        batch: Vec<NewTask>,
+        metadata: &Value,
+    ) -> Result<Vec<Submitted>> {
+        // A concurrent submission may take a key between our look-up and our insert; the
+        // unique index refuses it, and the second try finds the winner's task.
+        match Self::try_submit_batch(db, &batch, metadata).await {
+            Err(e) if is_unique_violation(&e) => Self::try_submit_batch(db, &batch, metadata).await,
+            other => other,
+        }
+    }
+
+    async fn try_submit_batch(
+        db: &DatabaseConnection,
+        batch: &[NewTask],
+        metadata: &Value,
+    ) -> Result<Vec<Submitted>> {
+        let at = time::now();
+        let txn = db.begin().await?;
+        let keys: Vec<&str> = batch
+            .iter()
+            .filter_map(|t| t.idempotency_key.as_deref())
+            .collect();
+        let mut existing: Vec<tasks::Model> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            tasks::Entity::find()
+                .filter(Column::IdempotencyKey.is_in(keys))
+                .all(&txn)
+                .await?
+        };
+
+        enum Slot {
+            New(usize),
+            Existing(Box<tasks::Model>),
+        }
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut rows = Vec::new();
+        let mut events = Vec::new();
+        let mut new_ids: Vec<(TaskId, &NewTask)> = Vec::new();
+        for task in batch {
+            let found = task.idempotency_key.as_deref().and_then(|key| {
+                existing
+                    .iter()
+                    .find(|m| {
+                        m.project == task.project && m.idempotency_key.as_deref() == Some(key)
+                    })
+                    .map(|m| Slot::Existing(Box::new(m.clone())))
+                    .or_else(|| {
+                        new_ids
+                            .iter()
+                            .position(|(_, t)| {
+                                t.project == task.project
+                                    && t.idempotency_key.as_deref() == Some(key)
+                            })
+                            .map(Slot::New)
+                    })
+            });
+            match found {
+                Some(Slot::New(i)) => slots.push(Slot::New(i)),
+                Some(existing) => slots.push(existing),
+                None => {
+                    let id = TaskId::new();
+                    rows.push(projection::new_row(id, task, at));
+                    events.push(event_row(
+                        id,
+                        1,
+                        &TaskEvent::Submitted(Box::new(task.clone())),
+                        metadata,
+                        at,
+                    ));
+                    slots.push(Slot::New(new_ids.len()));
+                    new_ids.push((id, task));
+                }
+            }
+        }
+        // Split by size (see `db::MAX_STATEMENT_BYTES`): the input, plus the other
+        // columns.
+        let mut created = Vec::with_capacity(rows.len());
+        let size = |row: &tasks::ActiveModel| match &row.input {
+            sea_orm::ActiveValue::Set(input) => crate::db::json_bytes(input) + 300,
+            _ => 300,
+        };
+        for chunk in crate::db::statement_chunks(rows, size) {
+            created.extend(
+                tasks::Entity::insert_many(chunk)
+                    .exec_with_returning(&txn)
+                    .await?,
+            );
+        }
+        EventStore::insert(&txn, events).await?;
+        txn.commit().await?;
+
+        existing.clear();
+        slots
+            .into_iter()
+            .map(|slot| {
+                let (row, was_created) =
+                    match slot {
+                        Slot::Existing(row) => (*row, false),
+                        Slot::New(i) => {
+                            let id = new_ids[i].0;
+                            let row = created.iter().find(|r| r.id == id.0).cloned().ok_or_else(
+                                || Error::Corrupt(format!("inserted task {id} was not returned")),
+                            )?;
+                            (row, true)
+                        }
+                    };
+                Ok(Submitted {
+                    task: Task::from(row),
+                    created: was_created,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(|mut out| {
+                // A key repeated inside one batch names the task created by its first use.
+                let mut seen = std::collections::HashSet::new();
+                for s in &mut out {
+                    if s.created && !seen.insert(s.task.id) {
+                        s.created = false;
+                    }
+                }
+                out
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Result;
+    use serde_json::json;
+    use turnq_testkit::TestDb;
+
+    use super::super::fixtures::{counts, kinds, meta, new_task, row};
+    use crate::{
+        event::TaskEvent,
+        task::{TaskState, TaskStore},
+    };
+
+    #[tokio::test]
+    async fn a_submission_writes_a_pending_row_and_its_submitted_event() -> Result<()> {
+        let t = TestDb::new().await?;
+        let new = new_task(json!({"input": "hello", "agent": "a1", "priority": 7}));
+        let submitted = TaskStore::submit(&t.db, new.clone(), &meta()).await?;
+        assert!(submitted.created);
+        let task = submitted.task;
+        assert_eq!(
+            (task.state, task.version.0, task.attempt, task.priority),
+            (TaskState::Pending, 1, 0, 7)
+        );
+        assert_eq!(row(&t.db, task.id).await?.agent, "a1");
+        let events = TaskStore::events(&t.db, task.id, crate::StreamVersion::NEW, 10).await?;
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            TaskEvent::from_parts(&events[0].kind, &events[0].data).map_err(anyhow::Error::msg)?,
+            TaskEvent::Submitted(Box::new(new)),
+            "the event holds the whole validated submission"
+        );
+        assert_eq!(events[0].metadata, meta());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_breaks_a_rule_of_the_table_writes_nothing() -> Result<()> {
+        let t = TestDb::new().await?;
+        // Past validation, so only the CHECK constraint stops it: the first task and
+        // both events must go with it.
+        let mut bad = new_task(json!({"input": "x"}));
+        bad.priority = 5000;
+        let batch = vec![new_task(json!({"input": "fine"})), bad];
+        assert!(
+            TaskStore::submit_batch(&t.db, batch, &meta())
+                .await
+                .is_err()
+        );
+        assert_eq!(counts(&t.db).await?, (0, 0));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_returns_the_task_it_named_first() -> Result<()> {
+        let t = TestDb::new().await?;
+        let body = json!({"input": "once", "idempotency_key": "k1"});
+        let first = TaskStore::submit(&t.db, new_task(body.clone()), &meta()).await?;
+        let again = TaskStore::submit(&t.db, new_task(body), &meta()).await?;
+        assert!(first.created && !again.created);
+        assert_eq!(again.task.id, first.task.id);
+        assert_eq!(kinds(&t.db, first.task.id).await?, ["task.submitted"]);
+        assert_eq!(counts(&t.db).await?, (1, 1));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_key_repeated_in_one_batch_names_its_first_task_and_keys_are_per_project()
+    -> Result<()> {
+        let t = TestDb::new().await?;
+        let batch = vec![
+            new_task(json!({"input": "a", "idempotency_key": "k"})),
+            new_task(json!({"input": "b", "idempotency_key": "k"})),
+            new_task(json!({"input": "c", "idempotency_key": "k", "project": "other"})),
+        ];
+        let out = TaskStore::submit_batch(&t.db, batch, &meta()).await?;
+        let created: Vec<bool> = out.iter().map(|s| s.created).collect();
+        assert_eq!(created, [true, false, true]);
+        assert_eq!(out[0].task.id, out[1].task.id);
+        assert_ne!(out[0].task.id, out[2].task.id);
+        assert_eq!(out[1].task.input, json!("a"), "the first use wins");
+        assert_eq!(counts(&t.db).await?, (2, 2));
+        Ok(())
+    }
+}

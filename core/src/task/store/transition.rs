@@ -1,0 +1,215 @@
+//! A person's transitions (cancel, retry, approve): checked against the state machine,
+//! written on the condition that the task's stream has not moved since it was read.
+
+use sea_orm::{ColumnTrait, Condition, DatabaseConnection, TransactionTrait};
+use serde_json::Value;
+
+use super::{CHANNEL_TASK_CANCELLED, CHANNEL_TASKS_NEW, TaskStore, notify, stream_of, write};
+use crate::{
+    Error, TaskId,
+    entity::tasks::Column,
+    error::Result,
+    event::{Approved, Cancelled, Retried, TaskEvent},
+    task::{Task, TaskState},
+    time,
+};
+
+impl TaskStore {
+    /// A person's transition (cancel, retry, approve): read the task, check the state
+    /// machine, write on the condition that the stream has not moved since the read.
+    async fn transition(
+        db: &DatabaseConnection,
+        id: TaskId,
+        action: &'static str,
+        metadata: &Value,
+        make: impl Fn(&Task) -> TaskEvent,
+    ) -> Result<Task> {
+        // A worker's write can land between our read and our write (a heartbeat, a batch
+        // of output); re-reading a few times rides over that without giving up.
+        for _ in 0..5 {
+            let task = Self::get(db, id).await?;
+            let event = make(&task);
+            if task.state.after(&event).is_none() {
+                return Err(Error::IllegalTransition {
+                    task: id,
+                    from: task.state,
+                    action,
+                });
+            }
+            let txn = db.begin().await?;
+            let guard = Condition::all().add(Column::Version.eq(task.version.0));
+            if let Some(row) = write(&txn, id, guard, &event, metadata, time::now()).await? {
+                if task.state == TaskState::Running && matches!(event, TaskEvent::Cancelled(_)) {
+                    notify(&txn, CHANNEL_TASK_CANCELLED, &id.to_string()).await?;
+                }
+                if row.session_id.is_some() && task.state == TaskState::Running {
+                    // The session's next turn may start now.
+                    notify(&txn, CHANNEL_TASKS_NEW, "").await?;
+                }
+                txn.commit().await?;
+                return Ok(Task::from(row));
+            }
+        }
+        let task = Self::get(db, id).await?;
+        Err(Error::VersionConflict {
+            stream: stream_of(id).to_string(),
+            expected: task.version,
+            actual: task.version,
+        })
+    }
+
+    /// Cancels a pending, running or blocked task.
+    pub async fn cancel(
+        db: &DatabaseConnection,
+        id: TaskId,
+        reason: Option<String>,
+        metadata: &Value,
+    ) -> Result<Task> {
+        Self::transition(db, id, "cancelled", metadata, |_| {
+            TaskEvent::Cancelled(Cancelled {
+                reason: reason.clone(),
+            })
+        })
+        .await
+    }
+
+    /// Re-opens a failed task, with at least one more attempt in its budget.
+    pub async fn retry(db: &DatabaseConnection, id: TaskId, metadata: &Value) -> Result<Task> {
+        Self::transition(db, id, "retried", metadata, |task| {
+            TaskEvent::Retried(Retried {
+                max_attempts: task.max_attempts.max(task.attempt + 1),
+            })
+        })
+        .await
+    }
+
+    /// Re-opens a blocked task after a person answered it.
+    pub async fn approve(
+        db: &DatabaseConnection,
+        id: TaskId,
+        note: Option<String>,
+        metadata: &Value,
+    ) -> Result<Task> {
+        Self::transition(db, id, "approved", metadata, |task| {
+            TaskEvent::Approved(Approved {
+                note: note.clone(),
+                max_attempts: task.max_attempts.max(task.attempt + 1),
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::{Context, Result};
+    use sea_orm::sqlx::postgres::PgListener;
+    use serde_json::json;
+    use turnq_testkit::{TestDb, within};
+
+    use super::super::fixtures::{
+        blocked, completed, counts, failed, kinds, meta, running, submitted, worker,
+    };
+    use super::*;
+
+    #[tokio::test]
+    async fn cancelling_a_pending_task_ends_it_with_its_reason() -> Result<()> {
+        let t = TestDb::new().await?;
+        let task = submitted(&t.db, json!({"input": "x"})).await?;
+        let cancelled =
+            TaskStore::cancel(&t.db, task.id, Some("not needed".into()), &meta()).await?;
+        assert_eq!(cancelled.state, TaskState::Cancelled);
+        assert!(cancelled.ended_at.is_some());
+        assert_eq!(cancelled.version.0, 2);
+        let events = TaskStore::events(&t.db, task.id, crate::StreamVersion(1), 10).await?;
+        assert_eq!(events[0].kind, "task.cancelled");
+        assert_eq!(events[0].data, json!({"reason": "not needed"}));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_running_task_tells_its_worker_on_commit() -> Result<()> {
+        let t = TestDb::new().await?;
+        let mut listener = PgListener::connect(&t.url).await?;
+        listener.listen(CHANNEL_TASK_CANCELLED).await?;
+        let task = running(&t.db, json!({"input": "x"}), &worker("w")).await?;
+        TaskStore::cancel(&t.db, task.id, None, &meta()).await?;
+        let note = within("the cancellation's NOTIFY", listener.recv()).await??;
+        assert_eq!(note.payload(), task.id.to_string());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn retrying_a_failed_task_reopens_it_with_one_more_attempt() -> Result<()> {
+        let t = TestDb::new().await?;
+        let w = worker("w");
+        let task = running(&t.db, json!({"input": "x", "max_attempts": 1}), &w).await?;
+        TaskStore::record(&t.db, task.id, 1, &w, &failed(1), &meta()).await?;
+        let retried = TaskStore::retry(&t.db, task.id, &meta()).await?;
+        assert_eq!(retried.state, TaskState::Pending);
+        assert_eq!((retried.attempt, retried.max_attempts), (1, 2));
+        assert_eq!((retried.ended_at, retried.queued_at), (None, None));
+        assert_eq!(
+            kinds(&t.db, task.id).await?.last().map(String::as_str),
+            Some("task.retried")
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn approving_a_blocked_task_reopens_it_with_a_note() -> Result<()> {
+        let t = TestDb::new().await?;
+        let w = worker("w");
+        let task = running(&t.db, json!({"input": "x", "max_attempts": 1}), &w).await?;
+        TaskStore::record(&t.db, task.id, 1, &w, &blocked(1), &meta()).await?;
+        let approved = TaskStore::approve(&t.db, task.id, Some("go".into()), &meta()).await?;
+        assert_eq!(approved.state, TaskState::Pending);
+        assert_eq!(approved.max_attempts, 2, "room for one more attempt");
+        let last = TaskStore::events(&t.db, task.id, crate::StreamVersion(3), 10).await?;
+        assert_eq!(last[0].kind, "task.approved");
+        assert_eq!(last[0].data, json!({"note": "go", "max_attempts": 2}));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_illegal_transition_is_an_error_and_writes_nothing() -> Result<()> {
+        let t = TestDb::new().await?;
+        let w = worker("w");
+        let pending = submitted(&t.db, json!({"input": "x"})).await?;
+        let done = running(&t.db, json!({"input": "y"}), &w).await?;
+        TaskStore::record(&t.db, done.id, 1, &w, &completed(1), &meta()).await?;
+        let before = counts(&t.db).await?;
+
+        let refusals = [
+            (
+                TaskStore::approve(&t.db, pending.id, None, &meta()).await,
+                pending.id,
+                TaskState::Pending,
+                "approved",
+            ),
+            (
+                TaskStore::retry(&t.db, pending.id, &meta()).await,
+                pending.id,
+                TaskState::Pending,
+                "retried",
+            ),
+            (
+                TaskStore::cancel(&t.db, done.id, None, &meta()).await,
+                done.id,
+                TaskState::Completed,
+                "cancelled",
+            ),
+        ];
+        for (outcome, id, state, verb) in refusals {
+            let err = outcome.err().context("the transition must be refused")?;
+            assert!(
+                matches!(err, Error::IllegalTransition { task, from, action }
+                    if task == id && from == state && action == verb),
+                "{err:?}"
+            );
+        }
+        assert_eq!(counts(&t.db).await?, before);
+        assert_eq!(TaskStore::get(&t.db, pending.id).await?.version.0, 1);
+        Ok(())
+    }
+}
