@@ -66,7 +66,10 @@ impl EventStream {
         from: Option<&str>,
     ) -> Result<BoxStream<'static, Result<StreamEvent>>, ConnectError> {
         let mut request = http
-            .get(format!("{}/v1/events/stream", self.base.trim_end_matches('/')))
+            .get(format!(
+                "{}/v1/events/stream",
+                self.base.trim_end_matches('/')
+            ))
             .bearer_auth(&self.token)
             .query(&self.filters);
         if let Some(from) = from {
@@ -123,7 +126,11 @@ impl EventStream {
         futures::stream::unfold(state, |mut state| async move {
             loop {
                 let Some(current) = state.current.as_mut() else {
-                    match state.source.connect(&state.http, state.last.as_deref()).await {
+                    match state
+                        .source
+                        .connect(&state.http, state.last.as_deref())
+                        .await
+                    {
                         Ok(stream) => state.current = Some(stream),
                         Err(e @ ConnectError::Refused { .. }) => {
                             return Some((Err(e.into()), state));

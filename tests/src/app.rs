@@ -9,11 +9,11 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use turnq_api::ApiConfig;
 use turnq::{
     ApiPart, App, AppConfig, AppError,
     config::{DatabaseArgs, RedisArgs},
 };
+use turnq_api::ApiConfig;
 use turnq_testkit::{TestDb, TestRedis, eventually, redis_url, within};
 
 #[derive(Parser)]

@@ -23,11 +23,21 @@ pub fn turnq_bin() -> Result<PathBuf> {
             .parent()
             .map(PathBuf::from)
             .ok_or("the tests crate sits inside the workspace")?;
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        // The test process inherits CARGO_MANIFEST_DIR from cargo; passing it on would
-        // change build-script fingerprints (ring's) and make every run rebuild the world.
-        let output = Command::new(cargo)
-            .env_remove("CARGO_MANIFEST_DIR")
+        // The test process inherits the variables cargo sets for the tests crate
+        // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, …). Build scripts watch some of them
+        // (ring reruns when CARGO_PKG_NAME changes): passed on, they would make this
+        // build and the suite's own rebuild the world in turn. So cargo runs here with
+        // the environment a developer's shell gives it.
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let set_by_cargo = name.starts_with("CARGO_")
+                && !matches!(name.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR");
+            if set_by_cargo {
+                cargo.env_remove(name.as_ref());
+            }
+        }
+        let output = cargo
             .args(["build", "--bin", "turnq", "--message-format=json"])
             .current_dir(&workspace)
             .output()

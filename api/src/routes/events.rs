@@ -142,11 +142,8 @@ pub(super) async fn stream(
         stop: tasks.stopping().clone(),
         done: false,
     };
-    Ok(Sse::new(stream::unfold(follower, Follower::next)).keep_alive(
-        KeepAlive::new()
-            .interval(KEEP_ALIVE)
-            .text("keep-alive"),
-    ))
+    Ok(Sse::new(stream::unfold(follower, Follower::next))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
 }
 
 /// One client's place in the stream.

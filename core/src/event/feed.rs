@@ -18,13 +18,7 @@
 //! is told so ([`tokio::sync::broadcast::error::RecvError::Lagged`]), never slows the
 //! feed.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    str::FromStr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, fmt, str::FromStr, sync::Arc, time::Duration};
 
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult,
@@ -215,7 +209,8 @@ impl LiveLog {
              WHERE (xid, position) > ($1::text::xid8, $2) \
              AND xid < pg_snapshot_xmin(pg_current_snapshot())",
         );
-        let mut values: Vec<sea_orm::Value> = vec![after.xid.to_string().into(), after.position.into()];
+        let mut values: Vec<sea_orm::Value> =
+            vec![after.xid.to_string().into(), after.position.into()];
         if let Some(until) = until {
             values.push(until.xid.to_string().into());
             values.push(until.position.into());
@@ -310,8 +305,7 @@ impl LiveLog {
             }
         }
         for event in events {
-            if let Some((queue, project, session)) = task_of(event).and_then(|id| cache.get(&id))
-            {
+            if let Some((queue, project, session)) = task_of(event).and_then(|id| cache.get(&id)) {
                 event.queue = Some(queue.clone());
                 event.project = Some(project.clone());
                 event.session_id = session.clone();
