@@ -130,8 +130,10 @@ impl TokenStore {
         let mut scopes = scopes.to_vec();
         scopes.sort_by_key(|s| s.as_str());
         scopes.dedup();
-        // Two v4 UUIDs are 244 random bits from the OS generator.
-        let secret = format!("tq_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        // 256 bits from the thread's CSPRNG (ChaCha, seeded from the OS).
+        let mut bytes = [0u8; 32];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
+        let secret = format!("tq_{}", hex::encode(bytes));
         let row = api_tokens::ActiveModel {
             id: Set(Uuid::now_v7()),
             name: Set(name.to_owned()),
