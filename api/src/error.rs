@@ -40,7 +40,7 @@ impl From<turnq_core::Error> for ApiError {
         use turnq_core::Error as E;
         match &e {
             E::Invalid(_) => Self::bad_request(e.to_string()),
-            E::TaskNotFound(_) => Self::not_found(e.to_string()),
+            E::TaskNotFound(_) | E::NotFound(_) => Self::not_found(e.to_string()),
             E::IllegalTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "illegal_transition", e.to_string())
             }

@@ -12,6 +12,11 @@ pub enum Error {
     #[error("task {0} does not exist")]
     TaskNotFound(TaskId),
 
+    /// Something other than a task that the request names does not exist; the message
+    /// says what.
+    #[error("{0}")]
+    NotFound(String),
+
     /// The task's state machine has no such transition.
     #[error("task {task} is {from}: it cannot be {action}")]
     IllegalTransition {

@@ -16,6 +16,7 @@
 //! - [`agent`]: the agent registry (which agent CLIs exist, their backend, config and
 //!   what probing found) and agent sessions (per session and agent: the backend's own
 //!   session id and the running usage).
+//! - [`queue`]: queues as objects: what each holds, pausing one.
 //! - [`stats`]: usage (tasks, tokens, cost) grouped by project, agent or day.
 //! - [`worker`]: the worker registry.
 //! - [`auth`]: API tokens with scopes, stored hashed.
@@ -38,6 +39,7 @@ pub mod fault;
 pub mod ids;
 pub mod listen;
 pub mod projection;
+pub mod queue;
 pub mod retry;
 pub mod session;
 pub mod stats;

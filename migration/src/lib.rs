@@ -37,6 +37,7 @@ mod m20261126_000019_workers_agents;
 mod m20261126_000020_tasks_list_index;
 mod m20261203_000021_events_xid;
 mod m20261203_000022_create_queues;
+mod m20261203_000023_tasks_queue_stats_indexes;
 
 /// Runs the turnq migrations, in the order they must be applied.
 pub struct Migrator;
@@ -67,6 +68,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000020_tasks_list_index::Migration),
             Box::new(m20261203_000021_events_xid::Migration),
             Box::new(m20261203_000022_create_queues::Migration),
+            Box::new(m20261203_000023_tasks_queue_stats_indexes::Migration),
         ]
     }
 }

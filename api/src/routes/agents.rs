@@ -1,18 +1,17 @@
 //! `/v1/agents`: the agent registry. Reading needs `read`; declaring an agent needs
 //! `admin`, since its config decides what a worker runs (see `docs/agents.md`).
 
-use axum::{
-    Json,
-    extract::{Path, State},
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 use serde_json::{Value, json};
 use turnq_core::{
     agent::{Agent, AgentRegistry, AgentSpec},
     time,
 };
 
-use crate::{ApiError, AppState, extract};
+use crate::{
+    ApiError, AppState,
+    extract::{self, Path},
+};
 
 /// `GET /v1/agents`: `{"agents":[…]}`, by name.
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

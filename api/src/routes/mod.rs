@@ -3,6 +3,7 @@
 mod agents;
 mod events;
 mod health;
+mod queues;
 mod sessions;
 mod stats;
 mod tasks;
@@ -40,6 +41,8 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/events/stream", get(events::stream))
         .route("/v1/inbox", get(tasks::inbox))
         .route("/v1/workers", get(workers::list))
+        .route("/v1/queues", get(queues::list))
+        .route("/v1/queues/{name}", get(queues::get))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{name}", get(agents::get))
         .route("/v1/stats/usage", get(stats::usage))
@@ -73,6 +76,9 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
     let admin = Router::new()
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
         .route("/v1/tasks/{id}/approve", post(tasks::approve))
+        // Stopping a queue's dispatch affects every submitter of it: an operator's act.
+        .route("/v1/queues/{name}/pause", post(queues::pause))
+        .route("/v1/queues/{name}/resume", post(queues::resume))
         // An agent's config decides what workers run: an operator's act.
         .route("/v1/agents/{name}", put(agents::put))
         // Deleting a transcript destroys the only record of a conversation: an operator's

@@ -5,6 +5,7 @@ pub mod agent_sessions;
 pub mod agents;
 pub mod api_tokens;
 pub mod events;
+pub mod queues;
 pub mod session_entries;
 pub mod session_summaries;
 pub mod tasks;

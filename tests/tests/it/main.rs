@@ -10,6 +10,7 @@ mod cli;
 mod event_log;
 mod fleet;
 mod migrations;
+mod queues;
 mod replay;
 mod scheduling;
 mod sessions;

@@ -14,7 +14,10 @@ use uuid::Uuid;
 use super::{TaskStore, event_row, update_returning_keys};
 use crate::{
     Error, TaskId,
-    entity::tasks::{self, Column},
+    entity::{
+        queues,
+        tasks::{self, Column},
+    },
     error::Result,
     event::{EventStore, Queued, TaskEvent},
     task::{TaskState, projection},
@@ -172,6 +175,16 @@ impl TaskStore {
                 Condition::any()
                     .add(Column::SessionId.is_null())
                     .add(Expr::not_exists(Self::turn_ahead(stale))),
+            )
+            // A paused queue is not dispatched (what it has in Redis still runs).
+            .filter(
+                Column::Queue.not_in_subquery(
+                    Query::select()
+                        .column(queues::Column::Name)
+                        .from(queues::Entity)
+                        .and_where(Expr::col(queues::Column::Paused).eq(true))
+                        .take(),
+                ),
             )
             .filter(skip.iter().fold(Condition::all(), |all, (queue, agent)| {
                 all.add(

@@ -1,0 +1,336 @@
+//! Queues as first-class objects: the queues tasks have used, what each holds, and
+//! pausing one.
+//!
+//! A queue exists from its first task (a trigger on `tasks` adds it). Pausing it stops
+//! the dispatcher from handing its tasks to Redis; what is already in Redis still runs.
+//! Pausing and resuming are events of the queue's own stream (`queue.paused`,
+//! `queue.resumed`), written with the row change in one transaction like every task
+//! transition, so the log tells who paused what and when.
+//!
+//! The figures stay fast with millions of tasks: the backlog is counted from a partial
+//! index that holds only pending, running, blocked and failed tasks
+//! (`tasks_queue_open_idx`), and "completed in the last hour" reads the last block
+//! ranges through a BRIN index of `ended_at`: neither reads the history.
+
+use std::collections::BTreeMap;
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    sea_query::{Expr, ExprTrait, Func, SimpleExpr},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    Error, StreamVersion,
+    entity::{queues, tasks},
+    error::Result,
+    event::{EventStore, NewEvent, StreamRef},
+    task::{TaskState, check_name},
+    time::{self, Timestamp},
+};
+
+/// The stream type of queue events.
+pub const STREAM_TYPE: &str = "queue";
+
+/// The events of a queue's stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data")]
+pub enum QueueEvent {
+    /// The dispatcher stops handing the queue's tasks to Redis.
+    #[serde(rename = "queue.paused")]
+    Paused {},
+    /// The dispatcher hands the queue's tasks to Redis again.
+    #[serde(rename = "queue.resumed")]
+    Resumed {},
+}
+
+impl QueueEvent {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QueueEvent::Paused {} => "queue.paused",
+            QueueEvent::Resumed {} => "queue.resumed",
+        }
+    }
+}
+
+/// A queue and what it holds now.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueueStats {
+    pub name: String,
+    pub paused: bool,
+    pub created_at: Timestamp,
+    /// Pending and not yet handed to Redis (due or scheduled for later).
+    pub pending: i64,
+    /// Pending and handed to Redis, waiting for a worker.
+    pub queued: i64,
+    pub running: i64,
+    /// Waiting for a person.
+    pub blocked: i64,
+    /// Failed and not retried: in the inbox.
+    pub failed: i64,
+    /// How long the longest-due pending task has been due, in seconds (0 when none).
+    pub oldest_pending_seconds: f64,
+    pub completed_last_minute: i64,
+    pub completed_last_hour: i64,
+    pub failed_last_minute: i64,
+    pub failed_last_hour: i64,
+}
+
+/// The backlog figures of one queue, from `tasks_queue_open_idx`.
+#[derive(Debug, Default, FromQueryResult)]
+struct Backlog {
+    queue: String,
+    pending: i64,
+    queued: i64,
+    running: i64,
+    blocked: i64,
+    failed: i64,
+    failed_last_minute: i64,
+    failed_last_hour: i64,
+    oldest_due: Option<Timestamp>,
+}
+
+/// Completions of one queue in the last hour, through `tasks_ended_brin`.
+#[derive(Debug, Default, FromQueryResult)]
+struct Completions {
+    queue: String,
+    last_minute: i64,
+    last_hour: i64,
+}
+
+/// `SUM(CASE WHEN cond THEN 1 ELSE 0 END)`, as a bigint.
+fn count_if(cond: SimpleExpr) -> SimpleExpr {
+    let sum: Expr = Func::sum(Expr::case(cond, 1i64).finally(0i64)).into();
+    Expr::from(Func::coalesce([sum, Expr::val(0i64)])).cast_as("bigint")
+}
+
+/// Queues: listing with their figures, pausing and resuming.
+pub struct QueueStore;
+
+impl QueueStore {
+    /// Every queue, by name, with its figures.
+    pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<QueueStats>> {
+        let rows = queues::Entity::find()
+            .order_by_asc(queues::Column::Name)
+            .all(db)
+            .await?;
+        Self::with_figures(db, rows, None).await
+    }
+
+    /// One queue with its figures; `Invalid` when it does not exist.
+    pub async fn get<C: ConnectionTrait>(db: &C, name: &str) -> Result<QueueStats> {
+        let row = Self::row(db, name).await?;
+        let mut stats = Self::with_figures(db, vec![row], Some(name)).await?;
+        stats.pop().ok_or_else(|| unknown(name))
+    }
+
+    /// The names of the paused queues.
+    pub async fn paused<C: ConnectionTrait>(db: &C) -> Result<Vec<String>> {
+        Ok(queues::Entity::find()
+            .select_only()
+            .column(queues::Column::Name)
+            .filter(queues::Column::Paused.eq(true))
+            .into_tuple()
+            .all(db)
+            .await?)
+    }
+
+    /// Pauses `name` (recording `queue.paused`); pausing a paused queue changes
+    /// nothing and records nothing.
+    pub async fn pause(
+        db: &DatabaseConnection,
+        name: &str,
+        metadata: &Value,
+    ) -> Result<QueueStats> {
+        Self::set_paused(db, name, true, metadata).await?;
+        Self::get(db, name).await
+    }
+
+    /// Resumes `name` (recording `queue.resumed`); resuming a running queue changes
+    /// nothing and records nothing.
+    pub async fn resume(
+        db: &DatabaseConnection,
+        name: &str,
+        metadata: &Value,
+    ) -> Result<QueueStats> {
+        Self::set_paused(db, name, false, metadata).await?;
+        Self::get(db, name).await
+    }
+
+    async fn set_paused(
+        db: &DatabaseConnection,
+        name: &str,
+        paused: bool,
+        metadata: &Value,
+    ) -> Result<()> {
+        check_name("queue", name)?;
+        let txn = db.begin().await?;
+        // Locked, so two operators pausing at once append versions one after the other.
+        let row = queues::Entity::find_by_id(name.to_owned())
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .ok_or_else(|| unknown(name))?;
+        if row.paused == paused {
+            return Ok(());
+        }
+        let event = if paused {
+            QueueEvent::Paused {}
+        } else {
+            QueueEvent::Resumed {}
+        };
+        let version = row.version + 1;
+        let now = time::now();
+        let mut active: queues::ActiveModel = row.into();
+        active.paused = Set(paused);
+        active.version = Set(version);
+        active.updated_at = Set(now);
+        active.update(&txn).await?;
+        let data = match serde_json::to_value(&event) {
+            Ok(Value::Object(mut o)) => o
+                .remove("data")
+                .unwrap_or(Value::Object(Default::default())),
+            _ => Value::Object(Default::default()),
+        };
+        EventStore::insert(
+            &txn,
+            vec![EventStore::row(
+                &StreamRef::new(STREAM_TYPE, name),
+                StreamVersion(version),
+                NewEvent {
+                    kind: event.kind().into(),
+                    data,
+                    metadata: metadata.clone(),
+                },
+                now,
+            )],
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    async fn row<C: ConnectionTrait>(db: &C, name: &str) -> Result<queues::Model> {
+        check_name("queue", name)?;
+        queues::Entity::find_by_id(name.to_owned())
+            .one(db)
+            .await?
+            .ok_or_else(|| unknown(name))
+    }
+
+    /// The figures of `rows`' queues (of `only` when given: one queue).
+    async fn with_figures<C: ConnectionTrait>(
+        db: &C,
+        rows: Vec<queues::Model>,
+        only: Option<&str>,
+    ) -> Result<Vec<QueueStats>> {
+        let now = time::now();
+        let minute_ago = now - chrono::TimeDelta::minutes(1);
+        let hour_ago = now - chrono::TimeDelta::hours(1);
+        use tasks::Column as C;
+        let state = |s: TaskState| Expr::col(C::State).eq(s);
+        let mut backlog = tasks::Entity::find()
+            .select_only()
+            .column(C::Queue)
+            .expr_as(
+                count_if(state(TaskState::Pending).and(Expr::col(C::QueuedAt).is_null())),
+                "pending",
+            )
+            .expr_as(
+                count_if(state(TaskState::Pending).and(Expr::col(C::QueuedAt).is_not_null())),
+                "queued",
+            )
+            .expr_as(count_if(state(TaskState::Running)), "running")
+            .expr_as(count_if(state(TaskState::Blocked)), "blocked")
+            .expr_as(count_if(state(TaskState::Failed)), "failed")
+            .expr_as(
+                count_if(state(TaskState::Failed).and(Expr::col(C::EndedAt).gt(minute_ago))),
+                "failed_last_minute",
+            )
+            .expr_as(
+                count_if(state(TaskState::Failed).and(Expr::col(C::EndedAt).gt(hour_ago))),
+                "failed_last_hour",
+            )
+            .expr_as(
+                Func::min(
+                    Expr::case(
+                        state(TaskState::Pending).and(Expr::col(C::RunAt).lte(now)),
+                        Expr::col(C::RunAt),
+                    )
+                    .finally(Expr::null()),
+                ),
+                "oldest_due",
+            )
+            // The predicate of `tasks_queue_open_idx`, so the planner can use it.
+            .filter(C::State.is_in([
+                TaskState::Pending,
+                TaskState::Running,
+                TaskState::Blocked,
+                TaskState::Failed,
+            ]))
+            .group_by(C::Queue);
+        let mut completions = tasks::Entity::find()
+            .select_only()
+            .column(C::Queue)
+            .expr_as(
+                count_if(Expr::col(C::EndedAt).gt(minute_ago)),
+                "last_minute",
+            )
+            .expr_as(Func::count(Expr::col(C::Id)).cast_as("bigint"), "last_hour")
+            .filter(C::EndedAt.gt(hour_ago))
+            .filter(C::State.eq(TaskState::Completed))
+            .group_by(C::Queue);
+        if let Some(name) = only {
+            backlog = backlog.filter(C::Queue.eq(name));
+            completions = completions.filter(C::Queue.eq(name));
+        }
+        let backlog: BTreeMap<String, Backlog> = backlog
+            .into_model::<Backlog>()
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|b| (b.queue.clone(), b))
+            .collect();
+        let completions: BTreeMap<String, Completions> = completions
+            .into_model::<Completions>()
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|c| (c.queue.clone(), c))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let b = backlog.get(&row.name);
+                let c = completions.get(&row.name);
+                let oldest = b
+                    .and_then(|b| b.oldest_due)
+                    .map(|due| Ord::max((now - due).num_milliseconds(), 0) as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                QueueStats {
+                    paused: row.paused,
+                    created_at: row.created_at,
+                    pending: b.map_or(0, |b| b.pending),
+                    queued: b.map_or(0, |b| b.queued),
+                    running: b.map_or(0, |b| b.running),
+                    blocked: b.map_or(0, |b| b.blocked),
+                    failed: b.map_or(0, |b| b.failed),
+                    oldest_pending_seconds: oldest,
+                    completed_last_minute: c.map_or(0, |c| c.last_minute),
+                    completed_last_hour: c.map_or(0, |c| c.last_hour),
+                    failed_last_minute: b.map_or(0, |b| b.failed_last_minute),
+                    failed_last_hour: b.map_or(0, |b| b.failed_last_hour),
+                    name: row.name,
+                }
+            })
+            .collect())
+    }
+}
+
+fn unknown(name: &str) -> Error {
+    Error::NotFound(format!(
+        "queue {name:?} does not exist: a queue exists once a task has been submitted to it"
+    ))
+}
