@@ -21,6 +21,7 @@ mod auth;
 pub mod dispatcher;
 mod error;
 mod extract;
+mod request_id;
 mod routes;
 
 use std::{io, sync::Arc, time::Duration};
@@ -29,7 +30,16 @@ use axum::Router;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
+use axum::{
+    extract::Request,
+    http::HeaderName,
+    middleware,
+};
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnResponse, TraceLayer},
+};
+use tracing::Level;
 use turnq_core::{event::EventFeed, session::PgSessionStore, supervise::Supervisor};
 
 pub use error::ApiError;
@@ -161,8 +171,26 @@ impl AppState {
 
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
+    let header = HeaderName::from_static(request_id::HEADER);
+    // Outermost last: the id is set first, then the access log's span names it, then
+    // it is copied to the response, then the handler runs with it (errors quote it).
     routes::router(&state)
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(request_id::scope))
+        .layer(PropagateRequestIdLayer::new(header.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    let id = request
+                        .headers()
+                        .get(request_id::HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %request.method(),
+                        uri = %request.uri(), request_id = %id)
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::new(header, MakeRequestUuid))
         .with_state(state)
 }
 

@@ -12,6 +12,7 @@ mod fleet;
 mod migrations;
 mod queues;
 mod replay;
+mod request_ids;
 mod scheduling;
 mod sessions;
 mod stats;
