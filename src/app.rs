@@ -42,6 +42,8 @@ pub struct AppConfig {
     pub api: Option<ApiPart>,
     /// A worker pool.
     pub worker: Option<WorkerConfig>,
+    /// Where to serve `/metrics` when the app runs no API (a worker process).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The settings of the API and its dispatcher.
@@ -74,6 +76,7 @@ impl AppConfig {
                 dispatcher: args.dispatcher,
             }),
             worker: None,
+            metrics_listen: None,
         }
     }
 
@@ -85,6 +88,7 @@ impl AppConfig {
             prepare_database: false,
             api: None,
             worker: Some(args.worker),
+            metrics_listen: args.metrics_listen,
         }
     }
 }
@@ -121,12 +125,15 @@ pub struct App {
     redis: RedisArgs,
     api: Option<(TcpListener, ApiConfig, DispatcherConfig)>,
     worker: Option<Worker>,
+    metrics: Option<TcpListener>,
 }
 
 impl App {
     /// Connects (creating the database and migrating if asked), binds the API's
     /// listener and builds the worker pool (probing its agents). Nothing runs yet.
     pub async fn build(config: AppConfig) -> Result<App, AppError> {
+        // Installed before anything runs, so no count is lost.
+        turnq_api::metrics::recorder();
         let db = connect(&config.database, config.prepare_database).await?;
         if config.prepare_database {
             migrate_up(&db).await?;
@@ -144,6 +151,14 @@ impl App {
             }
             None => None,
         };
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let names = RedisNames::new(&config.redis.redis_prefix);
         let worker = match config.worker {
             Some(worker) => Some(
@@ -156,7 +171,13 @@ impl App {
             redis: config.redis,
             api,
             worker,
+            metrics,
         })
+    }
+
+    /// The address `/metrics` is served on by a process without an API.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address the API listens on, when it runs one (the port is known even when
@@ -195,6 +216,19 @@ impl App {
                     names.clone(),
                     dispatcher,
                     tasks.clone(),
+                    stop.clone(),
+                ),
+            );
+        }
+        if let Some(listener) = self.metrics {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving metrics at /metrics");
+            }
+            tasks.spawn_fallible(
+                "metrics",
+                turnq_api::metrics::serve_metrics(
+                    listener,
+                    turnq_api::metrics::recorder(),
                     stop.clone(),
                 ),
             );

@@ -65,4 +65,9 @@ pub struct WorkerArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub worker: turnq_worker::WorkerConfig,
+    /// Serve this worker's Prometheus metrics at `http://ADDR/metrics` (e.g.
+    /// `0.0.0.0:9464`). Default: not served. (`turnq up` and `turnq api` serve theirs
+    /// at the API's `/metrics`.)
+    #[arg(long, env = "TURNQ_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }

@@ -21,20 +21,18 @@ mod auth;
 pub mod dispatcher;
 mod error;
 mod extract;
+pub mod metrics;
 mod request_id;
 mod routes;
 
 use std::{io, sync::Arc, time::Duration};
 
 use axum::Router;
+use axum::{extract::Request, http::HeaderName, middleware};
+use metrics_exporter_prometheus::PrometheusHandle;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use axum::{
-    extract::Request,
-    http::HeaderName,
-    middleware,
-};
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::{DefaultOnResponse, TraceLayer},
@@ -92,6 +90,8 @@ struct Inner {
     tasks: Option<Supervisor>,
     /// The process' one reader of the event log, which every stream client follows.
     feed: Option<Arc<EventFeed>>,
+    /// The process' metrics recorder, rendered at `/metrics`.
+    metrics: PrometheusHandle,
 }
 
 impl AppState {
@@ -108,6 +108,7 @@ impl AppState {
                 config,
                 tasks: None,
                 feed: None,
+                metrics: metrics::recorder(),
             }),
         }
     }
@@ -128,6 +129,7 @@ impl AppState {
                 config,
                 tasks: Some(tasks),
                 feed: Some(feed),
+                metrics: metrics::recorder(),
             }),
         }
     }
@@ -154,6 +156,10 @@ impl AppState {
 
     pub(crate) fn feed(&self) -> Option<&Arc<EventFeed>> {
         self.inner.feed.as_ref()
+    }
+
+    pub(crate) fn metrics(&self) -> &PrometheusHandle {
+        &self.inner.metrics
     }
 
     pub(crate) fn db(&self) -> &DatabaseConnection {

@@ -38,6 +38,7 @@ pub mod event;
 pub mod fault;
 pub mod ids;
 pub mod listen;
+pub mod metrics;
 pub mod projection;
 pub mod queue;
 pub mod retry;

@@ -1,8 +1,8 @@
 //! The worker registry: which worker processes exist, where, and whether they are alive.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
-    sea_query::OnConflict,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, Set, sea_query::OnConflict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +124,26 @@ impl WorkerRegistry {
         };
         row.update(db).await?;
         Ok(())
+    }
+
+    /// Workers that have not stopped, split by whether their last heartbeat is newer than
+    /// `stale_after`: (live, dead).
+    pub async fn live_and_dead<C: ConnectionTrait>(
+        db: &C,
+        stale_after: std::time::Duration,
+    ) -> Result<(u64, u64)> {
+        let cutoff = time::now()
+            - chrono::TimeDelta::from_std(stale_after).unwrap_or(chrono::TimeDelta::MAX);
+        let running = || workers::Entity::find().filter(Column::StoppedAt.is_null());
+        let live = running()
+            .filter(Column::LastHeartbeatAt.gte(cutoff))
+            .count(db)
+            .await?;
+        let dead = running()
+            .filter(Column::LastHeartbeatAt.lt(cutoff))
+            .count(db)
+            .await?;
+        Ok((live, dead))
     }
 
     pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<Worker>> {

@@ -80,6 +80,7 @@ impl Stack {
                 dispatcher: dispatcher_config()?,
             }),
             worker: None,
+            metrics_listen: None,
         })
         .await?;
         let api_url = format!(

@@ -66,6 +66,7 @@ fn config(db: &TestDb, redis: &TestRedis, api: bool) -> AppConfig {
             dispatcher: dispatcher_config(),
         }),
         worker: None,
+        metrics_listen: None,
     }
 }
 

@@ -94,6 +94,8 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        // Open like the health probes, for scrapers; it names queues and agents only.
+        .route("/metrics", get(crate::metrics::api_metrics))
         .merge(scoped(state, Scope::Read, read))
         .merge(scoped(state, Scope::Submit, submit))
         .merge(scoped(state, Scope::Admin, admin))

@@ -9,7 +9,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 use turnq_core::{
-    StreamVersion, TaskId,
+    StreamVersion, TaskId, metrics as names,
     task::{MAX_BATCH, NewTask, NewTaskRequest, Task, TaskFilter, TaskState, TaskStore},
     time,
 };
@@ -25,6 +25,12 @@ const MAX_PAGE: u64 = 500;
 
 fn metadata() -> Value {
     json!({"actor": "api"})
+}
+
+/// Counts `task` in the counter `name`, labelled by its queue and agent.
+fn count(name: &'static str, task: &Task) {
+    metrics::counter!(name, "queue" => task.queue.clone(), "agent" => task.agent.clone())
+        .increment(1);
 }
 
 /// The `Idempotency-Key` header, which names the task like the body's
@@ -58,6 +64,9 @@ pub(super) async fn submit(
     idempotency_key(&headers, &mut body)?;
     let task = body.validate(time::now())?;
     let submitted = TaskStore::submit(state.db(), task, &metadata()).await?;
+    if submitted.created {
+        count(names::TASKS_SUBMITTED, &submitted.task);
+    }
     let status = if submitted.created {
         StatusCode::CREATED
     } else {
@@ -97,6 +106,9 @@ pub(super) async fn submit_batch(
         })
         .collect::<Result<Vec<NewTask>, _>>()?;
     let submitted = TaskStore::submit_batch(state.db(), tasks, &metadata()).await?;
+    for s in submitted.iter().filter(|s| s.created) {
+        count(names::TASKS_SUBMITTED, &s.task);
+    }
     let created = submitted.iter().filter(|s| s.created).count();
     let tasks: Vec<Task> = submitted.into_iter().map(|s| s.task).collect();
     Ok((
@@ -258,9 +270,9 @@ pub(super) async fn cancel(
     body: Bytes,
 ) -> Result<Json<Task>, ApiError> {
     let ReasonBody { reason } = optional_body(&body)?;
-    Ok(Json(
-        TaskStore::cancel(state.db(), id, reason, &metadata()).await?,
-    ))
+    let task = TaskStore::cancel(state.db(), id, reason, &metadata()).await?;
+    count(names::TASKS_CANCELLED, &task);
+    Ok(Json(task))
 }
 
 /// `POST /v1/tasks/{id}/retry`: a failed task runs again.
@@ -270,7 +282,11 @@ pub(super) async fn retry(
     body: Bytes,
 ) -> Result<Json<Task>, ApiError> {
     let EmptyBody {} = optional_body(&body)?;
-    Ok(Json(TaskStore::retry(state.db(), id, &metadata()).await?))
+    let task = TaskStore::retry(state.db(), id, &metadata()).await?;
+    metrics::counter!(names::TASKS_RETRIED, "queue" => task.queue.clone(),
+        "agent" => task.agent.clone(), "by" => "person")
+    .increment(1);
+    Ok(Json(task))
 }
 
 /// `POST /v1/tasks/{id}/approve` with an optional `{"note": "…"}`: a blocked task

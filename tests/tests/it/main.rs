@@ -9,6 +9,7 @@ mod batching;
 mod cli;
 mod event_log;
 mod fleet;
+mod metrics;
 mod migrations;
 mod queues;
 mod replay;

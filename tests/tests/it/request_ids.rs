@@ -26,7 +26,9 @@ async fn every_response_carries_a_request_id_and_errors_quote_it() -> Result<()>
         .await?;
     ensure!(kept.status() == 400);
     ensure!(
-        kept.headers().get("x-request-id").and_then(|v| v.to_str().ok())
+        kept.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
             == Some("client-chosen-42")
     );
     let body: serde_json::Value = kept.json().await?;

@@ -47,6 +47,7 @@ pub(super) async fn supervise(shared: Arc<Shared>, delivery: Delivery) {
             Ok(conn) => conn,
             Err(e) => {
                 failures += 1;
+                metrics::counter!(turnq_core::metrics::WORKER_REDIS_ERRORS).increment(1);
                 // Say it at once, then about once a minute, not every few seconds.
                 if failures == 1 || failures.is_multiple_of(12) {
                     tracing::warn!(url = %url, queue = %queue, failures, error = %e,
@@ -102,8 +103,11 @@ pub(super) async fn supervise(shared: Arc<Shared>, delivery: Delivery) {
         match result {
             Ok(()) => tracing::warn!(queue = %queue, consumer = %name,
                 "the Redis consumer stopped by itself; starting a new one"),
-            Err(e) => tracing::warn!(queue = %queue, consumer = %name, error = %error_chain(&e),
-                "Redis delivery failed; rebuilding the consumer (running turns are not affected)"),
+            Err(e) => {
+                metrics::counter!(turnq_core::metrics::WORKER_REDIS_ERRORS).increment(1);
+                tracing::warn!(queue = %queue, consumer = %name, error = %error_chain(&e),
+                    "Redis delivery failed; rebuilding the consumer (running turns are not affected)")
+            }
         }
         if started.elapsed() >= HEALTHY_RUN {
             backoff.reset();

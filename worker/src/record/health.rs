@@ -66,6 +66,7 @@ impl PostgresHealth {
         // the outage once.
         let started = self.up.send_if_modified(|up| std::mem::replace(up, false));
         if started {
+            metrics::counter!(turnq_core::metrics::WORKER_POSTGRES_ERRORS).increment(1);
             *self.since() = Some(Instant::now());
             tracing::warn!(error = %error_chain(error),
                 "Postgres is unreachable: taking no jobs until it answers (running turns go on \

@@ -41,6 +41,7 @@ pub(crate) fn on_cancelled(turns: &Turns, payload: &str) -> usize {
     };
     let stopped = turns.stop_task(task, StopReason::Lost);
     if stopped > 0 {
+        metrics::counter!(turnq_core::metrics::WORKER_LEASES_LOST).increment(stopped as u64);
         tracing::info!(task_id = %task, "the task was cancelled: stopping its turn");
     }
     stopped

@@ -114,6 +114,7 @@ impl Heartbeat {
                     tracing::info!(task_id = %control.task, attempt = control.attempt, worker_id = %self.worker,
                         "the task is no longer this worker's (cancelled, or its lease was taken over): stopping its turn");
                     control.stop(StopReason::Lost);
+                    metrics::counter!(turnq_core::metrics::WORKER_LEASES_LOST).increment(1);
                 }
             }
         }

@@ -14,6 +14,7 @@ use turnq_core::{
     delivery::Job,
     error::chain as error_chain,
     event::{ErrorClass, Failed, TaskEvent, TaskFailure, Usage},
+    metrics as names,
     session::{PgSessionStore, SessionStore},
     supervise::Supervisor,
     task::Task,
@@ -110,6 +111,10 @@ impl Runner {
                 return Handled::Done;
             }
         };
+        metrics::counter!(names::WORKER_CLAIMS, "result" => "claimed")
+            .increment(claimed.len() as u64);
+        metrics::counter!(names::WORKER_CLAIMS, "result" => "skipped")
+            .increment(wanted.len().saturating_sub(claimed.len()) as u64);
         if claimed.len() < wanted.len() {
             tracing::debug!(claimed = claimed.len(), delivered = wanted.len(), worker_id = %worker,
                 "some tasks were not claimed: their jobs are stale or duplicates (the task is no \
@@ -134,6 +139,14 @@ impl Runner {
         let worker = &self.settings.worker;
         let started = Instant::now();
         let attempt = task.attempt;
+        let labels = [("queue", task.queue.clone()), ("agent", task.agent.clone())];
+        metrics::counter!(names::TASKS_STARTED, &labels).increment(1);
+        // Due since its run_at, or since it was submitted if that came later.
+        let due = task.run_at.max(task.created_at);
+        let pickup = (time::now() - due).to_std().unwrap_or_default();
+        metrics::histogram!(names::PICKUP_SECONDS, &labels).record(pickup.as_secs_f64());
+        let running = metrics::gauge!(names::WORKER_TURNS_RUNNING);
+        running.increment(1.0);
         let guard = self.turns.register(task.id, attempt);
         let recorder = DbRecorder {
             writer: &self.writer,
@@ -142,7 +155,7 @@ impl Runner {
         };
         // Every log line of the turn, however deep, names the task, attempt and worker.
         let span = tracing::info_span!("turn", task_id = %task.id, attempt, worker_id = %worker);
-        let (backend_name, ending) = async {
+        let (backend_name, ending, usage) = async {
             match self.backends.for_task(&task) {
                 Ok(entry) => {
                     // The agent session is active while its turn runs.
@@ -167,7 +180,8 @@ impl Runner {
                         },
                     )
                     .await;
-                    (entry.backend.name(), report.outcome)
+                    let usage = report.result.map(|(_, usage)| usage).unwrap_or_default();
+                    (entry.backend.name(), report.outcome, usage)
                 }
                 Err(message) => {
                     let event = TaskEvent::Failed(Failed {
@@ -179,12 +193,14 @@ impl Runner {
                         usage: Usage::default(),
                     });
                     let outcome = write_end(&recorder, event, "failed", &self.settings).await;
-                    ("none", outcome)
+                    ("none", outcome, Usage::default())
                 }
             }
         }
         .instrument(span)
         .await;
+        running.decrement(1.0);
+        turn_metrics(&task, ending, usage, started.elapsed());
         tracing::info!(
             task_id = %task.id,
             attempt,
@@ -226,6 +242,32 @@ impl Runner {
                 "could not record the turn in its agent session; the task is recorded regardless");
         }
     }
+}
+
+/// The counters and histograms of a turn that ended with `outcome` (see
+/// `drive_turn_reporting`).
+fn turn_metrics(task: &Task, outcome: &'static str, usage: Usage, ran: std::time::Duration) {
+    let (queue, agent) = (task.queue.clone(), task.agent.clone());
+    let labels = [("queue", queue.clone()), ("agent", agent.clone())];
+    match outcome {
+        "completed" => metrics::counter!(names::TASKS_COMPLETED, &labels).increment(1),
+        "failed" => metrics::counter!(names::TASKS_FAILED, &labels).increment(1),
+        "blocked" => metrics::counter!(names::TASKS_BLOCKED, &labels).increment(1),
+        "retrying" => {
+            metrics::counter!(names::TASKS_RETRIED, "queue" => queue.clone(), "agent" => agent.clone(), "by" => "worker")
+                .increment(1)
+        }
+        _ => {}
+    }
+    metrics::histogram!(names::TURN_SECONDS, "queue" => queue, "agent" => agent.clone(), "outcome" => outcome)
+        .record(ran.as_secs_f64());
+    metrics::counter!(names::TOKENS, "agent" => agent.clone(), "kind" => "input")
+        .increment(u64::try_from(usage.input_tokens).unwrap_or(0));
+    metrics::counter!(names::TOKENS, "agent" => agent.clone(), "kind" => "output")
+        .increment(u64::try_from(usage.output_tokens).unwrap_or(0));
+    // The facade's counters are integers: cost counts whole millionths of a dollar.
+    metrics::counter!(names::COST, "agent" => agent)
+        .increment((usage.cost_usd.max(0.0) * 1e6).round() as u64);
 }
 
 #[cfg(test)]
