@@ -60,6 +60,9 @@ pub enum Command {
     },
     /// Submit a task to a running API, and optionally follow it to its end.
     Submit(crate::submit::SubmitArgs),
+    /// Print the live event stream of a running API, filtered (`--task`, `--queue`,
+    /// `--project`, `--session`, `--kind`), until interrupted.
+    Watch(crate::watch::WatchArgs),
     /// Measure throughput, latency, the session store and replay on the local Postgres
     /// and Redis (in a database and Redis prefix of its own, removed afterwards).
     Bench(crate::bench::BenchArgs),

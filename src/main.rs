@@ -4,8 +4,10 @@
 
 mod bench;
 mod cli;
+mod remote;
 mod submit;
 mod token;
+mod watch;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -146,6 +148,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Submit(args) => submit::run(args).await,
+        Command::Watch(args) => watch::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Token {
             database,

@@ -1,20 +1,19 @@
-//! `turnq submit`: a small client of the REST API.
+//! `turnq submit`: a small client of the REST API; `--wait` follows the task through
+//! the live event stream.
 
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use futures::StreamExt;
 use serde_json::{Value, json};
+
+use crate::remote::RemoteArgs;
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
-    /// The API to submit to.
-    #[arg(long, env = "TURNQ_API_URL", default_value = "http://127.0.0.1:8080")]
-    pub api_url: String,
-
-    /// The API token (default: the one `turnq up` saved on first start).
-    #[arg(long, env = "TURNQ_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 
     /// The task input: a prompt. With --json, a JSON value.
     pub input: String,
@@ -80,18 +79,8 @@ pub async fn run(args: SubmitArgs) -> Result<ExitCode> {
             body[key] = value;
         }
     }
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = crate::token::local_token(args.token.clone()) {
-        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("the token has characters a header cannot carry")?;
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
-    let client = reqwest::Client::builder()
-        .timeout(crate::HTTP_TIMEOUT)
-        .default_headers(headers)
-        .build()
-        .context("building the HTTP client")?;
-    let base = args.api_url.trim_end_matches('/');
+    let client = args.remote.http()?;
+    let base = args.remote.base();
     let response = client
         .post(format!("{base}/v1/tasks"))
         .json(&body)
@@ -116,48 +105,49 @@ pub async fn run(args: SubmitArgs) -> Result<ExitCode> {
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
-    follow(&client, base, &id, args.timeout).await
+    follow(&args.remote, &id, args.timeout).await
 }
 
-/// Prints the task's events as they are appended, until a final one.
-async fn follow(
-    client: &reqwest::Client,
-    base: &str,
-    id: &str,
-    timeout: Duration,
-) -> Result<ExitCode> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut after = 0i64;
-    loop {
-        let page: Value = client
-            .get(format!("{base}/v1/tasks/{id}/events?after={after}"))
-            .send()
-            .await
-            .context("following the task")?
-            .json()
-            .await
-            .context("reading the task's events")?;
-        for event in page["events"].as_array().into_iter().flatten() {
-            after = event["version"].as_i64().unwrap_or(after);
-            let kind = event["kind"].as_str().unwrap_or("?");
-            println!(
-                "{}  {:<16} {}",
-                event["recorded_at"].as_str().unwrap_or(""),
-                kind,
-                event["data"]
-            );
-            match kind {
+/// Prints the task's events, from its first, as the stream passes them on, until a
+/// final one. The stream is read from the start of the log for this one task (the
+/// server reads only its stream), so nothing that happened before it connected is
+/// missed.
+async fn follow(remote: &RemoteArgs, id: &str, timeout: Duration) -> Result<ExitCode> {
+    let events = remote
+        .events(vec![("task".into(), id.to_owned())])
+        .follow(reqwest::Client::new(), Some("0-0".into()));
+    futures::pin_mut!(events);
+    let followed = async {
+        while let Some(event) = events.next().await {
+            let event = event?;
+            println!("{}", summary(&event.data));
+            match event.kind.as_str() {
                 "task.completed" => return Ok(ExitCode::SUCCESS),
-                "task.failed" | "task.cancelled" | "task.blocked" => return Ok(ExitCode::FAILURE),
+                "task.failed" | "task.cancelled" | "task.blocked" => {
+                    return Ok(ExitCode::FAILURE);
+                }
                 _ => {}
             }
         }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "task {id} did not end within {}",
-                humantime::format_duration(timeout)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        bail!("the event stream ended before task {id} did")
+    };
+    match tokio::time::timeout(timeout, followed).await {
+        Ok(ended) => ended,
+        Err(_) => bail!(
+            "task {id} did not end within {}",
+            humantime::format_duration(timeout)
+        ),
     }
+}
+
+/// One line for an event of the stream: its time, kind, stream and data.
+pub fn summary(event: &Value) -> String {
+    format!(
+        "{}  {:<16} {}:{}  {}",
+        event["recorded_at"].as_str().unwrap_or(""),
+        event["kind"].as_str().unwrap_or("?"),
+        event["stream"]["type"].as_str().unwrap_or("?"),
+        event["stream"]["id"].as_str().unwrap_or("?"),
+        event["data"]
+    )
 }

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use turnq_tests::{TestApp, turnq_bin};
 
@@ -61,6 +61,51 @@ async fn submit_wait_prints_the_events_until_completed() -> Result<()> {
     })?;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("task.failed"), "{out}");
+    app.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_prints_the_stream_of_a_filter_as_it_comes() -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let app = TestApp::spawn().await?;
+    let task = app
+        .submit(serde_json::json!({"input": {"script": {"chunks": ["x"]}}, "queue": "default"}))
+        .await?;
+    let id = task["id"].as_str().context("id")?.to_owned();
+    // Another task's events must not show.
+    app.submit(serde_json::json!({"input": "other"})).await?;
+    let mut watch = tokio::process::Command::new(turnq_bin()?)
+        .args(["watch", "--task", &id, "--after", "0-0", "--json"])
+        .env("TURNQ_API_URL", &app.base)
+        .env("TURNQ_TOKEN", app.token())
+        .env("TURNQ_TOKEN_FILE", "/nonexistent/turnq-token")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().context("stdout")?).lines();
+    let mut kinds = Vec::new();
+    while kinds.last().map(String::as_str) != Some("task.completed") {
+        let line = turnq_tests::within("watch prints the next event", lines.next_line())
+            .await??
+            .context("watch ended")?;
+        let event: serde_json::Value = serde_json::from_str(&line)?;
+        assert_eq!(event["stream"]["id"], id.as_str(), "{line}");
+        assert!(event["cursor"].is_string(), "{line}");
+        kinds.push(event["kind"].as_str().unwrap_or("?").to_owned());
+    }
+    assert_eq!(
+        kinds,
+        [
+            "task.submitted",
+            "task.queued",
+            "task.started",
+            "task.output",
+            "task.completed"
+        ]
+    );
+    watch.start_kill()?;
     app.stop().await?;
     Ok(())
 }
