@@ -2,9 +2,10 @@
 //! worker process runs for them (`turnq worker --metrics-listen`).
 //!
 //! The counters and histograms are recorded where things happen (submit, claim, a
-//! turn's end; see `turnq_core::metrics`). The queue and worker gauges are read from
-//! Postgres when scraped, at most once per [`GAUGES_FRESH_FOR`] whatever the number of
-//! scrapers: a scrape storm cannot load the database.
+//! turn's end; see `turnq_core::metrics`). The gauges are set when scraped, at most once
+//! per [`GAUGES_FRESH_FOR`] whatever the number of scrapers: the queue counts from the
+//! event feed's tally (no table read), the queue list and the worker counts from
+//! Postgres (two small reads). A scrape storm cannot load the database.
 
 use std::{
     sync::OnceLock,
@@ -20,7 +21,6 @@ use axum::{
 };
 use metrics::gauge;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sea_orm::DatabaseConnection;
 use tokio::{net::TcpListener, sync::Mutex};
 use tokio_util::sync::CancellationToken;
 use turnq_core::{
@@ -71,28 +71,35 @@ pub fn recorder() -> PrometheusHandle {
 /// scrapes wait for one read instead of each making their own.
 static GAUGES_READ_AT: Mutex<Option<Instant>> = Mutex::const_new(None);
 
-/// Reads the queue and worker gauges from Postgres unless they are fresh.
-async fn refresh_gauges(db: &DatabaseConnection) {
+/// Sets the queue gauges (their counts from the feed's tally: no table read) and the
+/// worker gauges (from Postgres), unless they are fresh.
+async fn refresh_gauges(state: &AppState) {
     let mut read_at = GAUGES_READ_AT.lock().await;
     if read_at.is_some_and(|at| at.elapsed() < GAUGES_FRESH_FOR) {
         return;
     }
+    let db = state.db();
     match QueueStore::list(db).await {
         Ok(queues) => {
-            for q in queues {
+            for queue in queues {
+                // Still loading at start: the next scrape has them.
+                let Ok(q) = crate::routes::queue_figures(state, queue) else {
+                    continue;
+                };
+                let (name, f) = (q.queue.name, q.figures);
                 for (state, n) in [
-                    ("pending", q.pending),
-                    ("queued", q.queued),
-                    ("running", q.running),
-                    ("blocked", q.blocked),
-                    ("failed", q.failed),
+                    ("pending", f.pending),
+                    ("queued", f.queued),
+                    ("running", f.running),
+                    ("blocked", f.blocked),
+                    ("failed", f.failed),
                 ] {
-                    gauge!(names::QUEUE_TASKS, "queue" => q.name.clone(), "state" => state)
+                    gauge!(names::QUEUE_TASKS, "queue" => name.clone(), "state" => state)
                         .set(n as f64);
                 }
-                gauge!(names::QUEUE_OLDEST_PENDING, "queue" => q.name.clone())
-                    .set(q.oldest_pending_seconds);
-                gauge!(names::QUEUE_PAUSED, "queue" => q.name.clone()).set(if q.paused {
+                gauge!(names::QUEUE_OLDEST_PENDING, "queue" => name.clone())
+                    .set(f.oldest_pending_seconds);
+                gauge!(names::QUEUE_PAUSED, "queue" => name).set(if q.queue.paused {
                     1.0
                 } else {
                     0.0
@@ -126,7 +133,7 @@ fn text(body: String) -> Response {
 
 /// `GET /metrics` on the API: every series of the process, and the Postgres gauges.
 pub(crate) async fn api_metrics(State(state): State<AppState>) -> Response {
-    refresh_gauges(state.db()).await;
+    refresh_gauges(&state).await;
     text(state.metrics().render())
 }
 

@@ -11,10 +11,13 @@
 //! - `latency`: tasks submitted one at a time at a fixed rate; submit → `task.started`;
 //! - `session`: appends to and loads of the session store;
 //! - `replay`: rebuilding the projection from the event log;
-//! - the peak RSS of the bench process (API, dispatcher) and of each worker.
+//! - the peak RSS of the bench process (API, dispatcher) and of each worker;
+//! - with `--scale` (not in the default run: seeding takes minutes): the read endpoints
+//!   with a history of `--scale-tasks` tasks and `--scale-events` events.
 
 mod baseline;
 mod fleet;
+mod scale;
 mod stack;
 mod storage;
 
@@ -79,6 +82,19 @@ pub struct BenchArgs {
     #[arg(long, env = "TURNQ_BENCH_SKIP", value_delimiter = ',')]
     pub skip: Vec<Run>,
 
+    /// Also measure the read endpoints with a big history (seeded: `--scale-tasks`,
+    /// `--scale-events`). Off by default: seeding 10M events takes minutes.
+    #[arg(long, env = "TURNQ_BENCH_SCALE")]
+    pub scale: bool,
+
+    /// Tasks seeded for `--scale`.
+    #[arg(long, env = "TURNQ_BENCH_SCALE_TASKS", default_value_t = 1_000_000)]
+    pub scale_tasks: u64,
+
+    /// Events seeded for `--scale` (an even share per task).
+    #[arg(long, env = "TURNQ_BENCH_SCALE_EVENTS", default_value_t = 10_000_000)]
+    pub scale_events: u64,
+
     /// Keep the bench database and Redis keys afterwards (to look at them).
     #[arg(long, env = "TURNQ_BENCH_KEEP")]
     pub keep: bool,
@@ -134,6 +150,8 @@ pub struct Report {
     pub session: Option<storage::SessionFigures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<storage::ReplayFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<scale::ScaleFigures>,
     /// Peak resident memory of the bench process (API, dispatcher, submitter), MiB.
     pub peak_rss_mib: f64,
     /// Peak resident memory of each worker process, MiB.
@@ -228,6 +246,9 @@ async fn measure(args: &BenchArgs, stack: &Stack, report: &mut Report) -> Result
             .await?,
         );
     }
+    if args.scale {
+        report.scale = Some(scale::run(stack, args.scale_tasks, args.scale_events).await?);
+    }
     Ok(())
 }
 
@@ -286,6 +307,21 @@ fn print_table(r: &Report) {
                 p.events_per_sec, p.events, p.tasks
             ),
         );
+    }
+    if let Some(s) = &r.scale {
+        row(
+            "scale: history seeded",
+            format!(
+                "{} tasks, {} events ({:.0} s)",
+                s.tasks, s.events, s.seed_seconds
+            ),
+        );
+        for (path, p50, p99) in &s.endpoints {
+            row(
+                &format!("scale: GET {path}"),
+                format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+            );
+        }
     }
     row(
         "peak RSS: bench process (API, dispatcher, runs)",

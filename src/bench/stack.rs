@@ -196,6 +196,13 @@ impl Stack {
         // Dropping them removes the database and the keys (unless kept).
     }
 
+    /// A GET of the API with the bench's token.
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.api_url))
+            .bearer_auth(&self.token)
+    }
+
     /// A request to the API with the bench's token.
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.http

@@ -4,6 +4,8 @@ mod agents;
 mod events;
 mod health;
 mod queues;
+
+pub(crate) use queues::with_figures as queue_figures;
 mod sessions;
 mod stats;
 mod tasks;

@@ -37,6 +37,7 @@ use crate::{
     event::{RecordedEvent, StreamRef, TaskEvent},
     fault::fail_point,
     listen::{Listener, Notice},
+    queue::{QueueFigures, QueueTally},
     supervise::Supervisor,
     task::{CHANNEL_TASK_CANCELLED, CHANNEL_TASKS_NEW},
     time::Timestamp,
@@ -335,6 +336,9 @@ pub struct EventFeed {
     /// subscriber reads from the log itself before it follows the channel.
     head: watch::Sender<Cursor>,
     poll: Duration,
+    /// What each queue holds, kept from the events the feed passes on; `None` until it
+    /// is loaded at start.
+    tally: std::sync::Mutex<Option<QueueTally>>,
 }
 
 impl EventFeed {
@@ -345,6 +349,7 @@ impl EventFeed {
             events: broadcast::Sender::new(capacity.max(1)),
             head: watch::Sender::new(Cursor::START),
             poll,
+            tally: std::sync::Mutex::new(None),
         })
     }
 
@@ -362,6 +367,19 @@ impl EventFeed {
     /// The cursor up to which events have been handed out.
     pub fn head(&self) -> Cursor {
         *self.head.borrow()
+    }
+
+    /// What `queue` holds now, as of the events handed out; `None` while the feed is
+    /// still loading at start.
+    pub fn queue_figures(&self, queue: &str) -> Option<QueueFigures> {
+        self.lock_tally()
+            .as_ref()
+            .map(|t| t.figures(queue, crate::time::now()))
+    }
+
+    fn lock_tally(&self) -> std::sync::MutexGuard<'_, Option<QueueTally>> {
+        // Counts only; a panic elsewhere leaves them as consistent as the last event.
+        self.tally.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads the log until `stop`: from "now" at start, then every poll interval and at
@@ -400,7 +418,10 @@ impl EventFeed {
             let polled = if started {
                 self.poll_once(&db, &mut labels).await
             } else {
-                LiveLog::head(&db).await.map(|head| {
+                // The tally and the head come from one snapshot: the feed goes on from
+                // exactly where the tally was loaded.
+                QueueTally::load(&db).await.map(|(tally, head)| {
+                    *self.lock_tally() = Some(tally);
                     self.head.send_replace(head);
                     started = true;
                     0
@@ -444,6 +465,11 @@ impl EventFeed {
             return Ok(0);
         }
         LiveLog::label_with(db, &mut events, labels).await?;
+        if let Some(tally) = self.lock_tally().as_mut() {
+            for event in &events {
+                tally.apply(event);
+            }
+        }
         let n = events.len();
         if let Some(last) = events.last() {
             // The head moves before the events go out (see `subscribe`).

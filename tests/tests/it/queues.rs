@@ -165,3 +165,70 @@ async fn pausing_needs_admin_and_a_queue_that_exists() -> Result<()> {
     ensure!(queue(&app, "default").await?["paused"] == false);
     app.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_figures_kept_from_the_log_agree_with_postgres_after_every_kind_of_transition()
+-> Result<()> {
+    use turnq_core::queue::QueueStore;
+    let mut app = TestApp::spawn_without_workers().await?;
+    let inputs = [
+        json!({"input": "ok", "queue": "mix"}),
+        json!({"input": {"script": {"outcome": "fail"}}, "queue": "mix", "max_attempts": 1}),
+        json!({"input": {"script": {"outcome": "block"}}, "queue": "mix"}),
+        json!({"input": {"script": {"fail_attempts": 1}}, "queue": "mix", "max_attempts": 3}),
+        json!({"input": "later", "queue": "mix", "run_at": "2999-01-01T00:00:00Z"}),
+        json!({"input": "cancelled", "queue": "mix", "run_at": "2999-01-01T00:00:00Z"}),
+        json!({"input": "other", "queue": "else"}),
+    ];
+    let mut ids = Vec::new();
+    for body in inputs {
+        ids.push(
+            app.submit(body).await?["id"]
+                .as_str()
+                .context("id")?
+                .to_owned(),
+        );
+    }
+    app.post(&format!("/v1/tasks/{}/cancel", ids[5]), &Value::Null)
+        .await?;
+    app.start_worker(&["--queues", "mix,else"]).await?;
+    app.wait_for_state(&ids[1], "failed").await?;
+    app.wait_for_state(&ids[2], "blocked").await?;
+    app.wait_for_state(&ids[3], "completed").await?;
+    // A person's transitions too: retry the failed one, approve the blocked one.
+    app.post(&format!("/v1/tasks/{}/retry", ids[1]), &Value::Null)
+        .await?;
+    app.post(&format!("/v1/tasks/{}/approve", ids[2]), &Value::Null)
+        .await?;
+    app.wait_for_state(&ids[1], "failed").await?;
+    app.wait_for_state(&ids[2], "blocked").await?;
+    app.wait_for_state(&ids[6], "completed").await?;
+    eventually("the tally agrees with Postgres", || async {
+        let counted = QueueStore::counted(&app.db).await?;
+        for want in counted {
+            let got = queue(&app, &want.queue.name).await?;
+            let f = &want.figures;
+            for (field, value) in [
+                ("pending", f.pending),
+                ("queued", f.queued),
+                ("running", f.running),
+                ("blocked", f.blocked),
+                ("failed", f.failed),
+                ("completed_last_hour", f.completed_last_hour),
+            ] {
+                ensure!(
+                    got[field] == value,
+                    "{} {field}: the tally says {}, Postgres {value}",
+                    want.queue.name,
+                    got[field]
+                );
+            }
+        }
+        // Failures are counted as they happen: the task retried by hand failed twice.
+        let mix = queue(&app, "mix").await?;
+        ensure!(mix["failed_last_hour"] == 2, "{mix}");
+        anyhow::Ok(())
+    })
+    .await?;
+    app.stop().await
+}

@@ -7,10 +7,14 @@
 //! `queue.resumed`), written with the row change in one transaction like every task
 //! transition, so the log tells who paused what and when.
 //!
-//! The figures stay fast with millions of tasks: the backlog is counted from a partial
-//! index that holds only pending, running, blocked and failed tasks
-//! (`tasks_queue_open_idx`), and "completed in the last hour" reads the last block
-//! ranges through a BRIN index of `ended_at`: neither reads the history.
+//! The figures stay fast with millions of tasks: they are kept in memory from the event
+//! log ([`QueueTally`], loaded once through a partial index of the open tasks and a BRIN
+//! index of `ended_at`), so reading them reads no table. [`QueueStore::counted`] counts
+//! them in Postgres instead, for checking the tally.
+
+mod tally;
+
+pub use tally::{QueueFigures, QueueTally};
 
 use std::collections::BTreeMap;
 
@@ -55,27 +59,31 @@ impl QueueEvent {
     }
 }
 
-/// A queue and what it holds now.
+/// A queue.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct QueueStats {
+pub struct Queue {
     pub name: String,
     pub paused: bool,
     pub created_at: Timestamp,
-    /// Pending and not yet handed to Redis (due or scheduled for later).
-    pub pending: i64,
-    /// Pending and handed to Redis, waiting for a worker.
-    pub queued: i64,
-    pub running: i64,
-    /// Waiting for a person.
-    pub blocked: i64,
-    /// Failed and not retried: in the inbox.
-    pub failed: i64,
-    /// How long the longest-due pending task has been due, in seconds (0 when none).
-    pub oldest_pending_seconds: f64,
-    pub completed_last_minute: i64,
-    pub completed_last_hour: i64,
-    pub failed_last_minute: i64,
-    pub failed_last_hour: i64,
+}
+
+impl From<queues::Model> for Queue {
+    fn from(m: queues::Model) -> Self {
+        Queue {
+            name: m.name,
+            paused: m.paused,
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// A queue and what it holds now.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueueStats {
+    #[serde(flatten)]
+    pub queue: Queue,
+    #[serde(flatten)]
+    pub figures: QueueFigures,
 }
 
 /// The backlog figures of one queue, from `tasks_queue_open_idx`.
@@ -110,20 +118,20 @@ fn count_if(cond: SimpleExpr) -> SimpleExpr {
 pub struct QueueStore;
 
 impl QueueStore {
-    /// Every queue, by name, with its figures.
-    pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<QueueStats>> {
-        let rows = queues::Entity::find()
+    /// Every queue, by name.
+    pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<Queue>> {
+        Ok(queues::Entity::find()
             .order_by_asc(queues::Column::Name)
             .all(db)
-            .await?;
-        Self::with_figures(db, rows, None).await
+            .await?
+            .into_iter()
+            .map(Queue::from)
+            .collect())
     }
 
-    /// One queue with its figures; `Invalid` when it does not exist.
-    pub async fn get<C: ConnectionTrait>(db: &C, name: &str) -> Result<QueueStats> {
-        let row = Self::row(db, name).await?;
-        let mut stats = Self::with_figures(db, vec![row], Some(name)).await?;
-        stats.pop().ok_or_else(|| unknown(name))
+    /// One queue; `NotFound` when it does not exist.
+    pub async fn get<C: ConnectionTrait>(db: &C, name: &str) -> Result<Queue> {
+        Ok(Self::row(db, name).await?.into())
     }
 
     /// The names of the paused queues.
@@ -139,22 +147,14 @@ impl QueueStore {
 
     /// Pauses `name` (recording `queue.paused`); pausing a paused queue changes
     /// nothing and records nothing.
-    pub async fn pause(
-        db: &DatabaseConnection,
-        name: &str,
-        metadata: &Value,
-    ) -> Result<QueueStats> {
+    pub async fn pause(db: &DatabaseConnection, name: &str, metadata: &Value) -> Result<Queue> {
         Self::set_paused(db, name, true, metadata).await?;
         Self::get(db, name).await
     }
 
     /// Resumes `name` (recording `queue.resumed`); resuming a running queue changes
     /// nothing and records nothing.
-    pub async fn resume(
-        db: &DatabaseConnection,
-        name: &str,
-        metadata: &Value,
-    ) -> Result<QueueStats> {
+    pub async fn resume(db: &DatabaseConnection, name: &str, metadata: &Value) -> Result<Queue> {
         Self::set_paused(db, name, false, metadata).await?;
         Self::get(db, name).await
     }
@@ -218,6 +218,17 @@ impl QueueStore {
             .one(db)
             .await?
             .ok_or_else(|| unknown(name))
+    }
+
+    /// Every queue's figures counted in Postgres (through the same indexes the tally
+    /// loads from): exact, and a read of the whole backlog, so for checking the tally,
+    /// not for every request.
+    pub async fn counted<C: ConnectionTrait>(db: &C) -> Result<Vec<QueueStats>> {
+        let rows = queues::Entity::find()
+            .order_by_asc(queues::Column::Name)
+            .all(db)
+            .await?;
+        Self::with_figures(db, rows, None).await
     }
 
     /// The figures of `rows`' queues (of `only` when given: one queue).
@@ -310,19 +321,19 @@ impl QueueStore {
                     .map(|due| Ord::max((now - due).num_milliseconds(), 0) as f64 / 1000.0)
                     .unwrap_or(0.0);
                 QueueStats {
-                    paused: row.paused,
-                    created_at: row.created_at,
-                    pending: b.map_or(0, |b| b.pending),
-                    queued: b.map_or(0, |b| b.queued),
-                    running: b.map_or(0, |b| b.running),
-                    blocked: b.map_or(0, |b| b.blocked),
-                    failed: b.map_or(0, |b| b.failed),
-                    oldest_pending_seconds: oldest,
-                    completed_last_minute: c.map_or(0, |c| c.last_minute),
-                    completed_last_hour: c.map_or(0, |c| c.last_hour),
-                    failed_last_minute: b.map_or(0, |b| b.failed_last_minute),
-                    failed_last_hour: b.map_or(0, |b| b.failed_last_hour),
-                    name: row.name,
+                    figures: QueueFigures {
+                        pending: b.map_or(0, |b| b.pending),
+                        queued: b.map_or(0, |b| b.queued),
+                        running: b.map_or(0, |b| b.running),
+                        blocked: b.map_or(0, |b| b.blocked),
+                        failed: b.map_or(0, |b| b.failed),
+                        oldest_pending_seconds: oldest,
+                        completed_last_minute: c.map_or(0, |c| c.last_minute),
+                        completed_last_hour: c.map_or(0, |c| c.last_hour),
+                        failed_last_minute: b.map_or(0, |b| b.failed_last_minute),
+                        failed_last_hour: b.map_or(0, |b| b.failed_last_hour),
+                    },
+                    queue: row.into(),
                 }
             })
             .collect())
