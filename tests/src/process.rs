@@ -273,8 +273,7 @@ impl PrivateRedis {
 
     /// Runs one command on this server.
     pub async fn command(&self, cmd: &str) -> Result<String> {
-        let client = redis::Client::open(self.url().as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = turnq_testkit::redis::connect(&self.url()).await?;
         Ok(redis::cmd(cmd).query_async(&mut conn).await?)
     }
 

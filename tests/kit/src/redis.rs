@@ -58,12 +58,46 @@ impl Drop for TestRedis {
     }
 }
 
+/// A connection to the Redis at `url` that waits up to the CI-scaled [`env::patience`]
+/// for an answer. The redis crate's default is 500 ms, which a Redis busy with another
+/// test's 20,000-task burst exceeds on a loaded CI machine: a test's own reads must not
+/// fail for that.
+pub async fn connect(url: &str) -> Result<::redis::aio::MultiplexedConnection> {
+    let config = ::redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(env::patience()))
+        .set_response_timeout(Some(env::patience()));
+    Ok(::redis::Client::open(url)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
+}
+
+/// The keys matching `pattern`, through SCAN (never KEYS, which blocks the server for
+/// every other test while it walks the whole keyspace).
+pub async fn keys_matching(url: &str, pattern: &str) -> Result<Vec<String>> {
+    let mut conn = connect(url).await?;
+    let (mut cursor, mut found) = (0u64, Vec::new());
+    loop {
+        let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        found.extend(keys);
+        if next == 0 {
+            return Ok(found);
+        }
+        cursor = next;
+    }
+}
+
 /// Deletes every key under `prefix` (SCAN + UNLINK, so Redis never blocks on a big
 /// key; never FLUSHDB or KEYS, which would touch other tests), and the prefix's queues
 /// from apalis' global queue list.
 pub async fn delete_prefix(url: &str, prefix: &str) -> Result<()> {
-    let client = ::redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut conn = connect(url).await?;
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")

@@ -198,13 +198,8 @@ async fn bench_leftovers() -> Result<(i64, usize)> {
     .ok_or_else(|| anyhow::anyhow!("count returned no row"))?;
     let databases: i64 = row.try_get_by_index(0)?;
     admin.close().await?;
-    let mut redis = redis::Client::open(turnq_tests::redis_url())?
-        .get_multiplexed_async_connection()
-        .await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("turnq-bench-*")
-        .query_async(&mut redis)
-        .await?;
+    let keys =
+        turnq_testkit::redis::keys_matching(&turnq_tests::redis_url(), "turnq-bench-*").await?;
     Ok((databases, keys.len()))
 }
 
