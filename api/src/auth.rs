@@ -3,7 +3,7 @@
 
 use axum::{
     extract::{Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -18,12 +18,20 @@ pub(crate) async fn require(
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
+    let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    // The UI's sign-in cookie counts for reads (its pages follow the event stream
+    // through it), never for a change: a form could be made to send a cookie, so
+    // changes go through the UI's own CSRF-checked actions or a bearer header.
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    let presented = bearer.or_else(|| {
+        safe.then(|| crate::ui::signin::cookie_token(request.headers()))
+            .flatten()
+    });
     let Some(presented) = presented else {
         return unauthorized(
             "this route needs an `Authorization: Bearer <token>` header; create a token with `turnq token create`",

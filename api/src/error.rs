@@ -33,6 +33,15 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What went wrong, as the envelope's `message` says it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl From<turnq_core::Error> for ApiError {

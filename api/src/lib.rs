@@ -24,6 +24,7 @@ mod extract;
 pub mod metrics;
 mod request_id;
 mod routes;
+mod ui;
 
 use std::{io, sync::Arc, time::Duration};
 
@@ -181,6 +182,7 @@ pub fn router(state: AppState) -> Router {
     // Outermost last: the id is set first, then the access log's span names it, then
     // it is copied to the response, then the handler runs with it (errors quote it).
     routes::router(&state)
+        .merge(ui::router())
         .layer(middleware::from_fn(request_id::scope))
         .layer(PropagateRequestIdLayer::new(header.clone()))
         .layer(

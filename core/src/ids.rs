@@ -18,6 +18,21 @@ impl TaskId {
     }
 }
 
+impl TaskId {
+    /// The smallest id a task created at `at` can have: a v7 uuid is its creation time in
+    /// milliseconds followed by random bits, so `id >= TaskId::first_at(t)` selects the
+    /// tasks created at or after `t` through the primary key, with no index on
+    /// `created_at`.
+    pub fn first_at(at: crate::time::Timestamp) -> TaskId {
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        bytes[6] = 0x70; // version 7
+        bytes[8] = 0x80; // the RFC 9562 variant
+        TaskId(Uuid::from_bytes(bytes))
+    }
+}
+
 impl Default for TaskId {
     fn default() -> Self {
         Self::new()
@@ -89,5 +104,21 @@ impl StreamVersion {
 impl fmt::Display for StreamVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_id_at_a_time_sorts_before_every_id_made_then_or_later() {
+        let before = crate::time::now();
+        let made = TaskId::new();
+        let floor = TaskId::first_at(before);
+        assert!(floor <= made, "{floor} > {made}");
+        assert_eq!(floor.0.get_version_num(), 7);
+        let later = TaskId::first_at(before + chrono::Duration::milliseconds(1000));
+        assert!(made < later, "{made} >= {later}");
     }
 }

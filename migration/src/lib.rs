@@ -38,6 +38,7 @@ mod m20261126_000020_tasks_list_index;
 mod m20261203_000021_events_xid;
 mod m20261203_000022_create_queues;
 mod m20261203_000023_tasks_queue_stats_indexes;
+mod m20261203_000024_tasks_ui_indexes;
 
 /// Runs the turnq migrations, in the order they must be applied.
 pub struct Migrator;
@@ -69,6 +70,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000021_events_xid::Migration),
             Box::new(m20261203_000022_create_queues::Migration),
             Box::new(m20261203_000023_tasks_queue_stats_indexes::Migration),
+            Box::new(m20261203_000024_tasks_ui_indexes::Migration),
         ]
     }
 }

@@ -6,6 +6,7 @@
 //! - [`app`]: [`TestApp`], the real app on port 0 started through `turnq::App` (the
 //!   assembly `turnq up` runs), on a database and Redis prefix of the test's own, with
 //!   one helper per endpoint.
+//! - [`browser`]: a headless Chromium driven through chromedriver, for the UI tests.
 //! - [`process`]: the real `turnq` binary as child processes (`turnq worker`, `turnq
 //!   up`), and private Redis servers for faults that must not touch the shared one.
 //! - The lower half, [`turnq_testkit`], re-exported here: a database per test from a
@@ -14,6 +15,7 @@
 //!   checks, never for a fixed time.
 
 pub mod app;
+pub mod browser;
 pub mod process;
 
 pub use app::{TestApp, count, dispatcher_config, worker_config};

@@ -6,6 +6,7 @@ mod health;
 mod queues;
 
 pub(crate) use queues::with_figures as queue_figures;
+pub(crate) use tasks::count as count_task;
 mod sessions;
 mod stats;
 mod tasks;

@@ -28,7 +28,7 @@ fn metadata() -> Value {
 }
 
 /// Counts `task` in the counter `name`, labelled by its queue and agent.
-fn count(name: &'static str, task: &Task) {
+pub(crate) fn count(name: &'static str, task: &Task) {
     metrics::counter!(name, "queue" => task.queue.clone(), "agent" => task.agent.clone())
         .increment(1);
 }
@@ -176,6 +176,7 @@ pub(super) async fn list(
         agent: query.agent,
         project: query.project,
         queue: query.queue,
+        ..Default::default()
     };
     page(&state, &filter, query.cursor.as_deref(), query.limit).await
 }

@@ -44,6 +44,20 @@ impl PgSessionStore {
         PgSessionStore { db }
     }
 
+    /// The projects that have at least one session with a main transcript, by name (at
+    /// most `limit`).
+    pub async fn projects(&self, limit: u64) -> Result<Vec<String>> {
+        Ok(session_summaries::Entity::find()
+            .select_only()
+            .column(S::ProjectKey)
+            .distinct()
+            .order_by_asc(S::ProjectKey)
+            .limit(limit)
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await?)
+    }
+
     async fn append_entries(&self, key: &SessionKey, entries: Entries) -> Result<Appended> {
         if entries.is_empty() {
             return Ok(Appended::default());

@@ -20,3 +20,4 @@ mod stats;
 mod stream;
 mod supervision;
 mod tasks;
+mod ui;

@@ -52,7 +52,7 @@ use crate::{
 
 pub use attempt::{Claimed, Record};
 pub use dispatch::DueTask;
-pub use read::{TaskFilter, TaskPage};
+pub use read::{SEARCH_WINDOW, TaskFilter, TaskPage};
 pub use submit::Submitted;
 
 fn stream_of(id: TaskId) -> StreamRef {

@@ -1,6 +1,9 @@
 //! Reading tasks and their events.
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Select, sea_query::Expr,
+};
 
 use super::{TaskStore, stream_of};
 use crate::{
@@ -9,15 +12,42 @@ use crate::{
     error::Result,
     event::{EventStore, RecordedEvent},
     task::{Task, TaskState},
+    time::Timestamp,
 };
 
-/// Filters of `GET /v1/tasks`; every one given must match.
+/// Filters of `GET /v1/tasks` and the UI; every one given must match.
 #[derive(Clone, Debug, Default)]
 pub struct TaskFilter {
     pub states: Vec<TaskState>,
     pub agent: Option<String>,
     pub project: Option<String>,
     pub queue: Option<String>,
+    pub session: Option<String>,
+    /// Created at or after this time; through the primary key (ids are UUIDv7).
+    pub created_from: Option<Timestamp>,
+    /// Created before this time.
+    pub created_to: Option<Timestamp>,
+    /// Text the input contains (case-insensitive), searched among the most recent
+    /// [`SEARCH_WINDOW`] tasks only, so a search costs the same with a billion tasks.
+    pub text: Option<String>,
+}
+
+/// How many of the most recent tasks a text search reads. Measured by `turnq bench
+/// --scale`: a search over this window stays within the UI's page budget.
+pub const SEARCH_WINDOW: u64 = 100_000;
+
+/// `text` as an ILIKE pattern that matches it literally.
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// One page of tasks, newest first.
@@ -45,19 +75,7 @@ impl TaskStore {
         cursor: Option<TaskId>,
         limit: u64,
     ) -> Result<TaskPage> {
-        let mut query = tasks::Entity::find();
-        if !filter.states.is_empty() {
-            query = query.filter(Column::State.is_in(filter.states.iter().copied()));
-        }
-        if let Some(agent) = &filter.agent {
-            query = query.filter(Column::Agent.eq(agent.as_str()));
-        }
-        if let Some(project) = &filter.project {
-            query = query.filter(Column::Project.eq(project.as_str()));
-        }
-        if let Some(queue) = &filter.queue {
-            query = query.filter(Column::Queue.eq(queue.as_str()));
-        }
+        let mut query = Self::matching(db, filter).await?;
         if let Some(cursor) = cursor {
             query = query.filter(Column::Id.lt(cursor.0));
         }
@@ -75,6 +93,128 @@ impl TaskStore {
             None
         };
         Ok(TaskPage { tasks, next_cursor })
+    }
+
+    /// The sub-tasks of `parent` (tasks naming it as `parent_task_id`), oldest first.
+    pub async fn children<C: ConnectionTrait>(
+        db: &C,
+        parent: TaskId,
+        limit: u64,
+    ) -> Result<Vec<Task>> {
+        Ok(tasks::Entity::find()
+            .filter(Column::ParentTaskId.eq(parent.0))
+            .order_by_asc(Column::Id)
+            .limit(limit)
+            .all(db)
+            .await?
+            .into_iter()
+            .map(Task::from)
+            .collect())
+    }
+
+    /// How many tasks match `filter`, counting no further than `cap` (so a count over
+    /// millions of tasks stops early); `cap` when there are at least that many.
+    pub async fn count_up_to<C: ConnectionTrait>(
+        db: &C,
+        filter: &TaskFilter,
+        cap: u64,
+    ) -> Result<u64> {
+        let ids = Self::matching(db, filter)
+            .await?
+            .select_only()
+            .column(Column::Id)
+            .limit(cap)
+            .into_tuple::<uuid::Uuid>()
+            .all(db)
+            .await?;
+        Ok(ids.len() as u64)
+    }
+
+    /// The ids of up to `limit` tasks matching `filter`, newest first.
+    pub async fn ids_matching<C: ConnectionTrait>(
+        db: &C,
+        filter: &TaskFilter,
+        limit: u64,
+    ) -> Result<Vec<TaskId>> {
+        let ids = Self::matching(db, filter)
+            .await?
+            .select_only()
+            .column(Column::Id)
+            .order_by_desc(Column::Id)
+            .limit(limit)
+            .into_tuple::<uuid::Uuid>()
+            .all(db)
+            .await?;
+        Ok(ids.into_iter().map(TaskId).collect())
+    }
+
+    /// How many tasks there are, estimated from the planner's statistics (a count(*)
+    /// reads the whole table).
+    pub async fn estimated_total<C: ConnectionTrait>(db: &C) -> Result<u64> {
+        let found = tasks::Entity::find()
+            .select_only()
+            .expr(Expr::cust(
+                "(SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'tasks'::regclass)",
+            ))
+            .limit(1)
+            .into_tuple::<i64>()
+            .one(db)
+            .await?;
+        Ok(found.unwrap_or(0).max(0) as u64)
+    }
+
+    /// The query of the tasks matching `filter`.
+    async fn matching<C: ConnectionTrait>(
+        db: &C,
+        filter: &TaskFilter,
+    ) -> Result<Select<tasks::Entity>> {
+        let mut query = tasks::Entity::find();
+        if !filter.states.is_empty() {
+            query = query.filter(Column::State.is_in(filter.states.iter().copied()));
+        }
+        if let Some(agent) = &filter.agent {
+            query = query.filter(Column::Agent.eq(agent.as_str()));
+        }
+        if let Some(project) = &filter.project {
+            query = query.filter(Column::Project.eq(project.as_str()));
+        }
+        if let Some(queue) = &filter.queue {
+            query = query.filter(Column::Queue.eq(queue.as_str()));
+        }
+        if let Some(session) = &filter.session {
+            query = query.filter(Column::SessionId.eq(session.as_str()));
+        }
+        if let Some(from) = filter.created_from {
+            // The id bound lets Postgres walk the primary key; the created_at one keeps
+            // the meaning exact whatever clock made the id.
+            query = query
+                .filter(Column::Id.gte(TaskId::first_at(from - chrono::Duration::seconds(1)).0))
+                .filter(Column::CreatedAt.gte(from));
+        }
+        if let Some(to) = filter.created_to {
+            query = query
+                .filter(Column::Id.lt(TaskId::first_at(to + chrono::Duration::seconds(1)).0))
+                .filter(Column::CreatedAt.lt(to));
+        }
+        if let Some(text) = filter.text.as_deref().filter(|t| !t.is_empty()) {
+            let window_start = tasks::Entity::find()
+                .select_only()
+                .column(Column::Id)
+                .order_by_desc(Column::Id)
+                .offset(SEARCH_WINDOW - 1)
+                .limit(1)
+                .into_tuple::<uuid::Uuid>()
+                .one(db)
+                .await?;
+            if let Some(start) = window_start {
+                query = query.filter(Column::Id.gte(start));
+            }
+            query = query.filter(Expr::cust_with_values(
+                "input::text ILIKE $1",
+                [contains_pattern(text)],
+            ));
+        }
+        Ok(query)
     }
 
     /// The task's events after `after`, oldest first.

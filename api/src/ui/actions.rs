@@ -1,0 +1,359 @@
+//! The UI's actions: POST forms that check the viewer's scope as the JSON routes do,
+//! change state through the same `turnq-core` stores (each change an event), and
+//! redirect back (post/redirect/get), so they work without JavaScript.
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Redirect, Response},
+};
+use maud::html;
+use serde_json::{Map, Value, json};
+use turnq_core::{
+    TaskId,
+    auth::Scope,
+    metrics as names,
+    queue::QueueStore,
+    task::{NewTaskRequest, Task, TaskFilter, TaskState, TaskStore},
+    time,
+};
+
+use super::{
+    layout::{self, PageError},
+    pages::tasks::{filter_from, filter_pairs},
+    signin::Viewer,
+};
+use crate::{AppState, routes::count_task};
+
+/// The most tasks one bulk action changes; more matching ones need another run.
+const BULK_MAX: u64 = 10_000;
+
+fn metadata(viewer: &Viewer) -> Value {
+    json!({"actor": "ui", "token": viewer.token.name})
+}
+
+/// `POST /ui/tasks/{id}/{action}`: cancel, retry, approve, or again (a new task with
+/// the same input).
+pub(super) async fn on_task(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let id: TaskId = id.parse().map_err(|_| {
+        PageError::new(StatusCode::BAD_REQUEST, format!("task id {id:?} is not a UUID"))
+    })?;
+    let scope = match action.as_str() {
+        "cancel" | "again" => Scope::Submit,
+        "retry" | "approve" => Scope::Admin,
+        other => {
+            return Err(PageError::new(
+                StatusCode::NOT_FOUND,
+                format!("there is no task action {other:?}: use cancel, retry, approve or again"),
+            ));
+        }
+    };
+    let form = viewer.form(&headers, &body, scope)?;
+    let db = state.db();
+    let meta = metadata(&viewer);
+    let task = match action.as_str() {
+        "cancel" => {
+            let task = TaskStore::cancel(db, id, form.value("reason"), &meta).await?;
+            count_task(names::TASKS_CANCELLED, &task);
+            task
+        }
+        "retry" => {
+            let task = TaskStore::retry(db, id, &meta).await?;
+            metrics::counter!(names::TASKS_RETRIED, "queue" => task.queue.clone(),
+                "agent" => task.agent.clone(), "by" => "person")
+            .increment(1);
+            task
+        }
+        "approve" => TaskStore::approve(db, id, form.value("note"), &meta).await?,
+        _ => {
+            let old = TaskStore::get(db, id).await?;
+            submit_request(&state, again(&old), &meta).await?
+        }
+    };
+    Ok(Redirect::to(&format!("/tasks/{}", task.id)).into_response())
+}
+
+/// A new submission with what `task` was submitted with (not its idempotency key, run
+/// time or lineage).
+fn again(task: &Task) -> Value {
+    let mut body = Map::new();
+    body.insert("input".into(), task.input.clone());
+    body.insert("project".into(), json!(task.project));
+    body.insert("queue".into(), json!(task.queue));
+    body.insert("priority".into(), json!(task.priority));
+    body.insert("agent".into(), json!(task.agent));
+    body.insert("max_attempts".into(), json!(task.max_attempts));
+    for (name, value) in [
+        ("model", &task.model),
+        ("backend", &task.backend),
+        ("session_id", &task.session_id),
+        ("chat_id", &task.chat_id),
+        ("mode_id", &task.mode_id),
+        ("thinking_option_id", &task.thinking_option_id),
+    ] {
+        if let Some(v) = value {
+            body.insert(name.into(), json!(v));
+        }
+    }
+    if let Some(fv) = &task.feature_values {
+        body.insert("feature_values".into(), fv.clone());
+    }
+    Value::Object(body)
+}
+
+/// Validates and submits `body` (the JSON of `POST /v1/tasks`).
+async fn submit_request(state: &AppState, body: Value, meta: &Value) -> Result<Task, PageError> {
+    let request: NewTaskRequest = serde_json::from_value(body).map_err(|e| {
+        PageError::new(StatusCode::BAD_REQUEST, format!("the submission is not valid: {e}"))
+    })?;
+    let task = request.validate(time::now())?;
+    let submitted = TaskStore::submit(state.db(), task, meta).await?;
+    if submitted.created {
+        count_task(names::TASKS_SUBMITTED, &submitted.task);
+    }
+    Ok(submitted.task)
+}
+
+/// `POST /ui/tasks`: the submit form (agent, queue, project, session, input: JSON when
+/// it parses as JSON, else the text itself).
+pub(super) async fn submit(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let form = viewer.form(&headers, &body, Scope::Submit)?;
+    let raw = form.get("input").unwrap_or_default();
+    if raw.trim().is_empty() {
+        return Err(PageError::new(StatusCode::BAD_REQUEST, "the input is empty: say what the agent should do"));
+    }
+    let input = serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
+    let mut request = Map::new();
+    request.insert("input".into(), input);
+    for field in ["agent", "queue", "project", "session_id"] {
+        if let Some(v) = form.value(field) {
+            request.insert(field.into(), json!(v));
+        }
+    }
+    let task = submit_request(&state, Value::Object(request), &metadata(&viewer)).await?;
+    Ok(Redirect::to(&format!("/tasks/{}", task.id)).into_response())
+}
+
+/// `POST /ui/queues/{name}/{pause|resume}`.
+pub(super) async fn on_queue(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    viewer.form(&headers, &body, Scope::Admin)?;
+    let meta = metadata(&viewer);
+    match action.as_str() {
+        "pause" => QueueStore::pause(state.db(), &name, &meta).await?,
+        "resume" => QueueStore::resume(state.db(), &name, &meta).await?,
+        other => {
+            return Err(PageError::new(
+                StatusCode::NOT_FOUND,
+                format!("there is no queue action {other:?}: use pause or resume"),
+            ));
+        }
+    };
+    Ok(Redirect::to("/").into_response())
+}
+
+/// What a bulk action does to one task.
+#[derive(Clone, Copy, PartialEq)]
+enum Bulk {
+    Retry,
+    Cancel,
+}
+
+impl Bulk {
+    fn verb(self) -> &'static str {
+        match self {
+            Bulk::Retry => "Retry",
+            Bulk::Cancel => "Cancel",
+        }
+    }
+
+    /// The states it applies to: retrying re-opens failed tasks; cancelling stops the
+    /// ones that have not ended.
+    fn states(self) -> &'static [TaskState] {
+        match self {
+            Bulk::Retry => &[TaskState::Failed],
+            Bulk::Cancel => &[TaskState::Pending, TaskState::Running, TaskState::Blocked],
+        }
+    }
+
+    fn scope(self) -> Scope {
+        match self {
+            Bulk::Retry => Scope::Admin,
+            Bulk::Cancel => Scope::Submit,
+        }
+    }
+
+    /// `filter` narrowed to the states this action applies to.
+    fn narrow(self, mut filter: TaskFilter) -> TaskFilter {
+        filter.states = if filter.states.is_empty() {
+            self.states().to_vec()
+        } else {
+            filter
+                .states
+                .into_iter()
+                .filter(|s| self.states().contains(s))
+                .collect()
+        };
+        filter
+    }
+}
+
+/// `POST /ui/tasks/bulk`: `action` = `retry-selected` / `cancel-selected` (the `id`
+/// checkboxes), or `retry-all` / `cancel-all` (every task matching the filter fields,
+/// after a confirmation page that says how many).
+pub(super) async fn bulk(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    // The scope is checked per action below; `read` here lets the form be parsed.
+    let form = viewer.form(&headers, &body, Scope::Read)?;
+    let raw_action = form.get("action").unwrap_or_default().to_owned();
+    let (bulk, all) = match raw_action.as_str() {
+        "retry-selected" => (Bulk::Retry, false),
+        "cancel-selected" => (Bulk::Cancel, false),
+        "retry-all" => (Bulk::Retry, true),
+        "cancel-all" => (Bulk::Cancel, true),
+        other => {
+            return Err(PageError::new(
+                StatusCode::BAD_REQUEST,
+                format!("bulk action {other:?} is not one of retry-selected, cancel-selected, retry-all, cancel-all"),
+            ));
+        }
+    };
+    viewer.form(&headers, &body, bulk.scope())?;
+    let pairs = filter_pairs(&form);
+    let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let back = layout::link("/tasks", &borrowed);
+    let ids: Vec<TaskId> = if all {
+        let filter = bulk.narrow(filter_from(&form)?);
+        if form.get("confirm") != Some("yes") {
+            let matching = if filter.states.is_empty() {
+                0
+            } else {
+                TaskStore::count_up_to(state.db(), &filter, BULK_MAX + 1).await?
+            };
+            return Ok(confirm_page(&viewer, bulk, &raw_action, &pairs, matching, &back).into_response());
+        }
+        if filter.states.is_empty() {
+            Vec::new()
+        } else {
+            TaskStore::ids_matching(state.db(), &filter, BULK_MAX).await?
+        }
+    } else {
+        form.all("id")
+            .map(|raw| {
+                raw.parse::<TaskId>().map_err(|_| {
+                    PageError::new(StatusCode::BAD_REQUEST, format!("task id {raw:?} is not a UUID"))
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if ids.is_empty() {
+        return Err(PageError::new(
+            StatusCode::BAD_REQUEST,
+            "no task was selected: tick the tasks to act on, or use the \"all matching\" buttons",
+        ));
+    }
+    let meta = metadata(&viewer);
+    let (mut done, mut skipped) = (0u64, Vec::new());
+    for id in &ids {
+        let result = match bulk {
+            Bulk::Retry => TaskStore::retry(state.db(), *id, &meta).await,
+            Bulk::Cancel => TaskStore::cancel(state.db(), *id, None, &meta).await,
+        };
+        match result {
+            Ok(task) => {
+                done += 1;
+                if bulk == Bulk::Cancel {
+                    count_task(names::TASKS_CANCELLED, &task);
+                }
+            }
+            // A task that moved on meanwhile (completed, already retried) is reported,
+            // not an error of the whole action.
+            Err(e @ (turnq_core::Error::IllegalTransition { .. } | turnq_core::Error::TaskNotFound(_))) => {
+                skipped.push((*id, e.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let body = html! {
+        div.result {
+            h1 { (bulk.verb()) ": " (done) " of " (ids.len()) " tasks" }
+            @if !skipped.is_empty() {
+                p { (skipped.len()) " could not be changed:" }
+                ul { @for (id, why) in skipped.iter().take(50) {
+                    li { a href=(format!("/tasks/{id}")) { (layout::short_id(&id.to_string())) } " " (why) }
+                } }
+            }
+            @if all && ids.len() as u64 == BULK_MAX {
+                p.problem { "This action stops at " (layout::count(BULK_MAX as i64)) " tasks; run it again for the rest." }
+            }
+            p { a href=(back) { "Back to the tasks" } }
+        }
+    };
+    Ok(layout::page("Bulk action", &viewer, layout::Nav::Tasks, None, body).into_response())
+}
+
+fn confirm_page(
+    viewer: &Viewer,
+    bulk: Bulk,
+    action: &str,
+    pairs: &[(&'static str, String)],
+    matching: u64,
+    back: &str,
+) -> maud::Markup {
+    let shown = if matching > BULK_MAX {
+        format!("more than {}", layout::count(BULK_MAX as i64))
+    } else {
+        layout::count(matching as i64)
+    };
+    let body = html! {
+        div.confirm {
+            h1 { (bulk.verb()) " every task matching this filter?" }
+            ul.filter-summary {
+                @for (field, value) in pairs { li { strong { (field) } ": " code { (value) } } }
+                @if pairs.is_empty() { li { "no filter: every task" } }
+            }
+            p.big #matching data-matching=(matching) {
+                (shown) " " @if matching == 1 { "task" } @else { "tasks" }
+                " can be " @if bulk == Bulk::Retry { "retried (failed ones)" } @else { "cancelled (pending, running or blocked ones)" } "."
+            }
+            @if matching > BULK_MAX {
+                p.problem { "One run changes the newest " (layout::count(BULK_MAX as i64)) "; run it again for the rest." }
+            }
+            @if matching > 0 {
+                form method="post" action="/ui/tasks/bulk" {
+                    (layout::csrf(viewer))
+                    @for (field, value) in pairs { input type="hidden" name=(field) value=(value); }
+                    input type="hidden" name="action" value=(action);
+                    input type="hidden" name="confirm" value="yes";
+                    button.danger type="submit" { "Yes, " (bulk.verb().to_lowercase()) " " (shown) " tasks" }
+                    " "
+                    a href=(back) { "No, go back" }
+                }
+            } @else {
+                p { a href=(back) { "Back to the tasks" } }
+            }
+        }
+    };
+    layout::page("Confirm", viewer, layout::Nav::Tasks, None, body)
+}

@@ -1,0 +1,85 @@
+//! The web UI: server-rendered pages for the operator, served by the API at `/`.
+//!
+//! # Layout
+//!
+//! - [`signin`]: the token in an HttpOnly, SameSite=Strict cookie; [`signin::Viewer`],
+//!   the extractor every page and action starts from (who is looking, what they may
+//!   do), and the CSRF check of every action.
+//! - [`layout`]: the page shell (navigation, help dialog) and the small pieces every
+//!   page shares (times, state badges, links that keep a filter).
+//! - `pages/`: one module per page, each a handler that reads `turnq-core` stores and
+//!   renders HTML with maud. Pages never call the JSON routes; they share the stores.
+//! - [`actions`]: the POST forms (retry, cancel, approve, run again, submit, bulk,
+//!   pause/resume), each checking the viewer's scope as the JSON route would, then
+//!   redirecting back (post/redirect/get), so every action works without JavaScript.
+//! - [`assets`]: the stylesheet, script and icon in `api/ui/`, compiled into the binary.
+//!
+//! Live updates come from `/v1/events/stream` (the cookie authenticates its GET):
+//! `app.js` refreshes the page's `data-live` regions after events, one fetch at a time,
+//! not while the tab is hidden. Every response carries a strict Content-Security-Policy:
+//! no inline script or style, nothing from another origin.
+
+mod actions;
+mod assets;
+mod chart;
+mod layout;
+mod pages;
+pub(crate) mod signin;
+
+use axum::{
+    Router,
+    extract::Request,
+    http::{HeaderValue, header},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+};
+
+use crate::AppState;
+
+/// What a page may load and do: only this origin's own files, no inline code, no frames.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The UI's routes. Pages need a signed-in viewer with `read`; actions check their own
+/// scope.
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(pages::overview::page))
+        .route("/tasks", get(pages::tasks::page))
+        .route("/tasks/{id}", get(pages::task::page))
+        .route("/inbox", get(pages::inbox::page))
+        .route("/workers", get(pages::workers::page))
+        .route("/sessions", get(pages::sessions::list))
+        .route("/sessions/{project}/{session}", get(pages::sessions::transcript))
+        .route("/agents", get(pages::agents::page))
+        .route("/signin", get(signin::form).post(signin::sign_in))
+        .route("/signout", post(signin::sign_out))
+        .route("/ui/tasks", post(actions::submit))
+        .route("/ui/tasks/bulk", post(actions::bulk))
+        .route("/ui/tasks/{id}/{action}", post(actions::on_task))
+        .route("/ui/queues/{name}/{action}", post(actions::on_queue))
+        .route("/assets/{name}", get(assets::serve))
+        .layer(middleware::from_fn(security_headers))
+}
+
+/// The headers of every UI response: the CSP, no sniffing, no framing, no referrer
+/// leaking task ids to other sites.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}

@@ -1,0 +1,201 @@
+//! `/sessions`: per project, its sessions; a session's turns (the tasks that ran in
+//! it, with their usage and cost) and its transcript, rendered as a conversation.
+
+use axum::extract::{Path, RawQuery, State};
+use maud::{Markup, html};
+use serde_json::Value;
+use turnq_core::{
+    session::{ProjectKey, SessionId, SessionKey, SessionStore},
+    task::{TaskFilter, TaskStore},
+};
+
+use super::input_preview;
+use crate::{
+    AppState,
+    ui::{
+        layout::{self, Nav, PageError},
+        pages::overview::enc,
+        signin::{Form, Viewer},
+    },
+};
+
+/// The most projects and turns a page lists.
+const MAX_PROJECTS: u64 = 500;
+const MAX_TURNS: u64 = 200;
+
+/// `/sessions[?project=P]`: the projects, or one project's sessions.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    RawQuery(query): RawQuery,
+) -> Result<Markup, PageError> {
+    let form = Form::from_query(query.as_deref());
+    let project = form.value("project");
+    let body = match &project {
+        None => {
+            let projects = state.sessions().projects(MAX_PROJECTS).await?;
+            html! {
+                h1 { "Sessions" }
+                @if projects.is_empty() {
+                    (layout::empty("No session has a transcript yet.", html! {
+                        p { "Tasks submitted with a " code { "session_id" } " keep their conversation here." }
+                    }))
+                } @else {
+                    p.hint { "Projects with session transcripts:" }
+                    ul.plain { @for p in &projects {
+                        li data-row data-href=(layout::link("/sessions", &[("project", p)])) { a href=(layout::link("/sessions", &[("project", p)])) { (p) } }
+                    } }
+                }
+            }
+        }
+        Some(project) => {
+            let key = ProjectKey::new(project.clone())?;
+            let summaries = state.sessions().list_session_summaries(&key).await?;
+            html! {
+                h1 { "Sessions of " code { (project) } }
+                p { a href="/sessions" { "← all projects" } }
+                @if summaries.is_empty() {
+                    (layout::empty("This project has no session transcript.", layout::nothing()))
+                } @else {
+                    div.scroll { table.grid {
+                        thead { tr { th { "Session" } th { "Title" } th.n { "Entries" } th { "Last written" } } }
+                        tbody { @for s in &summaries {
+                            @let href = format!("/sessions/{}/{}", enc(project), enc(&s.session_id));
+                            @let title = ["custom_title", "ai_title", "summary_hint", "first_prompt"].iter()
+                                .find_map(|k| s.data[*k].as_str()).unwrap_or("");
+                            tr data-row data-href=(href) {
+                                td { a href=(href) { code { (s.session_id) } } }
+                                td { (title) }
+                                td.n { (s.data["entry_count"].as_i64().unwrap_or(0)) }
+                                td { @if let Some(t) = chrono::DateTime::from_timestamp_millis(s.mtime) { (layout::time(&t)) } }
+                            }
+                        } }
+                    } }
+                }
+            }
+        }
+    };
+    Ok(layout::page("Sessions", &viewer, Nav::Sessions, None, body))
+}
+
+/// `/sessions/{project}/{session}`: the session's turns and transcript.
+pub(crate) async fn transcript(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((project, session)): Path<(String, String)>,
+) -> Result<Markup, PageError> {
+    let key = SessionKey::main(ProjectKey::new(project.clone())?, SessionId::new(session.clone())?);
+    let entries = state.sessions().load(&key).await?.unwrap_or_default();
+    let turns = TaskStore::list(
+        state.db(),
+        &TaskFilter {
+            project: Some(project.clone()),
+            session: Some(session.clone()),
+            ..Default::default()
+        },
+        None,
+        MAX_TURNS,
+    )
+    .await?;
+    let (tokens, cost) = turns.tasks.iter().fold((0, 0.0), |(t, c), task| {
+        (
+            t + task.usage.input_tokens + task.usage.output_tokens,
+            c + task.usage.cost_usd,
+        )
+    });
+    let stream = layout::stream(&state, &[("project", &project), ("session", &session)]);
+    let body = html! {
+        h1 { "Session " code { (session) } }
+        p { "Project " a href=(layout::link("/sessions", &[("project", &project)])) { code { (project) } } }
+        section data-live="turns" #turns {
+            h2 { "Turns" }
+            @if turns.tasks.is_empty() {
+                p.muted { "No task has run in this session." }
+            } @else {
+                p { (turns.tasks.len()) " turns, " (layout::count(tokens)) " tokens, $" (format!("{cost:.4}")) }
+                div.scroll { table.grid {
+                    thead { tr { th { "Task" } th { "State" } th { "Agent" } th { "Input" } th.n { "Tokens" } th.n { "Cost" } th { "Created" } } }
+                    tbody { @for t in &turns.tasks {
+                        tr data-row data-href=(format!("/tasks/{}", t.id)) {
+                            td { a href=(format!("/tasks/{}", t.id)) { (layout::short_id(&t.id.to_string())) } }
+                            td { (layout::state_badge(t.state)) }
+                            td { (t.agent) }
+                            td.input { (input_preview(&t.input, 80)) }
+                            td.n { (layout::count(t.usage.input_tokens + t.usage.output_tokens)) }
+                            td.n { "$" (format!("{:.4}", t.usage.cost_usd)) }
+                            td { (layout::time(&t.created_at)) }
+                        }
+                    } }
+                } }
+            }
+        }
+        section data-live="transcript" #transcript {
+            h2 { "Transcript" }
+            @if entries.is_empty() {
+                p.muted { "Nothing was written to this session's transcript." }
+            } @else {
+                (transcript_entries(&entries))
+            }
+        }
+    };
+    Ok(layout::page("Session", &viewer, Nav::Sessions, Some(&stream), body))
+}
+
+/// A transcript (Claude Agent SDK entries) as a conversation: who said what, tool calls
+/// and their results folded, anything else as a small line with its JSON.
+pub(crate) fn transcript_entries(entries: &[Value]) -> Markup {
+    html! {
+        ol.transcript {
+            @for entry in entries {
+                @let kind = entry["type"].as_str().unwrap_or("entry");
+                @match kind {
+                    "user" | "assistant" => {
+                        li class=(format!("turn {kind}")) {
+                            div.who { (kind) @if let Some(t) = entry["timestamp"].as_str() { " " span.muted { (t) } } }
+                            (message(&entry["message"]["content"]))
+                        }
+                    }
+                    _ => {
+                        li.turn.other {
+                            details { summary { code { (kind) } } (layout::json(entry)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A message's content: a string, or blocks of text, thinking, tool calls and results.
+fn message(content: &Value) -> Markup {
+    match content {
+        Value::String(text) => html! { div.text { (text) } },
+        Value::Array(blocks) => html! {
+            @for block in blocks {
+                @match block["type"].as_str().unwrap_or("") {
+                    "text" => { div.text { (block["text"].as_str().unwrap_or_default()) } }
+                    "thinking" => { details.thinking { summary { "thinking" } div.text { (block["thinking"].as_str().unwrap_or_default()) } } }
+                    "tool_use" => {
+                        details.tool-call {
+                            summary { "tool call " code { (block["name"].as_str().unwrap_or("?")) } }
+                            (layout::json(&block["input"]))
+                        }
+                    }
+                    "tool_result" => {
+                        details.tool-result {
+                            summary { "tool result" @if block["is_error"].as_bool() == Some(true) { " " span.bad { "(error)" } } }
+                            @match &block["content"] {
+                                Value::String(s) => { pre.output { (s) } }
+                                Value::Array(parts) => { pre.output { @for p in parts { (p["text"].as_str().unwrap_or_default()) } } }
+                                other => { (layout::json(other)) }
+                            }
+                        }
+                    }
+                    _ => { (layout::json(block)) }
+                }
+            }
+        },
+        Value::Null => layout::nothing(),
+        other => layout::json(other),
+    }
+}

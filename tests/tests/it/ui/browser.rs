@@ -1,0 +1,182 @@
+//! The UI in a real headless Chromium: sign in, watch tasks appear and finish live,
+//! follow a long task's output, cancel it, retry a failure from the inbox, bulk retry a
+//! filter, read-only access, and the keyboard. Screenshots of every page land in
+//! `$TURNQ_TEST_ARTEFACTS` (with `TURNQ_UPDATE_SNAPSHOTS=1`, the README's two are
+//! refreshed in `docs/screenshots/`).
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use turnq_core::auth::Scope;
+use turnq_tests::{TestApp, browser::{Browser, ENTER}};
+
+use super::token;
+
+fn id_of(task: &Value) -> String {
+    task["id"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn sign_in(browser: &Browser, app: &TestApp, token: &str) -> Result<()> {
+    browser.goto(&app.url("/signin")).await?;
+    let field = browser.wait_for("#token").await?;
+    browser.type_into(&field, token).await?;
+    browser.click(&browser.wait_for("form.signin button").await?).await?;
+    browser.wait_for("#live-state").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
+    let app = TestApp::spawn().await?;
+    let browser = Browser::start().await?;
+    // Something to look at.
+    for i in 0..4 {
+        let t = app
+            .submit(json!({"input": {"prompt": format!("Refactor module {i}"),
+                "script": {"chunks": ["reading…\n", "editing…\n", "done\n"], "input_tokens": 900, "output_tokens": 120, "cost_usd": 0.012}},
+                "project": "demo", "session_id": format!("s-{i}")}))
+            .await?;
+        app.wait_for_state(&id_of(&t), "completed").await?;
+    }
+
+    // A transcript for the first session (the script agent writes none of its own).
+    let (status, _) = app
+        .post(
+            "/v1/sessions/demo/s-0/entries",
+            &json!({"entries": [
+                {"type": "user", "uuid": "00000000-0000-4000-8000-0000000000a1", "message": {"role": "user", "content": "Refactor module 0"}},
+                {"type": "assistant", "uuid": "00000000-0000-4000-8000-0000000000a2", "message": {"role": "assistant", "content": [
+                    {"type": "text", "text": "I will read the module first."},
+                    {"type": "tool_use", "id": "t1", "name": "Read", "input": {"path": "src/module0.rs"}}]}},
+                {"type": "user", "uuid": "00000000-0000-4000-8000-0000000000a3", "message": {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "fn module0() {}"}]}},
+                {"type": "assistant", "uuid": "00000000-0000-4000-8000-0000000000a4", "message": {"role": "assistant", "content": "Done: split it in two."}},
+            ]}),
+        )
+        .await?;
+    assert_eq!(status, 204);
+
+    // Sign in; the overview.
+    sign_in(&browser, &app, app.token()).await?;
+    browser.wait_for_text("#queues", "default").await?;
+    browser.wait_for_text("#live-state", "live").await?;
+    browser.screenshot("overview").await?;
+
+    // A submitted task appears in the list and completes, without a reload.
+    browser.goto(&app.url("/tasks")).await?;
+    browser.wait_for_text("#live-state", "live").await?;
+    browser.execute("window.__same_page = true; return null").await?;
+    let slow = app
+        .submit(json!({"input": {"prompt": "appear live", "script": {"latency_ms": 1500, "chunks": ["a", "b"]}}}))
+        .await?;
+    let row = format!("tr[data-href=\"/tasks/{}\"]", id_of(&slow));
+    browser.wait_for(&row).await?;
+    browser.wait_for_text(&format!("{row} .badge"), "completed").await?;
+    assert_eq!(
+        browser.execute("return window.__same_page === true").await?,
+        json!(true),
+        "the list updated in place, not by a reload"
+    );
+    browser.screenshot("tasks").await?;
+
+    // A long task's output streams onto its page; then it is cancelled from there.
+    let chunks: Vec<String> = (0..300).map(|i| format!("line {i}\n")).collect();
+    let long = app
+        .submit(json!({"input": {"prompt": "a long turn", "script": {"latency_ms": 600_000, "chunks": chunks}}}))
+        .await?;
+    let long_id = id_of(&long);
+    browser.goto(&app.url(&format!("/tasks/{long_id}"))).await?;
+    browser.wait_for_text("#live-state", "live").await?;
+    browser.execute("window.__same_page = true; return null").await?;
+    browser.wait_for_text("#output", "line 2").await?;
+    assert_eq!(browser.execute("return window.__same_page === true").await?, json!(true));
+    browser.screenshot("task-running").await?;
+    browser.click(&browser.wait_for("form[action$=\"/cancel\"] button").await?).await?;
+    browser.accept_dialog().await?;
+    browser.wait_for_text("#fields .badge", "cancelled").await?;
+    app.wait_for_state(&long_id, "cancelled").await?;
+
+    // A failure: found in the inbox, retried there, and it runs again (and succeeds).
+    let flaky = app
+        .submit(json!({"input": {"prompt": "flaky deploy", "script": {"fail_attempts": 1, "message": "cluster unreachable", "chunks": ["deployed"]}}, "max_attempts": 1}))
+        .await?;
+    let flaky_id = id_of(&flaky);
+    app.wait_for_state(&flaky_id, "failed").await?;
+    browser.goto(&app.url("/inbox")).await?;
+    browser.wait_for_text("#inbox", "cluster unreachable").await?;
+    browser.screenshot("inbox").await?;
+    let retry = format!("form[action=\"/ui/tasks/{flaky_id}/retry\"] button");
+    browser.click(&browser.wait_for(&retry).await?).await?;
+    browser.wait_for_text("#fields .badge", "completed").await?;
+    browser.screenshot("task").await?;
+
+    // Bulk retry of everything matching a filter, after a confirmation with the count.
+    let mut failed = Vec::new();
+    for _ in 0..3 {
+        let t = app
+            .submit(json!({"input": {"script": {"outcome": "fail", "message": "bad config"}}, "project": "bulk", "max_attempts": 1}))
+            .await?;
+        failed.push(id_of(&t));
+    }
+    for id in &failed {
+        app.wait_for_state(id, "failed").await?;
+    }
+    browser.goto(&app.url("/tasks?project=bulk&state=failed")).await?;
+    browser.click(&browser.wait_for("button[value=\"retry-all\"]").await?).await?;
+    browser.wait_for_text("#matching", "3 tasks").await?;
+    browser.screenshot("bulk-confirm").await?;
+    browser.click(&browser.wait_for(".confirm button.danger").await?).await?;
+    browser.wait_for_text("h1", "Retry: 3 of 3 tasks").await?;
+    for id in &failed {
+        assert!(app.event_kinds(id).await?.contains(&"task.retried".to_owned()));
+    }
+
+    // The other pages, for the record.
+    for (path, name, shows) in [
+        ("/workers", "workers", "live"),
+        ("/sessions?project=demo", "sessions", "s-0"),
+        ("/sessions/demo/s-0", "session", "I will read the module first."),
+        ("/agents", "agents", "Agents"),
+    ] {
+        browser.goto(&app.url(path)).await?;
+        browser.wait_for_text("main", shows).await?;
+        browser.screenshot(name).await?;
+    }
+
+    // The keyboard: `/` focuses the search; an id there opens the task.
+    browser.goto(&app.url("/")).await?;
+    browser.wait_for("#find").await?;
+    browser.press("/").await?;
+    browser.press(&format!("{flaky_id}{ENTER}")).await?;
+    turnq_tests::eventually("the search opens the task", || async {
+        match browser.url().await {
+            Ok(url) if url.ends_with(&format!("/tasks/{flaky_id}")) => Ok(()),
+            Ok(url) => Err(format!("at {url}")),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await?;
+    // `g i` goes to the inbox.
+    browser.press("gi").await?;
+    browser.wait_for_text("h1", "Inbox").await?;
+
+    // Sign out; a read-only token sees the same pages without an action.
+    browser.click(&browser.wait_for("form[action=\"/signout\"] button").await?).await?;
+    browser.wait_for("#token").await?;
+    let reader = token(&app, "reader", &[Scope::Read]).await?;
+    sign_in(&browser, &app, &reader).await?;
+    browser.goto(&app.url(&format!("/tasks/{}", failed[0]))).await?;
+    browser.wait_for_text("#fields", "bulk").await?;
+    assert!(browser.find_all("form[action^=\"/ui/\"]").await?.is_empty(), "a reader sees no action");
+    browser.screenshot("read-only").await?;
+
+    if std::env::var_os("TURNQ_UPDATE_SNAPSHOTS").is_some() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        std::fs::create_dir_all(&docs)?;
+        let shots = turnq_tests::browser::artefacts()?;
+        for name in ["overview", "task"] {
+            std::fs::copy(shots.join(format!("{name}.png")), docs.join(format!("{name}.png")))?;
+        }
+    }
+    drop(browser);
+    app.stop().await
+}
