@@ -8,6 +8,7 @@
 //! - `routes/`: one module per resource (`tasks`, `sessions`, `agents`, `workers`,
 //!   `stats`, `health`), thin handlers that validate input, call a `turnq-core` store
 //!   and shape the JSON; `routes/mod.rs` mounts them with their scopes.
+//! - `ui`: the web UI at `/`, server-rendered pages over the same stores (docs/ui.md).
 //! - `auth`: bearer tokens with scopes (`submit`, `read`, `admin`); health stays open.
 //! - `error`: the one error type; core errors and extractor rejections map to the
 //!   `{"error":{"code","message"}}` envelope in one place.

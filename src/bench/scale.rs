@@ -2,8 +2,8 @@
 //! with `--scale-tasks` tasks (default 1M: mostly completed, a backlog of pending,
 //! running, blocked and failed ones over ten queues, spread over the last day) and
 //! `--scale-events` events (default 10M: an even share per task), then times each read
-//! endpoint an operator's tools call (the UI's pages are built on the same reads) over
-//! HTTP, as a client sees it: p50 and p99 of `SCALE_REQUESTS` calls each.
+//! endpoint an operator's tools call, and each page of the web UI, over HTTP, as a
+//! client sees it: p50 and p99 of `SCALE_REQUESTS` calls each.
 //!
 //! Seeding writes rows with `INSERT … SELECT generate_series` (raw SQL: a bulk load
 //! that the ORM has no statement for), within the constraints the schema enforces.
@@ -55,13 +55,29 @@ pub async fn run(stack: &Stack, tasks: u64, events: u64) -> Result<ScaleFigures>
         format!("/v1/tasks/{sample}"),
         format!("/v1/tasks/{sample}/events"),
         "/v1/stats/usage?group_by=agent".to_owned(),
+        // The UI's pages (signed in through the cookie).
+        "/".to_owned(),
+        "/tasks".to_owned(),
+        "/tasks?state=failed".to_owned(),
+        "/tasks?queue=q3&state=completed".to_owned(),
+        "/tasks?project=p7&agent=script".to_owned(),
+        "/tasks?q=seeded+task+999".to_owned(),
+        format!("/tasks/{sample}"),
+        "/inbox".to_owned(),
+        "/workers".to_owned(),
+        "/agents".to_owned(),
+        "/sessions".to_owned(),
     ];
     let mut figures = Vec::new();
     for path in endpoints {
         let mut ms = Vec::with_capacity(SCALE_REQUESTS);
         for _ in 0..SCALE_REQUESTS {
             let t = Instant::now();
-            let response = stack.get(&path).send().await?;
+            let response = stack
+                .get(&path)
+                .header("cookie", format!("turnq_token={}", stack.token))
+                .send()
+                .await?;
             let status = response.status();
             response.bytes().await?;
             ensure!(status.is_success(), "GET {path} answered {status}");

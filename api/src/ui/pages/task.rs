@@ -185,7 +185,7 @@ fn render(
                     }
                 }
             }
-            @if let Some(error) = &task.last_error {
+            @if let Some(error) = task.last_error.as_ref().filter(|_| task.state != TaskState::Completed) {
                 p.problem { strong { "Last error: " } (error) }
             }
             @if let Some(summary) = &task.output_summary {

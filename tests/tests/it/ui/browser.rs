@@ -88,7 +88,11 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
     browser.wait_for_text("#live-state", "live").await?;
     browser.execute("window.__same_page = true; return null").await?;
     browser.wait_for_text("#output", "line 2").await?;
+    browser.wait_for_text("#fields .badge", "running").await?;
     assert_eq!(browser.execute("return window.__same_page === true").await?, json!(true));
+    browser
+        .execute("document.getElementById('output').scrollIntoView(); return null")
+        .await?;
     browser.screenshot("task-running").await?;
     browser.click(&browser.wait_for("form[action$=\"/cancel\"] button").await?).await?;
     browser.accept_dialog().await?;
@@ -173,8 +177,8 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
         std::fs::create_dir_all(&docs)?;
         let shots = turnq_tests::browser::artefacts()?;
-        for name in ["overview", "task"] {
-            std::fs::copy(shots.join(format!("{name}.png")), docs.join(format!("{name}.png")))?;
+        for (shot, name) in [("overview", "overview"), ("task-running", "task")] {
+            std::fs::copy(shots.join(format!("{shot}.png")), docs.join(format!("{name}.png")))?;
         }
     }
     drop(browser);
