@@ -140,7 +140,9 @@ impl UsageStats {
             // The id bound walks the primary key (ids are UUIDv7, made at creation)
             // instead of reading every task; created_at keeps the meaning exact.
             query = query
-                .filter(Column::Id.gte(crate::TaskId::first_at(since - chrono::Duration::seconds(1)).0))
+                .filter(
+                    Column::Id.gte(crate::TaskId::first_at(since - chrono::Duration::seconds(1)).0),
+                )
                 .filter(Column::CreatedAt.gte(since));
         }
         if group_by == GroupBy::Session {

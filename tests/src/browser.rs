@@ -122,7 +122,12 @@ impl Browser {
     }
 
     pub async fn url(&self) -> Result<String> {
-        Ok(self.get("/url").await?.as_str().unwrap_or_default().to_owned())
+        Ok(self
+            .get("/url")
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
     }
 
     /// The elements matching `css` now (none is not an error).

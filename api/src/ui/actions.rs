@@ -43,7 +43,10 @@ pub(super) async fn on_task(
     body: Bytes,
 ) -> Result<Response, PageError> {
     let id: TaskId = id.parse().map_err(|_| {
-        PageError::new(StatusCode::BAD_REQUEST, format!("task id {id:?} is not a UUID"))
+        PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!("task id {id:?} is not a UUID"),
+        )
     })?;
     let scope = match action.as_str() {
         "cancel" | "again" => Scope::Submit,
@@ -111,7 +114,10 @@ fn again(task: &Task) -> Value {
 /// Validates and submits `body` (the JSON of `POST /v1/tasks`).
 async fn submit_request(state: &AppState, body: Value, meta: &Value) -> Result<Task, PageError> {
     let request: NewTaskRequest = serde_json::from_value(body).map_err(|e| {
-        PageError::new(StatusCode::BAD_REQUEST, format!("the submission is not valid: {e}"))
+        PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the submission is not valid: {e}"),
+        )
     })?;
     let task = request.validate(time::now())?;
     let submitted = TaskStore::submit(state.db(), task, meta).await?;
@@ -132,9 +138,13 @@ pub(super) async fn submit(
     let form = viewer.form(&headers, &body, Scope::Submit)?;
     let raw = form.get("input").unwrap_or_default();
     if raw.trim().is_empty() {
-        return Err(PageError::new(StatusCode::BAD_REQUEST, "the input is empty: say what the agent should do"));
+        return Err(PageError::new(
+            StatusCode::BAD_REQUEST,
+            "the input is empty: say what the agent should do",
+        ));
     }
-    let input = serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
+    let input =
+        serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
     let mut request = Map::new();
     request.insert("input".into(), input);
     for field in ["agent", "queue", "project", "session_id"] {
@@ -235,7 +245,9 @@ pub(super) async fn bulk(
         other => {
             return Err(PageError::new(
                 StatusCode::BAD_REQUEST,
-                format!("bulk action {other:?} is not one of retry-selected, cancel-selected, retry-all, cancel-all"),
+                format!(
+                    "bulk action {other:?} is not one of retry-selected, cancel-selected, retry-all, cancel-all"
+                ),
             ));
         }
     };
@@ -251,7 +263,9 @@ pub(super) async fn bulk(
             } else {
                 TaskStore::count_up_to(state.db(), &filter, BULK_MAX + 1).await?
             };
-            return Ok(confirm_page(&viewer, bulk, &raw_action, &pairs, matching, &back).into_response());
+            return Ok(
+                confirm_page(&viewer, bulk, &raw_action, &pairs, matching, &back).into_response(),
+            );
         }
         if filter.states.is_empty() {
             Vec::new()
@@ -262,7 +276,10 @@ pub(super) async fn bulk(
         form.all("id")
             .map(|raw| {
                 raw.parse::<TaskId>().map_err(|_| {
-                    PageError::new(StatusCode::BAD_REQUEST, format!("task id {raw:?} is not a UUID"))
+                    PageError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("task id {raw:?} is not a UUID"),
+                    )
                 })
             })
             .collect::<Result<_, _>>()?
@@ -289,7 +306,10 @@ pub(super) async fn bulk(
             }
             // A task that moved on meanwhile (completed, already retried) is reported,
             // not an error of the whole action.
-            Err(e @ (turnq_core::Error::IllegalTransition { .. } | turnq_core::Error::TaskNotFound(_))) => {
+            Err(
+                e @ (turnq_core::Error::IllegalTransition { .. }
+                | turnq_core::Error::TaskNotFound(_)),
+            ) => {
                 skipped.push((*id, e.to_string()));
             }
             Err(e) => return Err(e.into()),

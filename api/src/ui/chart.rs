@@ -11,9 +11,7 @@ const MINUTES: i64 = 60;
 
 /// Completed (stacked under failed) per minute over the hour before `now`.
 pub(crate) fn throughput(now: Timestamp, minutes: &[MinuteCounts]) -> Markup {
-    let this_minute = now
-        .duration_trunc(TimeDelta::minutes(1))
-        .unwrap_or(now);
+    let this_minute = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
     let first = this_minute - TimeDelta::minutes(MINUTES - 1);
     let mut slots = vec![(0i64, 0i64); MINUTES as usize];
     for m in minutes {

@@ -15,7 +15,10 @@ use crate::ApiError;
 /// feed's head when the page was read, so an event committed between the render and the
 /// browser's connect is not missed (app.js skips the ones the page already shows).
 pub(crate) fn stream(state: &crate::AppState, pairs: &[(&str, &str)]) -> String {
-    let head = state.feed().map(|f| f.head().to_string()).unwrap_or_default();
+    let head = state
+        .feed()
+        .map(|f| f.head().to_string())
+        .unwrap_or_default();
     let mut all = pairs.to_vec();
     all.push(("after", &head));
     link("", &all)

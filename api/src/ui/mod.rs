@@ -51,7 +51,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/inbox", get(pages::inbox::page))
         .route("/workers", get(pages::workers::page))
         .route("/sessions", get(pages::sessions::list))
-        .route("/sessions/{project}/{session}", get(pages::sessions::transcript))
+        .route(
+            "/sessions/{project}/{session}",
+            get(pages::sessions::transcript),
+        )
         .route("/agents", get(pages::agents::page))
         .route("/signin", get(signin::form).post(signin::sign_in))
         .route("/signout", post(signin::sign_out))

@@ -59,15 +59,8 @@ impl Viewer {
 
     /// The fields of an action's form, once the request is shown to come from one of
     /// our pages (CSRF value, `Sec-Fetch-Site`) and the viewer may do `scope`.
-    pub fn form(
-        &self,
-        headers: &HeaderMap,
-        body: &Bytes,
-        scope: Scope,
-    ) -> Result<Form, PageError> {
-        let site = headers
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok());
+    pub fn form(&self, headers: &HeaderMap, body: &Bytes, scope: Scope) -> Result<Form, PageError> {
+        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
         if matches!(site, Some("cross-site" | "same-site")) {
             return Err(PageError::new(
                 StatusCode::FORBIDDEN,

@@ -73,5 +73,11 @@ pub(crate) async fn page(
             }
         }
     };
-    Ok(layout::page("Inbox", &viewer, Nav::Inbox, Some(&stream), body))
+    Ok(layout::page(
+        "Inbox",
+        &viewer,
+        Nav::Inbox,
+        Some(&stream),
+        body,
+    ))
 }

@@ -84,7 +84,10 @@ pub(crate) async fn transcript(
     viewer: Viewer,
     Path((project, session)): Path<(String, String)>,
 ) -> Result<Markup, PageError> {
-    let key = SessionKey::main(ProjectKey::new(project.clone())?, SessionId::new(session.clone())?);
+    let key = SessionKey::main(
+        ProjectKey::new(project.clone())?,
+        SessionId::new(session.clone())?,
+    );
     let entries = state.sessions().load(&key).await?.unwrap_or_default();
     let turns = TaskStore::list(
         state.db(),
@@ -138,7 +141,13 @@ pub(crate) async fn transcript(
             }
         }
     };
-    Ok(layout::page("Session", &viewer, Nav::Sessions, Some(&stream), body))
+    Ok(layout::page(
+        "Session",
+        &viewer,
+        Nav::Sessions,
+        Some(&stream),
+        body,
+    ))
 }
 
 /// A transcript (Claude Agent SDK entries) as a conversation: who said what, tool calls

@@ -116,7 +116,14 @@ pub(crate) async fn page(
         None => None,
     };
     let failures_only = form.get("events") == Some("failures");
-    let body = render(&viewer, &task, &events, &children, transcript.as_deref(), failures_only);
+    let body = render(
+        &viewer,
+        &task,
+        &events,
+        &children,
+        transcript.as_deref(),
+        failures_only,
+    );
     Ok(layout::page(
         &format!("Task {}", task.id),
         &viewer,

@@ -30,8 +30,9 @@ const PAGE: u64 = 50;
 
 /// The filter fields of the tasks page, as given: they travel in links, in the bulk
 /// form, and back into the filter form.
-pub(crate) const FILTER_FIELDS: [&str; 8] =
-    ["state", "queue", "agent", "project", "session", "from", "to", "q"];
+pub(crate) const FILTER_FIELDS: [&str; 8] = [
+    "state", "queue", "agent", "project", "session", "from", "to", "q",
+];
 
 /// `text` as a time: RFC 3339, or what a `datetime-local` field sends (taken as UTC).
 fn parse_time(field: &str, text: &str) -> Result<Timestamp, PageError> {
@@ -64,11 +65,7 @@ pub(crate) fn filter_from(form: &Form) -> Result<TaskFilter, PageError> {
                 .map_err(|e| PageError::new(StatusCode::BAD_REQUEST, e))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let time = |field: &str| {
-        form.value(field)
-            .map(|t| parse_time(field, &t))
-            .transpose()
-    };
+    let time = |field: &str| form.value(field).map(|t| parse_time(field, &t)).transpose();
     for field in FILTER_FIELDS {
         if form.get(field).is_some_and(|v| v.contains('\0')) {
             return Err(PageError::new(
@@ -117,14 +114,24 @@ pub(crate) async fn page(
         .value("cursor")
         .map(|c| {
             c.parse::<TaskId>().map_err(|_| {
-                PageError::new(StatusCode::BAD_REQUEST, format!("cursor {c:?} is not a task id"))
+                PageError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cursor {c:?} is not a task id"),
+                )
             })
         })
         .transpose()?;
     let page = TaskStore::list(state.db(), &filter, cursor, PAGE).await?;
     let pairs = filter_pairs(&form);
     let agents = AgentRegistry::list(state.db()).await?;
-    let body = render(&viewer, &form, &pairs, &page.tasks, page.next_cursor, &agents);
+    let body = render(
+        &viewer,
+        &form,
+        &pairs,
+        &page.tasks,
+        page.next_cursor,
+        &agents,
+    );
     let stream = stream_query(&form);
     Ok(layout::page("Tasks", &viewer, Nav::Tasks, Some(&stream), body).into_response())
 }

@@ -45,8 +45,7 @@ pub(crate) async fn page(
             by_worker.entry(w.as_str()).or_default().push(t);
         }
     }
-    let dead_before =
-        time::now() - TimeDelta::from_std(WORKER_DEAD_AFTER).unwrap_or_default();
+    let dead_before = time::now() - TimeDelta::from_std(WORKER_DEAD_AFTER).unwrap_or_default();
     let stream = layout::stream(&state, &[("kind", "task.")]);
     let body = html! {
         h1 { "Workers" }
@@ -83,5 +82,11 @@ pub(crate) async fn page(
             }
         }
     };
-    Ok(layout::page("Workers", &viewer, Nav::Workers, Some(&stream), body))
+    Ok(layout::page(
+        "Workers",
+        &viewer,
+        Nav::Workers,
+        Some(&stream),
+        body,
+    ))
 }

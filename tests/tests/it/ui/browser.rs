@@ -7,7 +7,10 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 use turnq_core::auth::Scope;
-use turnq_tests::{TestApp, browser::{Browser, ENTER}};
+use turnq_tests::{
+    TestApp,
+    browser::{Browser, ENTER},
+};
 
 use super::token;
 
@@ -19,7 +22,9 @@ async fn sign_in(browser: &Browser, app: &TestApp, token: &str) -> Result<()> {
     browser.goto(&app.url("/signin")).await?;
     let field = browser.wait_for("#token").await?;
     browser.type_into(&field, token).await?;
-    browser.click(&browser.wait_for("form.signin button").await?).await?;
+    browser
+        .click(&browser.wait_for("form.signin button").await?)
+        .await?;
     browser.wait_for("#live-state").await?;
     Ok(())
 }
@@ -64,15 +69,21 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
     // A submitted task appears in the list and completes, without a reload.
     browser.goto(&app.url("/tasks")).await?;
     browser.wait_for_text("#live-state", "live").await?;
-    browser.execute("window.__same_page = true; return null").await?;
+    browser
+        .execute("window.__same_page = true; return null")
+        .await?;
     let slow = app
         .submit(json!({"input": {"prompt": "appear live", "script": {"latency_ms": 1500, "chunks": ["a", "b"]}}}))
         .await?;
     let row = format!("tr[data-href=\"/tasks/{}\"]", id_of(&slow));
     browser.wait_for(&row).await?;
-    browser.wait_for_text(&format!("{row} .badge"), "completed").await?;
+    browser
+        .wait_for_text(&format!("{row} .badge"), "completed")
+        .await?;
     assert_eq!(
-        browser.execute("return window.__same_page === true").await?,
+        browser
+            .execute("return window.__same_page === true")
+            .await?,
         json!(true),
         "the list updated in place, not by a reload"
     );
@@ -86,15 +97,24 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
     let long_id = id_of(&long);
     browser.goto(&app.url(&format!("/tasks/{long_id}"))).await?;
     browser.wait_for_text("#live-state", "live").await?;
-    browser.execute("window.__same_page = true; return null").await?;
+    browser
+        .execute("window.__same_page = true; return null")
+        .await?;
     browser.wait_for_text("#output", "line 2").await?;
     browser.wait_for_text("#fields .badge", "running").await?;
-    assert_eq!(browser.execute("return window.__same_page === true").await?, json!(true));
+    assert_eq!(
+        browser
+            .execute("return window.__same_page === true")
+            .await?,
+        json!(true)
+    );
     browser
         .execute("document.getElementById('output').scrollIntoView(); return null")
         .await?;
     browser.screenshot("task-running").await?;
-    browser.click(&browser.wait_for("form[action$=\"/cancel\"] button").await?).await?;
+    browser
+        .click(&browser.wait_for("form[action$=\"/cancel\"] button").await?)
+        .await?;
     browser.accept_dialog().await?;
     browser.wait_for_text("#fields .badge", "cancelled").await?;
     app.wait_for_state(&long_id, "cancelled").await?;
@@ -106,7 +126,9 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
     let flaky_id = id_of(&flaky);
     app.wait_for_state(&flaky_id, "failed").await?;
     browser.goto(&app.url("/inbox")).await?;
-    browser.wait_for_text("#inbox", "cluster unreachable").await?;
+    browser
+        .wait_for_text("#inbox", "cluster unreachable")
+        .await?;
     browser.screenshot("inbox").await?;
     let retry = format!("form[action=\"/ui/tasks/{flaky_id}/retry\"] button");
     browser.click(&browser.wait_for(&retry).await?).await?;
@@ -124,21 +146,35 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
     for id in &failed {
         app.wait_for_state(id, "failed").await?;
     }
-    browser.goto(&app.url("/tasks?project=bulk&state=failed")).await?;
-    browser.click(&browser.wait_for("button[value=\"retry-all\"]").await?).await?;
+    browser
+        .goto(&app.url("/tasks?project=bulk&state=failed"))
+        .await?;
+    browser
+        .click(&browser.wait_for("button[value=\"retry-all\"]").await?)
+        .await?;
     browser.wait_for_text("#matching", "3 tasks").await?;
     browser.screenshot("bulk-confirm").await?;
-    browser.click(&browser.wait_for(".confirm button.danger").await?).await?;
+    browser
+        .click(&browser.wait_for(".confirm button.danger").await?)
+        .await?;
     browser.wait_for_text("h1", "Retry: 3 of 3 tasks").await?;
     for id in &failed {
-        assert!(app.event_kinds(id).await?.contains(&"task.retried".to_owned()));
+        assert!(
+            app.event_kinds(id)
+                .await?
+                .contains(&"task.retried".to_owned())
+        );
     }
 
     // The other pages, for the record.
     for (path, name, shows) in [
         ("/workers", "workers", "live"),
         ("/sessions?project=demo", "sessions", "s-0"),
-        ("/sessions/demo/s-0", "session", "I will read the module first."),
+        (
+            "/sessions/demo/s-0",
+            "session",
+            "I will read the module first.",
+        ),
         ("/agents", "agents", "Agents"),
     ] {
         browser.goto(&app.url(path)).await?;
@@ -164,13 +200,20 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
     browser.wait_for_text("h1", "Inbox").await?;
 
     // Sign out; a read-only token sees the same pages without an action.
-    browser.click(&browser.wait_for("form[action=\"/signout\"] button").await?).await?;
+    browser
+        .click(&browser.wait_for("form[action=\"/signout\"] button").await?)
+        .await?;
     browser.wait_for("#token").await?;
     let reader = token(&app, "reader", &[Scope::Read]).await?;
     sign_in(&browser, &app, &reader).await?;
-    browser.goto(&app.url(&format!("/tasks/{}", failed[0]))).await?;
+    browser
+        .goto(&app.url(&format!("/tasks/{}", failed[0])))
+        .await?;
     browser.wait_for_text("#fields", "bulk").await?;
-    assert!(browser.find_all("form[action^=\"/ui/\"]").await?.is_empty(), "a reader sees no action");
+    assert!(
+        browser.find_all("form[action^=\"/ui/\"]").await?.is_empty(),
+        "a reader sees no action"
+    );
     browser.screenshot("read-only").await?;
 
     if std::env::var_os("TURNQ_UPDATE_SNAPSHOTS").is_some() {
@@ -178,7 +221,10 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
         std::fs::create_dir_all(&docs)?;
         let shots = turnq_tests::browser::artefacts()?;
         for (shot, name) in [("overview", "overview"), ("task-running", "task")] {
-            std::fs::copy(shots.join(format!("{shot}.png")), docs.join(format!("{name}.png")))?;
+            std::fs::copy(
+                shots.join(format!("{shot}.png")),
+                docs.join(format!("{name}.png")),
+            )?;
         }
     }
     drop(browser);

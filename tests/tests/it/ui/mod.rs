@@ -28,7 +28,11 @@ pub(super) async fn sign_in(app: &TestApp, token: &str) -> Result<String> {
         .form(&[("token", token), ("next", "/")])
         .send()
         .await?;
-    anyhow::ensure!(response.status() == 303, "sign-in answered {}", response.status());
+    anyhow::ensure!(
+        response.status() == 303,
+        "sign-in answered {}",
+        response.status()
+    );
     let set = response
         .headers()
         .get("set-cookie")

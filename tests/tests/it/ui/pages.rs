@@ -26,7 +26,10 @@ async fn pages_need_a_sign_in_kept_in_an_http_only_strict_cookie() -> Result<()>
         "after signing in, the viewer comes back to the page they asked for"
     );
     let csp = anonymous.headers()["content-security-policy"].to_str()?;
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
 
     let wrong = client()?
         .post(app.url("/signin"))
@@ -42,7 +45,11 @@ async fn pages_need_a_sign_in_kept_in_an_http_only_strict_cookie() -> Result<()>
         .send()
         .await?;
     assert_eq!(offsite.status(), 303);
-    assert_eq!(offsite.headers()["location"], "/", "never sent to another site");
+    assert_eq!(
+        offsite.headers()["location"],
+        "/",
+        "never sent to another site"
+    );
     let cookie = offsite.headers()["set-cookie"].to_str()?;
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
@@ -59,8 +66,14 @@ async fn pages_need_a_sign_in_kept_in_an_http_only_strict_cookie() -> Result<()>
     ] {
         let (status, html) = page(&app, &cookie, path).await?;
         assert_eq!(status, 200, "{path}: {html}");
-        assert!(html.contains(&format!("<h1>{shows}")), "{path} shows {shows}");
-        assert!(!html.contains("<script>") && !html.contains("style=\""), "{path} has inline code");
+        assert!(
+            html.contains(&format!("<h1>{shows}")),
+            "{path} shows {shows}"
+        );
+        assert!(
+            !html.contains("<script>") && !html.contains("style=\""),
+            "{path} has inline code"
+        );
     }
     // Empty states say what to do next.
     let (_, overview) = page(&app, &cookie, "/").await?;
@@ -108,39 +121,74 @@ async fn every_page_shows_what_postgres_holds() -> Result<()> {
     let cookie = sign_in(&app, app.token()).await?;
 
     let (_, overview) = page(&app, &cookie, "/").await?;
-    assert!(overview.contains("default") && overview.contains("Throughput"), "{overview}");
+    assert!(
+        overview.contains("default") && overview.contains("Throughput"),
+        "{overview}"
+    );
     let (_, tasks) = page(&app, &cookie, "/tasks?project=web").await?;
     for id in [done_id, failed_id, blocked_id] {
-        assert!(tasks.contains(&format!("/tasks/{id}")), "the list links {id}");
+        assert!(
+            tasks.contains(&format!("/tasks/{id}")),
+            "the list links {id}"
+        );
     }
     let (_, only_failed) = page(&app, &cookie, "/tasks?project=web&state=failed").await?;
     assert!(only_failed.contains(failed_id) && !only_failed.contains(done_id));
     let (_, found) = page(&app, &cookie, "/tasks?q=summarise").await?;
-    assert!(found.contains(done_id) && !found.contains(failed_id), "text search");
+    assert!(
+        found.contains(done_id) && !found.contains(failed_id),
+        "text search"
+    );
     let jump = client()?
         .get(app.url(&format!("/tasks?q={done_id}")))
         .header("cookie", &cookie)
         .send()
         .await?;
-    assert_eq!(jump.headers()["location"].to_str()?, format!("/tasks/{done_id}"));
+    assert_eq!(
+        jump.headers()["location"].to_str()?,
+        format!("/tasks/{done_id}")
+    );
 
     let (_, task) = page(&app, &cookie, &format!("/tasks/{done_id}")).await?;
-    for shows in ["task.submitted", "task.started", "task.completed", "alpha omega", "Attempts", "Session transcript", "tool call"] {
+    for shows in [
+        "task.submitted",
+        "task.started",
+        "task.completed",
+        "alpha omega",
+        "Attempts",
+        "Session transcript",
+        "tool call",
+    ] {
         assert!(task.contains(shows), "the task page shows {shows}");
     }
-    let (_, failures) = page(&app, &cookie, &format!("/tasks/{failed_id}?events=failures")).await?;
+    let (_, failures) = page(
+        &app,
+        &cookie,
+        &format!("/tasks/{failed_id}?events=failures"),
+    )
+    .await?;
     assert!(failures.contains("task.failed") && failures.contains("no such cluster"));
-    assert!(!failures.contains("<code>task.started</code>"), "the failure filter hides the rest");
+    assert!(
+        !failures.contains("<code>task.started</code>"),
+        "the failure filter hides the rest"
+    );
 
     let (_, inbox) = page(&app, &cookie, "/inbox").await?;
-    assert!(inbox.contains("needs a human") && inbox.contains("no such cluster"), "{inbox}");
+    assert!(
+        inbox.contains("needs a human") && inbox.contains("no such cluster"),
+        "{inbox}"
+    );
     assert!(!inbox.contains(done_id));
     let (_, workers) = page(&app, &cookie, "/workers").await?;
     assert!(workers.contains("worker-live"), "{workers}");
     let (_, sessions) = page(&app, &cookie, "/sessions?project=web").await?;
     assert!(sessions.contains("/sessions/web/s-1"), "{sessions}");
     let (_, transcript) = page(&app, &cookie, "/sessions/web/s-1").await?;
-    assert!(transcript.contains("Reading it now.") && transcript.contains("Grep") && transcript.contains(done_id));
+    assert!(
+        transcript.contains("Reading it now.")
+            && transcript.contains("Grep")
+            && transcript.contains(done_id)
+    );
     app.stop().await
 }
 
@@ -153,15 +201,28 @@ async fn a_read_only_viewer_sees_no_actions_and_the_server_refuses_them() -> Res
     let reader = token(&app, "reader", &[Scope::Read]).await?;
     let cookie = sign_in(&app, &reader).await?;
     let (_, html) = page(&app, &cookie, &format!("/tasks/{id}")).await?;
-    assert!(!html.contains("/ui/tasks/"), "no action forms for a reader: {html}");
+    assert!(
+        !html.contains("/ui/tasks/"),
+        "no action forms for a reader: {html}"
+    );
     let (_, list) = page(&app, &cookie, "/tasks").await?;
     assert!(!list.contains("Submit a task") && !list.contains("retry-all"));
-    let refused = post_form(&app, &cookie, &format!("/ui/tasks/{id}/retry"), &[("csrf", &csrf(&html)?)]).await?;
+    let refused = post_form(
+        &app,
+        &cookie,
+        &format!("/ui/tasks/{id}/retry"),
+        &[("csrf", &csrf(&html)?)],
+    )
+    .await?;
     assert_eq!(refused.status(), 403);
     assert!(refused.text().await?.contains("lacks the `admin` scope"));
     assert_eq!(app.task(id).await?["state"], "failed", "nothing changed");
     // The cookie reads the JSON API (the pages' live stream does), but never writes.
-    let read = client()?.get(app.url("/v1/tasks")).header("cookie", &cookie).send().await?;
+    let read = client()?
+        .get(app.url("/v1/tasks"))
+        .header("cookie", &cookie)
+        .send()
+        .await?;
     assert_eq!(read.status(), 200);
     let admin_cookie = sign_in(&app, app.token()).await?;
     let write = client()?
@@ -195,7 +256,11 @@ async fn actions_without_the_csrf_value_or_from_another_site_change_nothing() ->
         .send()
         .await?;
     assert_eq!(cross_site.status(), 403);
-    assert_eq!(app.task(id).await?["state"], "failed", "none of them retried it");
+    assert_eq!(
+        app.task(id).await?["state"],
+        "failed",
+        "none of them retried it"
+    );
     let real = post_form(&app, &cookie, &path, &[("csrf", &csrf(&html)?)]).await?;
     assert_eq!(real.status(), 303);
     assert_eq!(real.headers()["location"].to_str()?, format!("/tasks/{id}"));
@@ -209,36 +274,80 @@ async fn bulk_retry_of_a_filter_says_how_many_then_retries_each_and_no_other() -
     let app = TestApp::spawn().await?;
     let mut ours = Vec::new();
     for _ in 0..3 {
-        ours.push(app.submit(failing("bulk-p")).await?["id"].as_str().unwrap_or_default().to_owned());
+        ours.push(
+            app.submit(failing("bulk-p")).await?["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
     }
-    let other = app.submit(failing("other-p")).await?["id"].as_str().unwrap_or_default().to_owned();
+    let other = app.submit(failing("other-p")).await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     for id in ours.iter().chain([&other]) {
         app.wait_for_state(id, "failed").await?;
     }
     let cookie = sign_in(&app, app.token()).await?;
     let (_, html) = page(&app, &cookie, "/tasks?project=bulk-p").await?;
     let token = csrf(&html)?;
-    let confirm = post_form(&app, &cookie, "/ui/tasks/bulk",
-        &[("csrf", &token), ("project", "bulk-p"), ("action", "retry-all")]).await?;
+    let confirm = post_form(
+        &app,
+        &cookie,
+        "/ui/tasks/bulk",
+        &[
+            ("csrf", &token),
+            ("project", "bulk-p"),
+            ("action", "retry-all"),
+        ],
+    )
+    .await?;
     assert_eq!(confirm.status(), 200);
     let confirm = confirm.text().await?;
     assert!(confirm.contains(r#"data-matching="3""#), "{confirm}");
     for id in &ours {
-        assert_eq!(app.task(id).await?["state"], "failed", "nothing happens before the confirmation");
+        assert_eq!(
+            app.task(id).await?["state"],
+            "failed",
+            "nothing happens before the confirmation"
+        );
     }
-    let done = post_form(&app, &cookie, "/ui/tasks/bulk",
-        &[("csrf", &token), ("project", "bulk-p"), ("action", "retry-all"), ("confirm", "yes")]).await?;
+    let done = post_form(
+        &app,
+        &cookie,
+        "/ui/tasks/bulk",
+        &[
+            ("csrf", &token),
+            ("project", "bulk-p"),
+            ("action", "retry-all"),
+            ("confirm", "yes"),
+        ],
+    )
+    .await?;
     let done = done.text().await?;
     assert!(done.contains("Retry: 3 of 3 tasks"), "{done}");
     for id in &ours {
         let kinds = app.event_kinds(id).await?;
-        assert!(kinds.contains(&"task.retried".to_owned()), "{id}: {kinds:?}");
+        assert!(
+            kinds.contains(&"task.retried".to_owned()),
+            "{id}: {kinds:?}"
+        );
     }
-    assert!(!app.event_kinds(&other).await?.contains(&"task.retried".to_owned()), "another project's task was retried");
+    assert!(
+        !app.event_kinds(&other)
+            .await?
+            .contains(&"task.retried".to_owned()),
+        "another project's task was retried"
+    );
 
     // Selected tasks: only those ticked.
-    let selected = post_form(&app, &cookie, "/ui/tasks/bulk",
-        &[("csrf", &token), ("action", "cancel-selected")]).await?;
+    let selected = post_form(
+        &app,
+        &cookie,
+        "/ui/tasks/bulk",
+        &[("csrf", &token), ("action", "cancel-selected")],
+    )
+    .await?;
     assert_eq!(selected.status(), 400, "nothing ticked is a clear error");
     app.stop().await
 }
@@ -262,17 +371,48 @@ async fn bad_filters_and_forms_get_a_400_that_says_what_is_wrong() -> Result<()>
     assert_eq!(status, 404);
     let (_, html) = page(&app, &cookie, "/tasks").await?;
     let token = csrf(&html)?;
-    let empty = post_form(&app, &cookie, "/ui/tasks", &[("csrf", &token), ("input", "  ")]).await?;
+    let empty = post_form(
+        &app,
+        &cookie,
+        "/ui/tasks",
+        &[("csrf", &token), ("input", "  ")],
+    )
+    .await?;
     assert_eq!(empty.status(), 400);
-    let bad_queue = post_form(&app, &cookie, "/ui/tasks",
-        &[("csrf", &token), ("input", "hi"), ("queue", "no spaces allowed")]).await?;
+    let bad_queue = post_form(
+        &app,
+        &cookie,
+        "/ui/tasks",
+        &[
+            ("csrf", &token),
+            ("input", "hi"),
+            ("queue", "no spaces allowed"),
+        ],
+    )
+    .await?;
     assert_eq!(bad_queue.status(), 400, "{}", bad_queue.text().await?);
     let (tasks, _) = app.counts().await?;
     assert_eq!(tasks, 0, "no bad form wrote anything");
-    let made = post_form(&app, &cookie, "/ui/tasks", &[("csrf", &token), ("input", "{\"steps\": 1}"), ("queue", "ui-q")]).await?;
+    let made = post_form(
+        &app,
+        &cookie,
+        "/ui/tasks",
+        &[
+            ("csrf", &token),
+            ("input", "{\"steps\": 1}"),
+            ("queue", "ui-q"),
+        ],
+    )
+    .await?;
     assert_eq!(made.status(), 303);
-    let id = made.headers()["location"].to_str()?.trim_start_matches("/tasks/").to_owned();
+    let id = made.headers()["location"]
+        .to_str()?
+        .trim_start_matches("/tasks/")
+        .to_owned();
     let task = app.task(&id).await?;
-    assert_eq!((task["queue"].clone(), task["input"].clone()), (json!("ui-q"), json!({"steps": 1})));
+    assert_eq!(
+        (task["queue"].clone(), task["input"].clone()),
+        (json!("ui-q"), json!({"steps": 1}))
+    );
     app.stop().await
 }
