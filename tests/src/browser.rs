@@ -188,7 +188,15 @@ impl Browser {
             .map(str::to_owned))
     }
 
+    /// Clicks `element`, first scrolled to the middle of the window (clear of the
+    /// sticky header).
     pub async fn click(&self, element: &Element) -> Result<()> {
+        self.post(
+            "/execute/sync",
+            json!({"script": "arguments[0].scrollIntoView({block: 'center'}); return null",
+                   "args": [{ ELEMENT_KEY: element.0 }]}),
+        )
+        .await?;
         self.post(&format!("/element/{}/click", element.0), json!({}))
             .await
             .map(drop)
