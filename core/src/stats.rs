@@ -158,6 +158,32 @@ impl UsageStats {
     }
 }
 
+impl UsageStats {
+    /// The usage of each session of `project` (keyed by session id, most expensive
+    /// first): the turns that ran in it, their tokens and cost. Reads the project's
+    /// session tasks through `tasks_session_idx`, never the whole table.
+    pub async fn sessions_of<C: ConnectionTrait>(db: &C, project: &str) -> Result<Vec<UsageRow>> {
+        let sum_i64 =
+            |c: Column| Expr::from(Func::cast_as(Func::sum(Expr::col(c)), Alias::new("bigint")));
+        let cost = || Expr::from(Func::sum(Expr::col(Column::CostUsd)));
+        Ok(tasks::Entity::find()
+            .select_only()
+            .column_as(Expr::col(Column::SessionId), "key")
+            .column_as(Expr::col(Column::Id).count(), "tasks")
+            .column_as(sum_i64(Column::InputTokens), "input_tokens")
+            .column_as(sum_i64(Column::OutputTokens), "output_tokens")
+            .column_as(cost(), "cost_usd")
+            .filter(Column::Project.eq(project))
+            .filter(Column::SessionId.is_not_null())
+            .group_by(Column::SessionId)
+            .order_by(cost(), Order::Desc)
+            .order_by(Column::SessionId, Order::Asc)
+            .into_model::<UsageRow>()
+            .all(db)
+            .await?)
+    }
+}
+
 /// Tasks that ended in one minute, by how.
 #[derive(Clone, Debug, PartialEq, Serialize, FromQueryResult)]
 pub struct MinuteCounts {

@@ -117,6 +117,11 @@ impl Browser {
         self.command(reqwest::Method::GET, path, Value::Null).await
     }
 
+    /// Sends any WebDriver command of the session (`path` after `/session/{id}`).
+    pub async fn post_raw(&self, path: &str, body: Value) -> Result<Value> {
+        self.post(path, body).await
+    }
+
     pub async fn goto(&self, url: &str) -> Result<()> {
         self.post("/url", json!({ "url": url })).await.map(drop)
     }

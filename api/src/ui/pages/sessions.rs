@@ -1,11 +1,14 @@
 //! `/sessions`: per project, its sessions; a session's turns (the tasks that ran in
 //! it, with their usage and cost) and its transcript, rendered as a conversation.
 
+use std::collections::HashMap;
+
 use axum::extract::{Path, RawQuery, State};
 use maud::{Markup, html};
 use serde_json::Value;
 use turnq_core::{
     session::{ProjectKey, SessionId, SessionKey, SessionStore},
+    stats::{UsageRow, UsageStats},
     task::{TaskFilter, TaskStore},
 };
 
@@ -51,31 +54,70 @@ pub(crate) async fn list(
         Some(project) => {
             let key = ProjectKey::new(project.clone())?;
             let summaries = state.sessions().list_session_summaries(&key).await?;
+            let usage: HashMap<String, UsageRow> = UsageStats::sessions_of(state.db(), project)
+                .await?
+                .into_iter()
+                .map(|row| (row.key.clone(), row))
+                .collect();
+            // Sessions whose turns wrote no transcript (most agents but the SDK's) are
+            // listed too, after the ones with one.
+            let without_transcript: Vec<&UsageRow> = usage
+                .values()
+                .filter(|u| !summaries.iter().any(|s| s.session_id == u.key))
+                .collect();
             html! {
                 h1 { "Sessions of " code { (project) } }
                 p { a href="/sessions" { "← all projects" } }
-                @if summaries.is_empty() {
-                    (layout::empty("This project has no session transcript.", layout::nothing()))
+                @if summaries.is_empty() && without_transcript.is_empty() {
+                    (layout::empty("This project has no session.", html! {
+                        p { "Tasks submitted with a " code { "session_id" } " are its turns." }
+                    }))
                 } @else {
                     div.scroll { table.grid {
-                        thead { tr { th { "Session" } th { "Title" } th.n { "Entries" } th { "Last written" } } }
-                        tbody { @for s in &summaries {
-                            @let href = format!("/sessions/{}/{}", enc(project), enc(&s.session_id));
-                            @let title = ["custom_title", "ai_title", "summary_hint", "first_prompt"].iter()
-                                .find_map(|k| s.data[*k].as_str()).unwrap_or("");
-                            tr data-row data-href=(href) {
-                                td { a href=(href) { code { (s.session_id) } } }
-                                td { (title) }
-                                td.n { (s.data["entry_count"].as_i64().unwrap_or(0)) }
-                                td { @if let Some(t) = chrono::DateTime::from_timestamp_millis(s.mtime) { (layout::time(&t)) } }
+                        thead { tr { th { "Session" } th { "Title" } th.n { "Entries" } th.n { "Turns" }
+                            th.n { "Tokens" } th.n { "Cost" } th { "Last written" } } }
+                        tbody {
+                            @for s in &summaries {
+                                @let href = format!("/sessions/{}/{}", enc(project), enc(&s.session_id));
+                                @let title = ["custom_title", "ai_title", "summary_hint", "first_prompt"].iter()
+                                    .find_map(|k| s.data[*k].as_str()).unwrap_or("");
+                                tr data-row data-href=(href) {
+                                    td { a href=(href) { code { (s.session_id) } } }
+                                    td { (title) }
+                                    td.n { (s.data["entry_count"].as_i64().unwrap_or(0)) }
+                                    (usage_cells(usage.get(&s.session_id)))
+                                    td { @if let Some(t) = chrono::DateTime::from_timestamp_millis(s.mtime) { (layout::time(&t)) } }
+                                }
                             }
-                        } }
+                            @for u in &without_transcript {
+                                @let href = format!("/sessions/{}/{}", enc(project), enc(&u.key));
+                                tr data-row data-href=(href) {
+                                    td { a href=(href) { code { (u.key) } } }
+                                    td.muted { "no transcript" }
+                                    td.n { "0" }
+                                    (usage_cells(Some(u)))
+                                    td { span.muted { "–" } }
+                                }
+                            }
+                        }
                     } }
                 }
             }
         }
     };
     Ok(layout::page("Sessions", &viewer, Nav::Sessions, None, body))
+}
+
+/// Turns, tokens and cost of a session's usage row.
+fn usage_cells(usage: Option<&UsageRow>) -> Markup {
+    match usage {
+        Some(u) => html! {
+            td.n { (layout::count(u.tasks)) }
+            td.n { (layout::count(u.input_tokens + u.output_tokens)) }
+            td.n { "$" (format!("{:.4}", u.cost_usd)) }
+        },
+        None => html! { td.n { "0" } td.n { "0" } td.n { "$0" } },
+    }
 }
 
 /// `/sessions/{project}/{session}`: the session's turns and transcript.

@@ -182,6 +182,17 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
         browser.screenshot(name).await?;
     }
 
+    // A phone's width.
+    browser
+        .post_raw("/window/rect", json!({"width": 390, "height": 844}))
+        .await?;
+    browser.goto(&app.url("/")).await?;
+    browser.wait_for_text("#queues", "default").await?;
+    browser.screenshot("overview-phone").await?;
+    browser
+        .post_raw("/window/rect", json!({"width": 1360, "height": 1000}))
+        .await?;
+
     // The keyboard: `/` focuses the search; an id there opens the task.
     browser.goto(&app.url("/")).await?;
     browser.wait_for("#find").await?;

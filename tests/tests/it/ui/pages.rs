@@ -183,6 +183,10 @@ async fn every_page_shows_what_postgres_holds() -> Result<()> {
     assert!(workers.contains("worker-live"), "{workers}");
     let (_, sessions) = page(&app, &cookie, "/sessions?project=web").await?;
     assert!(sessions.contains("/sessions/web/s-1"), "{sessions}");
+    assert!(
+        sessions.contains("<td class=\"n\">7</td>"),
+        "the session's tokens: {sessions}"
+    );
     let (_, transcript) = page(&app, &cookie, "/sessions/web/s-1").await?;
     assert!(
         transcript.contains("Reading it now.")
