@@ -19,7 +19,6 @@ use crate::{
     Error,
     entity::tasks::{self, Column},
     error::Result,
-    task::TaskState,
     time::Timestamp,
 };
 
@@ -185,48 +184,11 @@ impl UsageStats {
 }
 
 /// Tasks that ended in one minute, by how.
-#[derive(Clone, Debug, PartialEq, Serialize, FromQueryResult)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MinuteCounts {
     pub minute: Timestamp,
     pub completed: i64,
     pub failed: i64,
-}
-
-/// Throughput over time, from `ended_at` (a BRIN index: only the recent blocks are read).
-pub struct Throughput;
-
-impl Throughput {
-    /// Completed and failed tasks per minute since `since`, oldest minute first; minutes
-    /// in which nothing ended are absent.
-    pub async fn per_minute<C: ConnectionTrait>(
-        db: &C,
-        since: Timestamp,
-    ) -> Result<Vec<MinuteCounts>> {
-        let minute = || Expr::cust("date_trunc('minute', ended_at)");
-        Ok(tasks::Entity::find()
-            .select_only()
-            .column_as(minute(), "minute")
-            .column_as(
-                Expr::cust_with_values(
-                    "count(*) FILTER (WHERE state = $1)",
-                    [TaskState::Completed.as_str()],
-                ),
-                "completed",
-            )
-            .column_as(
-                Expr::cust_with_values(
-                    "count(*) FILTER (WHERE state = $1)",
-                    [TaskState::Failed.as_str()],
-                ),
-                "failed",
-            )
-            .filter(Column::EndedAt.gte(since))
-            .group_by(minute())
-            .order_by(minute(), Order::Asc)
-            .into_model::<MinuteCounts>()
-            .all(db)
-            .await?)
-    }
 }
 
 #[cfg(test)]

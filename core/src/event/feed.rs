@@ -377,6 +377,20 @@ impl EventFeed {
             .map(|t| t.figures(queue, crate::time::now()))
     }
 
+    /// The usage of the tasks created today (UTC); `None` while loading at start.
+    pub fn usage_today(&self) -> Option<crate::queue::DayUsage> {
+        self.lock_tally()
+            .as_ref()
+            .map(|t| t.usage_today(crate::time::now()))
+    }
+
+    /// Completed and failed per minute over the last hour; `None` while loading.
+    pub fn per_minute(&self) -> Option<Vec<crate::stats::MinuteCounts>> {
+        self.lock_tally()
+            .as_ref()
+            .map(|t| t.per_minute(crate::time::now()))
+    }
+
     fn lock_tally(&self) -> std::sync::MutexGuard<'_, Option<QueueTally>> {
         // Counts only; a panic elsewhere leaves them as consistent as the last event.
         self.tally.lock().unwrap_or_else(|p| p.into_inner())

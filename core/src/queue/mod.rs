@@ -14,7 +14,7 @@
 
 mod tally;
 
-pub use tally::{QueueFigures, QueueTally};
+pub use tally::{DayUsage, QueueFigures, QueueTally};
 
 use std::collections::BTreeMap;
 

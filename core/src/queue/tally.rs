@@ -10,6 +10,12 @@
 //! ended, so a few committed events can come after the loaded cursor although their
 //! effect was loaded). Each transition moves one task between counts; memory grows with
 //! the backlog (about 60 bytes an open task), never with the history.
+//!
+//! It also keeps what the UI's overview shows beside the queues: completed and failed
+//! per minute over the last hour, and the usage of the tasks created today (UTC), which
+//! is `GET /v1/stats/usage?group_by=day` for today without reading today's tasks on
+//! every request (a task's day is in its UUIDv7 id, so each event with usage knows
+//! whether it counts).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -17,7 +23,9 @@ use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     IsolationLevel, QueryFilter, QuerySelect, Statement, TransactionTrait,
 };
+use chrono::NaiveDate;
 use serde::Serialize;
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
@@ -25,6 +33,7 @@ use crate::{
     entity::tasks,
     error::Result,
     event::{Cursor, LiveEvent, LiveLog, TaskEvent},
+    stats::{GroupBy, MinuteCounts, UsageStats},
     task::TaskState,
     time::{self, Timestamp},
 };
@@ -159,12 +168,29 @@ impl Seen {
     }
 }
 
+/// The usage of the tasks created on one UTC day.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DayUsage {
+    pub day: NaiveDate,
+    pub tasks: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+}
+
+/// The UTC day the task with this UUIDv7 id was created.
+fn day_of(id: Uuid) -> Option<NaiveDate> {
+    let (secs, _) = id.get_timestamp()?.to_unix();
+    chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, 0).map(|t| t.date_naive())
+}
+
 /// The figures of every queue, kept from the log.
 #[derive(Clone, Debug, Default)]
 pub struct QueueTally {
     open: HashMap<Uuid, OpenTask>,
     queues: BTreeMap<String, QueueCounts>,
     seen: Option<Seen>,
+    today: DayUsage,
 }
 
 #[derive(Debug, sea_orm::FromQueryResult)]
@@ -217,10 +243,23 @@ impl QueueTally {
             .into_tuple()
             .all(&txn)
             .await?;
+        let day = time::now().date_naive();
+        let midnight = day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+        let today = UsageStats::group_by(&txn, GroupBy::Day, Some(midnight))
+            .await?
+            .into_iter()
+            .fold(DayUsage { day, ..Default::default() }, |mut sum, row| {
+                sum.tasks += row.tasks;
+                sum.input_tokens += row.input_tokens;
+                sum.output_tokens += row.output_tokens;
+                sum.cost_usd += row.cost_usd;
+                sum
+            });
         txn.commit().await?;
 
         let mut tally = QueueTally {
             seen: Some(Seen::parse(&snapshot)?),
+            today,
             ..Default::default()
         };
         for row in open {
@@ -262,6 +301,7 @@ impl QueueTally {
                 .clone()
                 .or_else(|| data["queue"].as_str().map(str::to_owned))
         };
+        self.count_usage(id, &e.event.kind, data);
         let run_at = || {
             data["run_at"]
                 .as_str()
@@ -325,6 +365,75 @@ impl QueueTally {
         }
     }
 
+    /// The usage of the tasks created on `now`'s day.
+    pub fn usage_today(&self, now: Timestamp) -> DayUsage {
+        let day = now.date_naive();
+        if self.today.day == day {
+            self.today.clone()
+        } else {
+            DayUsage {
+                day,
+                ..Default::default()
+            }
+        }
+    }
+
+    /// Completed and failed per minute over the hour before `now`, every queue together,
+    /// oldest minute first; minutes in which nothing ended are absent.
+    pub fn per_minute(&self, now: Timestamp) -> Vec<MinuteCounts> {
+        let current = now.timestamp().div_euclid(60);
+        let mut minutes: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        for counts in self.queues.values() {
+            for (at, n) in counts.completed_at.0.iter() {
+                minutes.entry(*at).or_default().0 += n;
+            }
+            for (at, n) in counts.failed_at.0.iter() {
+                minutes.entry(*at).or_default().1 += n;
+            }
+        }
+        minutes
+            .into_iter()
+            .filter(|(m, _)| *m > current - 60 && *m <= current)
+            .filter_map(|(m, (completed, failed))| {
+                Some(MinuteCounts {
+                    minute: chrono::DateTime::from_timestamp(m * 60, 0)?,
+                    completed,
+                    failed,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds what `kind` tells of the usage of task `id`, when it was created on the day
+    /// kept (moving to a later day when it is the first event of one).
+    fn count_usage(&mut self, id: Uuid, kind: &str, data: &Value) {
+        let submitted = kind == "task.submitted";
+        let usage = data.get("usage").filter(|u| u.is_object());
+        if !submitted && usage.is_none() {
+            return;
+        }
+        let Some(day) = day_of(id) else {
+            return;
+        };
+        if day > self.today.day {
+            self.today = DayUsage {
+                day,
+                ..Default::default()
+            };
+        }
+        if day != self.today.day {
+            return;
+        }
+        if submitted {
+            self.today.tasks += 1;
+        }
+        if let Some(u) = usage {
+            self.today.input_tokens += u["input_tokens"].as_i64().unwrap_or(0);
+            self.today.output_tokens += u["output_tokens"].as_i64().unwrap_or(0);
+            self.today.cost_usd += u["cost_usd"].as_f64().unwrap_or(0.0);
+        }
+    }
+
     fn enter(&mut self, id: Uuid, queue: String, state: Open, run_at: Timestamp) {
         self.leave(id);
         let counts = self.queues.entry(queue.clone()).or_default();
@@ -377,7 +486,7 @@ mod tests {
         LogPosition, StreamVersion,
         event::{RecordedEvent, StreamRef},
     };
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     fn event(id: Uuid, xid: u64, kind: &str, data: Value, at: Timestamp) -> LiveEvent {
         LiveEvent {
@@ -449,6 +558,33 @@ mod tests {
             ),
             (1, 0, 0, 0, 1)
         );
+    }
+
+    #[test]
+    fn usage_counts_for_the_day_its_task_was_created_and_a_new_day_starts_at_zero() {
+        let mut tally = QueueTally::default();
+        let now = time::now();
+        let today = Uuid::now_v7();
+        let usage = json!({"usage": {"input_tokens": 10, "output_tokens": 5, "cost_usd": 0.5}});
+        tally.apply(&event(today, 1, "task.submitted", json!({"queue": "q"}), now));
+        tally.apply(&event(today, 2, "task.completed", usage.clone(), now));
+        let seen = tally.usage_today(now);
+        assert_eq!(
+            (seen.tasks, seen.input_tokens, seen.output_tokens, seen.cost_usd),
+            (1, 10, 5, 0.5)
+        );
+        // A task of yesterday still finishing today does not count today.
+        let yesterday = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            (now - chrono::TimeDelta::days(1)).timestamp() as u64,
+            0,
+        ));
+        tally.apply(&event(yesterday, 3, "task.failed", usage.clone(), now));
+        assert_eq!(tally.usage_today(now).input_tokens, 10);
+        // Tomorrow starts from nothing.
+        assert_eq!(tally.usage_today(now + chrono::TimeDelta::days(1)).tasks, 0);
+        let minutes = tally.per_minute(now);
+        assert_eq!(minutes.iter().map(|m| m.completed).sum::<i64>(), 1);
     }
 
     #[test]

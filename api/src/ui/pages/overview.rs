@@ -7,7 +7,6 @@ use maud::{Markup, html};
 use turnq_core::{
     auth::Scope,
     queue::QueueStore,
-    stats::{GroupBy, Throughput, UsageStats},
     time,
     worker::WorkerRegistry,
 };
@@ -36,7 +35,9 @@ pub(crate) async fn page(
             (q, f)
         })
         .collect();
-    let throughput = Throughput::per_minute(db, now - TimeDelta::hours(1)).await?;
+    let feed = state.feed();
+    let throughput = feed.and_then(|f| f.per_minute());
+    let today = feed.and_then(|f| f.usage_today());
     let workers = WorkerRegistry::list(db).await?;
     let dead_before = now - TimeDelta::from_std(WORKER_DEAD_AFTER).unwrap_or_default();
     let running_workers: Vec<_> = workers.iter().filter(|w| w.stopped_at.is_none()).collect();
@@ -45,19 +46,6 @@ pub(crate) async fn page(
         .filter(|w| w.last_heartbeat_at >= dead_before)
         .count();
     let dead = running_workers.len() - live;
-    let midnight = now
-        .date_naive()
-        .and_hms_opt(0, 0, 0)
-        .map(|t| t.and_utc())
-        .unwrap_or(now);
-    let today = UsageStats::group_by(db, GroupBy::Day, Some(midnight)).await?;
-    let (tokens, cost, tasks_today) = today.iter().fold((0, 0.0, 0), |(t, c, n), row| {
-        (
-            t + row.input_tokens + row.output_tokens,
-            c + row.cost_usd,
-            n + row.tasks,
-        )
-    });
     let admin = viewer.can(Scope::Admin);
     let body = html! {
         h1 { "Overview" }
@@ -67,9 +55,12 @@ pub(crate) async fn page(
                 @if dead > 0 { p.bad { (dead) " not heard from in " (layout::span(WORKER_DEAD_AFTER.as_secs_f64())) } }
                 p { a href="/workers" { "See the fleet" } } }
             div.card { h2 { "Today (UTC)" }
-                p.big { (layout::count(tokens)) " tokens" }
-                p { "$" (format!("{cost:.2}")) " over " (layout::count(tasks_today)) " tasks" } }
-            div.card.wide { h2 { "Throughput, last hour" } (chart::throughput(now, &throughput)) }
+                @if let Some(u) = &today {
+                    p.big { (layout::count(u.input_tokens + u.output_tokens)) " tokens" }
+                    p { "$" (format!("{:.2}", u.cost_usd)) " over " (layout::count(u.tasks)) " tasks" }
+                } @else { p.muted { "loading…" } } }
+            div.card.wide { h2 { "Throughput, last hour" }
+                @if let Some(minutes) = &throughput { (chart::throughput(now, minutes)) } @else { p.muted { "loading…" } } }
         }
         section data-live="queues" #queues {
             h2 { "Queues" }

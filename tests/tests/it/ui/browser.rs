@@ -192,6 +192,18 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
     browser
         .post_raw("/window/rect", json!({"width": 1360, "height": 1000}))
         .await?;
+    // The theme toggle: system → light → dark, kept across pages.
+    let toggle = browser.wait_for("#theme").await?;
+    browser.click(&toggle).await?;
+    browser.click(&toggle).await?;
+    browser.goto(&app.url("/")).await?;
+    browser.wait_for_text("#queues", "default").await?;
+    assert_eq!(
+        browser.execute("return document.documentElement.dataset.theme").await?,
+        json!("dark")
+    );
+    browser.screenshot("overview-dark").await?;
+    browser.click(&browser.wait_for("#theme").await?).await?;
 
     // The keyboard: `/` focuses the search; an id there opens the task.
     browser.goto(&app.url("/")).await?;
