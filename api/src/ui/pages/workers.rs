@@ -7,7 +7,8 @@ use axum::extract::State;
 use chrono::TimeDelta;
 use maud::{Markup, html};
 use turnq_core::{
-    task::{TaskFilter, TaskState, TaskStore},
+    TaskId,
+    task::TaskStore,
     time,
     worker::WorkerRegistry,
 };
@@ -29,20 +30,11 @@ pub(crate) async fn page(
     viewer: Viewer,
 ) -> Result<Markup, PageError> {
     let workers = WorkerRegistry::list(state.db()).await?;
-    let running = TaskStore::list(
-        state.db(),
-        &TaskFilter {
-            states: vec![TaskState::Running],
-            ..Default::default()
-        },
-        None,
-        MAX_RUNNING,
-    )
-    .await?;
-    let mut by_worker: HashMap<&str, Vec<&turnq_core::task::Task>> = HashMap::new();
-    for t in &running.tasks {
-        if let Some(w) = &t.worker_id {
-            by_worker.entry(w.as_str()).or_default().push(t);
+    let running = TaskStore::running_by_worker(state.db(), MAX_RUNNING).await?;
+    let mut by_worker: HashMap<&str, Vec<TaskId>> = HashMap::new();
+    for (id, worker) in &running {
+        if let Some(w) = worker {
+            by_worker.entry(w.as_str()).or_default().push(*id);
         }
     }
     let dead_before = time::now() - TimeDelta::from_std(WORKER_DEAD_AFTER).unwrap_or_default();
@@ -74,7 +66,7 @@ pub(crate) async fn page(
                                 td { (tasks.len()) " / " (w.concurrency)
                                     meter min="0" max=(w.concurrency.max(1)) value=(tasks.len()) {} }
                                 td { (layout::time(&w.last_heartbeat_at)) }
-                                td { @for t in tasks { a href=(format!("/tasks/{}", t.id)) { (layout::short_id(&t.id.to_string())) } " " } }
+                                td { @for id in tasks { a href=(format!("/tasks/{id}")) { (layout::short_id(&id.to_string())) } " " } }
                             }
                         }
                     }
