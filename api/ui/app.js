@@ -229,8 +229,11 @@
   // --- clicks: confirmations, select-all, rows -------------------------------------------
   document.addEventListener("submit", function (e) {
     const form = e.target;
-    const question = form.dataset && form.dataset.confirm;
-    if (question && !window.confirm(question)) e.preventDefault();
+    let question = (e.submitter && e.submitter.dataset.confirm) || (form.dataset && form.dataset.confirm);
+    if (!question) return;
+    const ticked = form.querySelectorAll("input[type=checkbox][name=id]:checked").length;
+    question = question.replace("{n}", String(ticked));
+    if (!window.confirm(question)) e.preventDefault();
   }, true);
 
   document.addEventListener("change", function (e) {

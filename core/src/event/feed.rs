@@ -384,6 +384,11 @@ impl EventFeed {
             .map(|t| t.usage_today(crate::time::now()))
     }
 
+    /// The running tasks of each worker; `None` while loading.
+    pub fn running_by_worker(&self) -> Option<std::collections::BTreeMap<String, Vec<uuid::Uuid>>> {
+        self.lock_tally().as_ref().map(|t| t.running_by_worker())
+    }
+
     /// Completed and failed per minute over the last hour; `None` while loading.
     pub fn per_minute(&self) -> Option<Vec<crate::stats::MinuteCounts>> {
         self.lock_tally()

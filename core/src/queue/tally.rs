@@ -17,13 +17,16 @@
 //! every request (a task's day is in its UUIDv7 id, so each event with usage knows
 //! whether it counts).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
 
+use chrono::NaiveDate;
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     IsolationLevel, QueryFilter, QuerySelect, Statement, TransactionTrait,
 };
-use chrono::NaiveDate;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -191,6 +194,9 @@ pub struct QueueTally {
     queues: BTreeMap<String, QueueCounts>,
     seen: Option<Seen>,
     today: DayUsage,
+    /// The running tasks and the worker running each (worker ids shared, not copied).
+    running: HashMap<Uuid, Arc<str>>,
+    worker_ids: HashMap<String, Arc<str>>,
 }
 
 #[derive(Debug, sea_orm::FromQueryResult)]
@@ -243,18 +249,31 @@ impl QueueTally {
             .into_tuple()
             .all(&txn)
             .await?;
+        let running: Vec<(Uuid, Option<String>)> = tasks::Entity::find()
+            .select_only()
+            .columns([C::Id, C::WorkerId])
+            .filter(C::State.eq(TaskState::Running))
+            .into_tuple()
+            .all(&txn)
+            .await?;
         let day = time::now().date_naive();
         let midnight = day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
         let today = UsageStats::group_by(&txn, GroupBy::Day, Some(midnight))
             .await?
             .into_iter()
-            .fold(DayUsage { day, ..Default::default() }, |mut sum, row| {
-                sum.tasks += row.tasks;
-                sum.input_tokens += row.input_tokens;
-                sum.output_tokens += row.output_tokens;
-                sum.cost_usd += row.cost_usd;
-                sum
-            });
+            .fold(
+                DayUsage {
+                    day,
+                    ..Default::default()
+                },
+                |mut sum, row| {
+                    sum.tasks += row.tasks;
+                    sum.input_tokens += row.input_tokens;
+                    sum.output_tokens += row.output_tokens;
+                    sum.cost_usd += row.cost_usd;
+                    sum
+                },
+            );
         txn.commit().await?;
 
         let mut tally = QueueTally {
@@ -271,6 +290,11 @@ impl QueueTally {
                 _ => Open::Failed,
             };
             tally.enter(row.id, row.queue, state, row.run_at);
+        }
+        for (id, worker) in running {
+            if let Some(worker) = worker {
+                tally.start(id, &worker);
+            }
         }
         for (queue, state, at) in ended {
             let counts = tally.queues.entry(queue).or_default();
@@ -302,6 +326,18 @@ impl QueueTally {
                 .or_else(|| data["queue"].as_str().map(str::to_owned))
         };
         self.count_usage(id, &e.event.kind, data);
+        match e.event.kind.as_str() {
+            "task.started" => {
+                if let Some(worker) = data["worker_id"].as_str() {
+                    self.start(id, worker);
+                }
+            }
+            "task.submitted" | "task.queued" | "task.output" => {}
+            // Every other transition ends the attempt that was running.
+            _ => {
+                self.running.remove(&id);
+            }
+        }
         let run_at = || {
             data["run_at"]
                 .as_str()
@@ -363,6 +399,30 @@ impl QueueTally {
             failed_last_minute: c.failed_at.since(now, 1),
             failed_last_hour: c.failed_at.since(now, 60),
         }
+    }
+
+    /// The running tasks of each worker, by worker id.
+    pub fn running_by_worker(&self) -> BTreeMap<String, Vec<Uuid>> {
+        let mut by: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+        for (id, worker) in &self.running {
+            by.entry(worker.to_string()).or_default().push(*id);
+        }
+        for ids in by.values_mut() {
+            ids.sort_unstable();
+        }
+        by
+    }
+
+    fn start(&mut self, id: Uuid, worker: &str) {
+        let shared = match self.worker_ids.get(worker) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = Arc::from(worker);
+                self.worker_ids.insert(worker.to_owned(), shared.clone());
+                shared
+            }
+        };
+        self.running.insert(id, shared);
     }
 
     /// The usage of the tasks created on `now`'s day.
@@ -566,11 +626,22 @@ mod tests {
         let now = time::now();
         let today = Uuid::now_v7();
         let usage = json!({"usage": {"input_tokens": 10, "output_tokens": 5, "cost_usd": 0.5}});
-        tally.apply(&event(today, 1, "task.submitted", json!({"queue": "q"}), now));
+        tally.apply(&event(
+            today,
+            1,
+            "task.submitted",
+            json!({"queue": "q"}),
+            now,
+        ));
         tally.apply(&event(today, 2, "task.completed", usage.clone(), now));
         let seen = tally.usage_today(now);
         assert_eq!(
-            (seen.tasks, seen.input_tokens, seen.output_tokens, seen.cost_usd),
+            (
+                seen.tasks,
+                seen.input_tokens,
+                seen.output_tokens,
+                seen.cost_usd
+            ),
             (1, 10, 5, 0.5)
         );
         // A task of yesterday still finishing today does not count today.
@@ -585,6 +656,48 @@ mod tests {
         assert_eq!(tally.usage_today(now + chrono::TimeDelta::days(1)).tasks, 0);
         let minutes = tally.per_minute(now);
         assert_eq!(minutes.iter().map(|m| m.completed).sum::<i64>(), 1);
+    }
+
+    #[test]
+    fn a_started_task_runs_on_its_worker_until_its_attempt_ends() {
+        let mut tally = QueueTally::default();
+        let now = time::now();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        for (id, xid) in [(a, 1), (b, 2)] {
+            tally.apply(&event(
+                id,
+                xid,
+                "task.submitted",
+                json!({"queue": "q"}),
+                now,
+            ));
+            tally.apply(&event(
+                id,
+                xid + 10,
+                "task.started",
+                json!({"worker_id": "w1"}),
+                now,
+            ));
+        }
+        tally.apply(&event(a, 30, "task.output", json!({}), now));
+        assert_eq!(tally.running_by_worker()["w1"].len(), 2);
+        tally.apply(&event(
+            a,
+            31,
+            "task.lease_lost",
+            json!({"failed": false}),
+            now,
+        ));
+        tally.apply(&event(
+            a,
+            32,
+            "task.started",
+            json!({"worker_id": "w2"}),
+            now,
+        ));
+        tally.apply(&event(b, 33, "task.completed", json!({}), now));
+        let by = tally.running_by_worker();
+        assert_eq!((by.get("w1"), by["w2"].as_slice()), (None, [a].as_slice()));
     }
 
     #[test]

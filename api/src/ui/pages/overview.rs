@@ -4,12 +4,7 @@
 use axum::extract::State;
 use chrono::TimeDelta;
 use maud::{Markup, html};
-use turnq_core::{
-    auth::Scope,
-    queue::QueueStore,
-    time,
-    worker::WorkerRegistry,
-};
+use turnq_core::{auth::Scope, queue::QueueStore, time, worker::WorkerRegistry};
 
 use crate::{
     AppState,

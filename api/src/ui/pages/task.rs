@@ -106,7 +106,9 @@ pub(crate) async fn page(
     let form = Form::from_query(query.as_deref());
     let stream = layout::stream(&state, &[("task", &id.to_string())]);
     let task = TaskStore::get(state.db(), id).await?;
-    let events = TaskStore::events(state.db(), id, StreamVersion::NEW, MAX_EVENTS).await?;
+    // The newest events when there are more than a page holds.
+    let from = StreamVersion((task.version.0 - MAX_EVENTS as i64).max(0));
+    let events = TaskStore::events(state.db(), id, from, MAX_EVENTS).await?;
     let children = TaskStore::children(state.db(), id, 100).await?;
     let transcript = match &task.session_id {
         Some(session) => match (ProjectKey::new(&task.project), SessionId::new(session)) {
@@ -245,6 +247,9 @@ fn render(
                     strong { "All" } " · " a href=(format!("/tasks/{id}?events=failures")) { "Failures" }
                 }
                 " · " a href=(format!("/v1/tasks/{id}/events")) { "JSON" }
+            }
+            @if events.first().is_some_and(|e| e.version.0 > 1) {
+                p.hint { "The first " (events[0].version.0 - 1) " events are left out; the JSON link has them all." }
             }
             (timeline(events, failures_only))
         }

@@ -244,8 +244,8 @@ fn render(
             @if can_submit && !tasks.is_empty() {
                 div.bulk {
                     span { "Selected tasks: " }
-                    @if can_admin { button type="submit" name="action" value="retry-selected" { "Retry" } }
-                    button type="submit" name="action" value="cancel-selected" { "Cancel" }
+                    @if can_admin { button type="submit" name="action" value="retry-selected" data-confirm="Retry the {n} selected tasks?" { "Retry" } }
+                    button type="submit" name="action" value="cancel-selected" data-confirm="Cancel the {n} selected tasks?" { "Cancel" }
                     span { " All matching this filter: " }
                     @if can_admin { button type="submit" name="action" value="retry-all" { "Retry all…" } }
                     button type="submit" name="action" value="cancel-all" { "Cancel all…" }

@@ -1,17 +1,10 @@
 //! `/workers`: the fleet: each worker's host, pid, version, queues, agents, load and
 //! last heartbeat, with the tasks it runs; dead and stopped workers greyed out.
 
-use std::collections::HashMap;
-
 use axum::extract::State;
 use chrono::TimeDelta;
 use maud::{Markup, html};
-use turnq_core::{
-    TaskId,
-    task::TaskStore,
-    time,
-    worker::WorkerRegistry,
-};
+use turnq_core::{time, worker::WorkerRegistry};
 
 use crate::{
     AppState,
@@ -22,21 +15,16 @@ use crate::{
     },
 };
 
-/// The most running tasks the page lists.
-const MAX_RUNNING: u64 = 1_000;
+/// The most running tasks the page links per worker.
+const MAX_LISTED: usize = 50;
 
 pub(crate) async fn page(
     State(state): State<AppState>,
     viewer: Viewer,
 ) -> Result<Markup, PageError> {
     let workers = WorkerRegistry::list(state.db()).await?;
-    let running = TaskStore::running_by_worker(state.db(), MAX_RUNNING).await?;
-    let mut by_worker: HashMap<&str, Vec<TaskId>> = HashMap::new();
-    for (id, worker) in &running {
-        if let Some(w) = worker {
-            by_worker.entry(w.as_str()).or_default().push(*id);
-        }
-    }
+    // From the event feed's tally: no table is read, however many turns run.
+    let running = state.feed().and_then(|f| f.running_by_worker());
     let dead_before = time::now() - TimeDelta::from_std(WORKER_DEAD_AFTER).unwrap_or_default();
     let stream = layout::stream(&state, &[("kind", "task.")]);
     let body = html! {
@@ -54,7 +42,7 @@ pub(crate) async fn page(
                     tbody {
                         @for w in &workers {
                             @let status = if w.stopped_at.is_some() { "stopped" } else if w.last_heartbeat_at < dead_before { "dead" } else { "live" };
-                            @let tasks = by_worker.get(w.id.as_str()).map(Vec::as_slice).unwrap_or_default();
+                            @let tasks = running.as_ref().and_then(|r| r.get(&w.id)).map(Vec::as_slice).unwrap_or_default();
                             tr data-row class=[(status != "live").then_some("gone")] {
                                 td { code { (w.id) } }
                                 td { span class=(format!("badge worker-{status}")) { (status) } }
@@ -66,7 +54,8 @@ pub(crate) async fn page(
                                 td { (tasks.len()) " / " (w.concurrency)
                                     meter min="0" max=(w.concurrency.max(1)) value=(tasks.len()) {} }
                                 td { (layout::time(&w.last_heartbeat_at)) }
-                                td { @for id in tasks { a href=(format!("/tasks/{id}")) { (layout::short_id(&id.to_string())) } " " } }
+                                td { @for id in tasks.iter().take(MAX_LISTED) { a href=(format!("/tasks/{id}")) { (layout::short_id(&id.to_string())) } " " }
+                                    @if tasks.len() > MAX_LISTED { span.muted { "and " (tasks.len() - MAX_LISTED) " more" } } }
                             }
                         }
                     }

@@ -95,24 +95,6 @@ impl TaskStore {
         Ok(TaskPage { tasks, next_cursor })
     }
 
-    /// The running tasks (newest first, at most `limit`) with the worker running each:
-    /// two columns through the state index, for the workers page.
-    pub async fn running_by_worker<C: ConnectionTrait>(
-        db: &C,
-        limit: u64,
-    ) -> Result<Vec<(TaskId, Option<String>)>> {
-        let rows = tasks::Entity::find()
-            .select_only()
-            .columns([Column::Id, Column::WorkerId])
-            .filter(Column::State.eq(TaskState::Running))
-            .order_by_desc(Column::Id)
-            .limit(limit)
-            .into_tuple::<(uuid::Uuid, Option<String>)>()
-            .all(db)
-            .await?;
-        Ok(rows.into_iter().map(|(id, w)| (TaskId(id), w)).collect())
-    }
-
     /// The sub-tasks of `parent` (tasks naming it as `parent_task_id`), oldest first.
     pub async fn children<C: ConnectionTrait>(
         db: &C,

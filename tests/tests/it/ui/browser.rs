@@ -199,7 +199,9 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
     browser.goto(&app.url("/")).await?;
     browser.wait_for_text("#queues", "default").await?;
     assert_eq!(
-        browser.execute("return document.documentElement.dataset.theme").await?,
+        browser
+            .execute("return document.documentElement.dataset.theme")
+            .await?,
         json!("dark")
     );
     browser.screenshot("overview-dark").await?;

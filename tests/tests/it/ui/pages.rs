@@ -3,7 +3,10 @@
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use turnq_core::auth::Scope;
+use turnq_core::{
+    auth::Scope,
+    stats::{GroupBy, UsageStats},
+};
 use turnq_tests::TestApp;
 
 use super::{client, csrf, page, post_form, sign_in, token};
@@ -125,6 +128,26 @@ async fn every_page_shows_what_postgres_holds() -> Result<()> {
         overview.contains("default") && overview.contains("Throughput"),
         "{overview}"
     );
+    // Today's usage, kept from the log, is what Postgres sums.
+    let midnight = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap_or_default()
+        .and_utc();
+    let rows = UsageStats::group_by(&app.db, GroupBy::Day, Some(midnight)).await?;
+    let tokens: i64 = rows.iter().map(|r| r.input_tokens + r.output_tokens).sum();
+    let tasks: i64 = rows.iter().map(|r| r.tasks).sum();
+    assert!(tokens > 0 && tasks == 3, "{rows:?}");
+    turnq_tests::eventually("the overview shows today's usage", || async {
+        let (_, html) = page(&app, &cookie, "/").await.map_err(|e| e.to_string())?;
+        let (want, over) = (format!("{tokens} tokens"), format!("over {tasks} tasks"));
+        if html.contains(&want) && html.contains(&over) {
+            Ok(())
+        } else {
+            Err(format!("no {want:?} {over:?}"))
+        }
+    })
+    .await?;
     let (_, tasks) = page(&app, &cookie, "/tasks?project=web").await?;
     for id in [done_id, failed_id, blocked_id] {
         assert!(
