@@ -65,15 +65,25 @@ async fn the_api_serves_what_happened_and_what_postgres_holds_and_promtool_accep
         ensure!(kind.starts_with("text/plain"), "{kind}");
         anyhow::Ok(response.text().await?)
     };
-    let text = eventually("the counters show both completions", || async {
-        let text = scrape().await?;
-        let done = sample(
-            &text,
-            r#"turnq_tasks_completed_total{queue="default",agent="script"}"#,
-        );
-        ensure!(done == Some(2.0), "completed: {done:?}");
-        anyhow::Ok(text)
-    })
+    // The gauges are read at most every few seconds from the feed's tally, which follows
+    // the log a moment behind: wait for the scrape that has the scheduled task too.
+    let text = eventually(
+        "the metrics show both completions and the scheduled task",
+        || async {
+            let text = scrape().await?;
+            let done = sample(
+                &text,
+                r#"turnq_tasks_completed_total{queue="default",agent="script"}"#,
+            );
+            ensure!(done == Some(2.0), "completed: {done:?}");
+            let pending = sample(
+                &text,
+                r#"turnq_queue_tasks{queue="default",state="pending"}"#,
+            );
+            ensure!(pending == Some(1.0), "pending: {pending:?}");
+            anyhow::Ok(text)
+        },
+    )
     .await?;
     for (series, want) in [
         (
