@@ -8,7 +8,28 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response: `{"error":{"code","message","request_id"}}`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorEnvelope {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// What went wrong, for programs: `invalid_request`, `invalid_json`,
+    /// `payload_too_large`, `unsupported_media_type`, `unauthorized`, `forbidden`,
+    /// `not_found`, `illegal_transition`, `conflict`, `unavailable` or `internal`.
+    code: &'static str,
+    /// What went wrong, for people: names the field and the rule it broke.
+    message: String,
+    /// The request's `x-request-id`, to quote when asking about a failed request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    request_id: Option<String>,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -95,11 +116,12 @@ impl From<QueryRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if let Some(id) = crate::request_id::current().filter(|id| !id.is_empty()) {
-            error["request_id"] = id.into();
-        }
-        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        let error = ErrorDetail {
+            code: self.code,
+            message: self.message,
+            request_id: crate::request_id::current().filter(|id| !id.is_empty()),
+        };
+        let mut response = (self.status, Json(ErrorEnvelope { error })).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

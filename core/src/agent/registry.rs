@@ -20,6 +20,7 @@ use crate::{
 pub const MAX_LABEL_CHARS: usize = 256;
 
 /// An agent as readers see it: the columns of `agents`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Agent {
     pub name: String,
@@ -36,8 +37,11 @@ pub struct Agent {
     /// A JSON array.
     pub commands: Value,
     pub install_path: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub last_probed_at: Option<Timestamp>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at: Timestamp,
 }
 
@@ -64,6 +68,7 @@ impl From<agents::Model> for Agent {
 ///
 /// The JSON fields are kept as [`Value`]s so that a wrong type gets a message naming the
 /// field (from [`AgentSpec::validate`]) rather than a deserializer's.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSpec {

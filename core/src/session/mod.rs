@@ -55,6 +55,7 @@ pub struct Appended {
 }
 
 /// A session of a project, as `list_sessions` returns it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SessionListing {
     pub session_id: String,
@@ -64,6 +65,7 @@ pub struct SessionListing {
 
 /// A session's summary, as `list_session_summaries` returns it: see [`summary`] for the
 /// fields of `data`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SessionSummary {
     pub session_id: String,

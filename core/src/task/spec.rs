@@ -22,14 +22,16 @@ const DEFAULT_AGENT: &str = "script";
 const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 const MAX_TEXT: usize = 4096;
 
-/// A task as a submitter sends it. Unknown fields are refused (by [`validate`]), so a
-/// typo (`"prority"`) is an error instead of a silently ignored wish.
-///
-/// [`validate`]: NewTaskRequest::validate
+/// A task as a submitter sends it. Unknown fields are refused (by
+/// `NewTaskRequest::validate`), so a typo (`"prority"`) is an error instead of a
+/// silently ignored wish.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct NewTaskRequest {
-    /// What the agent gets: a prompt string, or any JSON value the agent understands.
+    /// What the agent gets: a prompt string, or any JSON value the agent understands
+    /// (not null, not blank; at most 1 MiB as JSON).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub input: Value,
     pub project: Option<String>,
     pub queue: Option<String>,
@@ -38,6 +40,7 @@ pub struct NewTaskRequest {
     #[serde(flatten, deserialize_with = "TaskDetails::deserialize_named")]
     pub details: TaskDetails,
     /// Do not start before this time.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub run_at: Option<Timestamp>,
     pub max_attempts: Option<i32>,
     pub idempotency_key: Option<String>,
@@ -46,6 +49,7 @@ pub struct NewTaskRequest {
     /// `flatten`; this map, flattened after [`TaskDetails`], gets exactly the fields that
     /// no other field took.
     #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub unknown: BTreeMap<String, Value>,
 }
 
@@ -70,6 +74,7 @@ pub struct NewTask {
 /// feature values), and where it comes from (parent task, arena). One type for the
 /// wire shape, the validated submission and the `task.submitted` event, each of which
 /// flattens it; an absent field is left out of their JSON, as it always was.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]

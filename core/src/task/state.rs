@@ -13,6 +13,7 @@ use crate::event::TaskEvent;
 /// allows exactly these names, so queries compare the column with a `TaskState`, never
 /// with a name spelled out. The name is the same in JSON, in the column and in
 /// [`TaskState::as_str`]; a test holds the three together.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, EnumIter, DeriveActiveEnum,
 )]

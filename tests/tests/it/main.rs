@@ -11,6 +11,7 @@ mod event_log;
 mod fleet;
 mod metrics;
 mod migrations;
+mod openapi;
 mod queues;
 mod replay;
 mod request_ids;

@@ -21,7 +21,8 @@ pub struct TaskFilter {
 }
 
 /// One page of tasks, newest first.
-#[derive(Debug)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, serde::Serialize)]
 pub struct TaskPage {
     pub tasks: Vec<Task>,
     /// Pass as `cursor` to get the next page; `None` on the last page.
