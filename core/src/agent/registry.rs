@@ -102,6 +102,16 @@ impl AgentSpec {
                     "label is {chars} characters long; the limit is {MAX_LABEL_CHARS}"
                 )));
             }
+            crate::storable::no_nul("label", label)?;
+        }
+        for (field, value) in [
+            ("config", &self.config),
+            ("models", &self.models),
+            ("capabilities", &self.capabilities),
+        ] {
+            if let Some(value) = value {
+                crate::storable::json_without_nul(field, value)?;
+            }
         }
         if let Some(config) = &self.config
             && !config.is_object()
@@ -206,6 +216,9 @@ impl AgentRegistry {
     }
 
     pub async fn get<C: ConnectionTrait>(db: &C, name: &str) -> Result<Option<Agent>> {
+        // Any other name is looked up (and not found), but Postgres cannot even compare
+        // a text holding NUL.
+        crate::storable::no_nul("agent name", name)?;
         Ok(agents::Entity::find_by_id(name.to_owned())
             .one(db)
             .await?

@@ -34,8 +34,11 @@ use std::{future::Future, pin::Pin};
 use serde::Serialize;
 use serde_json::Value;
 
-pub use entries::{Entries, MAX_BATCH_ENTRIES};
-pub use key::{MAX_ID_CHARS, MAX_SUBPATH_CHARS, ProjectKey, SessionId, SessionKey, Subpath};
+pub use entries::{Entries, MAX_BATCH_ENTRIES, MAX_UUID_BYTES};
+pub use key::{
+    MAX_ID_BYTES, MAX_ID_CHARS, MAX_SUBPATH_BYTES, MAX_SUBPATH_CHARS, ProjectKey, SessionId,
+    SessionKey, Subpath,
+};
 pub use store::PgSessionStore;
 
 use crate::error::Result;

@@ -18,6 +18,7 @@ mod request_ids;
 mod scheduling;
 mod sessions;
 mod stats;
+mod storable;
 mod stream;
 mod supervision;
 mod tasks;

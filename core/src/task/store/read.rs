@@ -46,6 +46,16 @@ impl TaskStore {
         cursor: Option<TaskId>,
         limit: u64,
     ) -> Result<TaskPage> {
+        // No task has such a value, but Postgres cannot even compare a text holding NUL.
+        for (field, value) in [
+            ("agent", &filter.agent),
+            ("project", &filter.project),
+            ("queue", &filter.queue),
+        ] {
+            if let Some(value) = value {
+                crate::storable::no_nul(field, value)?;
+            }
+        }
         let mut query = tasks::Entity::find();
         if !filter.states.is_empty() {
             query = query.filter(Column::State.is_in(filter.states.iter().copied()));
