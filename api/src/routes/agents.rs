@@ -51,7 +51,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<AgentList
     operation_id = "get_agent",
     summary = "One agent",
     description = "Scope `read`.",
-    params(("name" = String, Path, description = "The agent's name.")),
+    params(("name" = String, Path, description = "The agent's name.", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The agent.", body = Agent),
@@ -82,7 +82,7 @@ pub(super) async fn get(
     operation_id = "put_agent",
     summary = "Declare an agent, or replace its spec",
     description = "Scope `admin`: an agent's config decides what workers run. Probe results are kept.",
-    params(("name" = String, Path, description = "The agent's name: `[A-Za-z0-9_.-]{1,64}`.")),
+    params(("name" = String, Path, description = "The agent's name.", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     request_body = AgentSpec,
     security(("bearer" = ["admin"])),
     responses(

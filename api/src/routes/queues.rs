@@ -72,7 +72,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<QueueList
     operation_id = "get_queue",
     summary = "One queue with what it holds",
     description = "Scope `read`.",
-    params(("name" = String, Path, description = "The queue's name.")),
+    params(("name" = String, Path, description = "The queue's name.", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The queue.", body = QueueStats),
@@ -101,7 +101,7 @@ pub(super) async fn get(
     operation_id = "pause_queue",
     summary = "Stop dispatching a queue",
     description = "Scope `admin`. Its tasks are no longer handed to Redis; those already there still run. Pausing a paused queue changes nothing.",
-    params(("name" = String, Path, description = "The queue's name.")),
+    params(("name" = String, Path, description = "The queue's name.", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The queue.", body = QueueStats),
@@ -130,7 +130,7 @@ pub(super) async fn pause(
     operation_id = "resume_queue",
     summary = "Dispatch a paused queue again",
     description = "Scope `admin`. Resuming a running queue changes nothing.",
-    params(("name" = String, Path, description = "The queue's name.")),
+    params(("name" = String, Path, description = "The queue's name.", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The queue.", body = QueueStats),

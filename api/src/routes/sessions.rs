@@ -121,7 +121,7 @@ pub(super) struct SubkeyList {
     operation_id = "append_session_entries",
     summary = "Append entries to a transcript",
     description = "Scope `submit`. Entries whose `uuid` is already stored are skipped, so a retried batch is harmless.",
-    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters, no control characters."), ("session_id" = String, Path, description = "The session id: 1 to 256 characters, no control characters."), SubpathQuery),
+    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256), ("session_id" = String, Path, description = "The session id: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256), SubpathQuery),
     request_body = AppendRequest,
     security(("bearer" = ["submit"])),
     responses(
@@ -159,7 +159,7 @@ pub(super) async fn append(
     operation_id = "load_session_entries",
     summary = "A transcript's entries",
     description = "Scope `read`. 404 when nothing was ever appended to the key.",
-    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters, no control characters."), ("session_id" = String, Path, description = "The session id: 1 to 256 characters, no control characters."), SubpathQuery),
+    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256), ("session_id" = String, Path, description = "The session id: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256), SubpathQuery),
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The entries.", body = EntryList),
@@ -191,7 +191,7 @@ pub(super) async fn load(
     operation_id = "list_sessions",
     summary = "A project's sessions, newest first",
     description = "Scope `read`. The sessions with a main transcript.",
-    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters, no control characters.")),
+    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256)),
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The sessions.", body = SessionList),
@@ -218,7 +218,7 @@ pub(super) async fn list(
     operation_id = "list_session_summaries",
     summary = "A project's session summaries, newest first",
     description = "Scope `read`. One per listed session; see docs/sessions.md for `data`.",
-    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters, no control characters.")),
+    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256)),
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The summaries.", body = SummaryList),
@@ -245,7 +245,7 @@ pub(super) async fn summaries(
     operation_id = "list_session_subkeys",
     summary = "A session's transcripts beside the main one",
     description = "Scope `read`.",
-    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters, no control characters."), ("session_id" = String, Path, description = "The session id: 1 to 256 characters, no control characters.")),
+    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256), ("session_id" = String, Path, description = "The session id: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256)),
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The subpaths.", body = SubkeyList),
@@ -273,7 +273,7 @@ pub(super) async fn subkeys(
     operation_id = "delete_session",
     summary = "Delete a session or one of its transcripts",
     description = "Scope `admin`: a transcript is the only record of a conversation. Without `subpath` the whole session goes (every transcript and the summary). 204 also when there was nothing to delete.",
-    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters, no control characters."), ("session_id" = String, Path, description = "The session id: 1 to 256 characters, no control characters."), SubpathQuery),
+    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256), ("session_id" = String, Path, description = "The session id: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256), SubpathQuery),
     security(("bearer" = ["admin"])),
     responses(
         (status = 204, description = "Deleted (or there was nothing)."),
@@ -305,7 +305,7 @@ pub(super) async fn delete(
     operation_id = "delete_session_named_summaries",
     summary = "Delete the session named `summaries`",
     description = "Scope `admin`. The same as deleting `/v1/sessions/{project_key}/{session_id}` with the session id `summaries`, whose path the summaries route takes.",
-    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters, no control characters."), SubpathQuery),
+    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256), SubpathQuery),
     security(("bearer" = ["admin"])),
     responses(
         (status = 204, description = "Deleted (or there was nothing)."),

@@ -191,6 +191,7 @@ pub(super) struct ListQuery {
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Tasks per page: 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u64>,
 }
 
@@ -268,6 +269,7 @@ pub(super) struct PageQuery {
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Tasks per page: 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u64>,
 }
 
@@ -335,6 +337,7 @@ pub(super) struct EventsQuery {
     /// Only events with a version above this one (default 0: all).
     after: Option<i64>,
     /// Events at most: 1 to 10,000, default 1,000.
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<u64>,
 }
 

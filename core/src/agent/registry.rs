@@ -74,6 +74,8 @@ impl From<agents::Model> for Agent {
 pub struct AgentSpec {
     #[serde(default)]
     pub label: Option<String>,
+    /// The backend kind: `script`, `command` or `openai`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
     pub backend: String,
     /// A JSON object; absent means `{}`.
     #[serde(default)]

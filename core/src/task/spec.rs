@@ -48,16 +48,27 @@ pub struct NewTaskRequest {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub input: Value,
+    /// Default `default`; at most 1,024 bytes of UTF-8 (it is part of an index key).
     pub project: Option<String>,
+    /// Default `default`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
     pub queue: Option<String>,
+    /// -1000 to 1000, higher runs first; default 0.
+    #[cfg_attr(feature = "openapi", schema(minimum = -1000, maximum = 1000))]
     pub priority: Option<i32>,
+    /// Default `script`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
     pub agent: Option<String>,
     #[serde(flatten, deserialize_with = "TaskDetails::deserialize_named")]
     pub details: TaskDetails,
     /// Do not start before this time.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub run_at: Option<Timestamp>,
+    /// 1 to 100; default 3.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub max_attempts: Option<i32>,
+    /// Names the task within its project: a second submission with the same key gets the
+    /// first task back. At most 255 bytes.
     pub idempotency_key: Option<String>,
     /// Whatever else the submission held: refused by [`NewTaskRequest::validate`]. serde's
     /// `deny_unknown_fields` cannot do it, because it does not work together with
@@ -95,6 +106,7 @@ pub struct TaskDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
     pub backend: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree_path: Option<String>,
