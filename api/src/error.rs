@@ -4,7 +4,7 @@
 
 use axum::{
     Json,
-    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
+    extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -21,7 +21,8 @@ pub(crate) struct ErrorEnvelope {
 pub(crate) struct ErrorDetail {
     /// What went wrong, for programs: `invalid_request`, `invalid_json`,
     /// `payload_too_large`, `unsupported_media_type`, `unauthorized`, `forbidden`,
-    /// `not_found`, `illegal_transition`, `conflict`, `unavailable` or `internal`.
+    /// `not_found`, `method_not_allowed`, `illegal_transition`, `conflict`,
+    /// `unavailable` or `internal`.
     code: &'static str,
     /// What went wrong, for people: names the field and the rule it broke.
     message: String,
@@ -98,6 +99,17 @@ impl From<JsonRejection> for ApiError {
         };
         // 422 (well-formed JSON of the wrong shape) stays 422; everything else keeps
         // the status axum picked, all in the envelope.
+        Self::new(status, code, r.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            _ => "invalid_request",
+        };
         Self::new(status, code, r.body_text())
     }
 }

@@ -106,4 +106,12 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .merge(scoped(state, Scope::Submit, submit))
         .merge(scoped(state, Scope::Admin, admin))
         .fallback(|| async { crate::ApiError::not_found("no such route") })
+        // axum's own 405 has an empty body; every refusal uses the envelope.
+        .method_not_allowed_fallback(|| async {
+            crate::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not answer this method",
+            )
+        })
 }

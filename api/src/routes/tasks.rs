@@ -438,6 +438,7 @@ macro_rules! transition_path {
                 (status = 403, response = crate::openapi::Forbidden),
                 (status = 404, response = crate::openapi::NotFound),
                 (status = 409, response = crate::openapi::Conflict),
+                (status = 413, response = crate::openapi::PayloadTooLarge),
                 (status = 500, response = crate::openapi::Internal),
                 (status = 503, response = crate::openapi::Unavailable),
             ),
@@ -457,7 +458,7 @@ transition_path!(
     pub(super) async fn cancel(
         State(state): State<AppState>,
         TaskPath(id): TaskPath,
-        body: Bytes,
+        extract::Body(body): extract::Body,
     ) -> Result<Json<Task>, ApiError> {
         let ReasonBody { reason } = optional_body(&body)?;
         let task = TaskStore::cancel(state.db(), id, reason, &metadata()).await?;
@@ -477,7 +478,7 @@ transition_path!(
     pub(super) async fn retry(
         State(state): State<AppState>,
         TaskPath(id): TaskPath,
-        body: Bytes,
+        extract::Body(body): extract::Body,
     ) -> Result<Json<Task>, ApiError> {
         let EmptyBody {} = optional_body(&body)?;
         let task = TaskStore::retry(state.db(), id, &metadata()).await?;
@@ -500,7 +501,7 @@ transition_path!(
     pub(super) async fn approve(
         State(state): State<AppState>,
         TaskPath(id): TaskPath,
-        body: Bytes,
+        extract::Body(body): extract::Body,
     ) -> Result<Json<Task>, ApiError> {
         let NoteBody { note } = optional_body(&body)?;
         Ok(Json(

@@ -181,3 +181,29 @@ async fn every_route_the_router_serves_is_documented_with_its_scope() -> Result<
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn refusals_made_before_a_handler_runs_use_the_error_envelope() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let task = app.submit(serde_json::json!({"input": "x"})).await?;
+    let id = task["id"].as_str().unwrap_or_default();
+
+    // A method the route does not answer: axum's own 405 has an empty body.
+    let response = app.http.patch(app.url("/v1/tasks")).send().await?;
+    ensure!(response.status() == 405, "{}", response.status());
+    let body: Value = response.json().await?;
+    ensure!(body["error"]["code"] == "method_not_allowed", "{body}");
+
+    // A body over the limit of a route that reads it raw (axum's default, 2 MiB).
+    let response = app
+        .http
+        .post(app.url(&format!("/v1/tasks/{id}/cancel")))
+        .body(vec![b' '; 3 * 1024 * 1024])
+        .send()
+        .await?;
+    ensure!(response.status() == 413, "{}", response.status());
+    let body: Value = response.json().await?;
+    ensure!(body["error"]["code"] == "payload_too_large", "{body}");
+    ensure!(app.task(id).await?["state"] == "pending");
+    app.stop().await
+}

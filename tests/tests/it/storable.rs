@@ -246,3 +246,44 @@ async fn numbers_at_the_edge_of_a_double_read_back_as_they_were_written() -> Res
     ensure!(status == 200 && body["entries"][0] == edge, "{body}");
     app.stop().await
 }
+
+#[tokio::test]
+async fn a_parent_task_id_that_names_no_task_is_a_400() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let parent = app.submit(json!({"input": "parent"})).await?;
+    let before = written(&app).await?;
+    let nobody = uuid::Uuid::now_v7();
+    // Found by fuzzing: the foreign key refused the insert, a 500.
+    let answer = app
+        .post("/v1/tasks", &json!({"input": {}, "parent_task_id": nobody}))
+        .await?;
+    refused(
+        "single",
+        &answer,
+        &format!("parent_task_id {nobody} names no task"),
+    )?;
+    let answer = app
+        .post(
+            "/v1/tasks/batch",
+            &json!({"tasks": [{"input": "a", "parent_task_id": parent["id"]},
+                {"input": "b", "parent_task_id": nobody}]}),
+        )
+        .await?;
+    refused(
+        "batch",
+        &answer,
+        &format!("parent_task_id {nobody} names no task"),
+    )?;
+    ensure!(written(&app).await? == before, "a refused request wrote");
+    let (status, child) = app
+        .post(
+            "/v1/tasks",
+            &json!({"input": "child", "parent_task_id": parent["id"]}),
+        )
+        .await?;
+    ensure!(
+        status == 201 && child["parent_task_id"] == parent["id"],
+        "{status}: {child}"
+    );
+    app.stop().await
+}
