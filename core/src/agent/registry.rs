@@ -66,8 +66,8 @@ impl From<agents::Model> for Agent {
 
 /// The body of `PUT /v1/agents/{name}`: what an operator declares about an agent.
 ///
-/// The JSON fields are kept as [`Value`]s so that a wrong type gets a message naming the
-/// field (from [`AgentSpec::validate`]) rather than a deserializer's.
+/// The JSON fields are kept as `Value`s so that a wrong type gets a message naming the
+/// field (from `AgentSpec::validate`) rather than a deserializer's.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

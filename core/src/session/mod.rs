@@ -66,8 +66,8 @@ pub struct SessionListing {
     pub mtime: i64,
 }
 
-/// A session's summary, as `list_session_summaries` returns it: see [`summary`] for the
-/// fields of `data`.
+/// A session's summary, as `list_session_summaries` returns it: see `summary` (and
+/// docs/sessions.md) for the fields of `data`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SessionSummary {
