@@ -4,11 +4,33 @@
 
 use axum::{
     Json,
-    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
+    extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response: `{"error":{"code","message","request_id"}}`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorEnvelope {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// What went wrong, for programs: `invalid_request`, `invalid_json`,
+    /// `payload_too_large`, `unsupported_media_type`, `unauthorized`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `illegal_transition`, `conflict`,
+    /// `unavailable` or `internal`.
+    code: &'static str,
+    /// What went wrong, for people: names the field and the rule it broke.
+    message: String,
+    /// The request's `x-request-id`, to quote when asking about a failed request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    request_id: Option<String>,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -90,6 +112,17 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            _ => "invalid_request",
+        };
+        Self::new(status, code, r.body_text())
+    }
+}
+
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         Self::bad_request(r.body_text())
@@ -104,11 +137,12 @@ impl From<QueryRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if let Some(id) = crate::request_id::current().filter(|id| !id.is_empty()) {
-            error["request_id"] = id.into();
-        }
-        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        let error = ErrorDetail {
+            code: self.code,
+            message: self.message,
+            request_id: crate::request_id::current().filter(|id| !id.is_empty()),
+        };
+        let mut response = (self.status, Json(ErrorEnvelope { error })).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -1,7 +1,8 @@
 //! Extractors whose rejections use the API's error envelope.
 
 use axum::{
-    extract::{FromRequest, FromRequestParts},
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
     http::request::Parts,
 };
 use turnq_core::TaskId;
@@ -17,6 +18,18 @@ pub struct Json<T>(pub T);
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
+
+/// A raw body (`axum::body::Bytes`), rejecting with [`ApiError`]: a body over the
+/// route's limit is a 413 in the envelope, not axum's plain text.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Body(Bytes::from_request(request, state).await?))
+    }
+}
 
 /// `axum::extract::Query`, rejecting with [`ApiError`].
 #[derive(FromRequestParts)]

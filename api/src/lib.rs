@@ -13,6 +13,8 @@
 //! - `error`: the one error type; core errors and extractor rejections map to the
 //!   `{"error":{"code","message"}}` envelope in one place.
 //! - `extract`: the extractors whose rejections use that envelope.
+//! - [`openapi`]: the API document (`GET /v1/openapi.json`), generated from the
+//!   handlers' annotations and the types they return.
 //! - [`dispatcher`]: the Postgres → Redis relay (LISTEN `tasks_new` plus a fallback
 //!   poll), so any API replica can run it.
 //!
@@ -23,6 +25,7 @@ pub mod dispatcher;
 mod error;
 mod extract;
 pub mod metrics;
+pub mod openapi;
 mod request_id;
 mod routes;
 mod ui;

@@ -132,6 +132,20 @@ fn text(body: String) -> Response {
 }
 
 /// `GET /metrics` on the API: every series of the process, and the Postgres gauges.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "Open, no token, for scrapers: the series of docs/metrics.md in the \
+        Prometheus text format.",
+    responses(
+        (status = 200, description = "The series.",
+            content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+)]
 pub(crate) async fn api_metrics(State(state): State<AppState>) -> Response {
     refresh_gauges(&state).await;
     text(state.metrics().render())

@@ -6,6 +6,7 @@ use std::{fmt, str::FromStr};
 use uuid::Uuid;
 
 /// The id of a task (and of its event stream).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TaskId(pub Uuid);
@@ -75,6 +76,7 @@ impl fmt::Display for WorkerId {
 }
 
 /// A position in the global event log (the `events.position` bigserial).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -88,6 +90,7 @@ impl fmt::Display for LogPosition {
 }
 
 /// The version of one stream: the number of events in it. A new stream is at 0.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]

@@ -22,6 +22,8 @@
 //! - [`auth`]: API tokens with scopes, stored hashed.
 //! - [`delivery`]: the job the dispatcher pushes to Redis and the names of its keys.
 //! - [`db`]: connecting to Postgres, creating the database when it is missing.
+//! - [`storable`]: what Postgres can store (no NUL in text or jsonb, index keys within a
+//!   btree row, counted in bytes), checked by every validation before a write.
 //! - [`entity`]: sea-orm entities. They stay inside this crate: stores return domain
 //!   types, so a column rename never leaks into the JSON contract.
 //!
@@ -44,6 +46,7 @@ pub mod queue;
 pub mod retry;
 pub mod session;
 pub mod stats;
+pub mod storable;
 pub mod supervise;
 pub mod task;
 pub mod time;

@@ -23,6 +23,7 @@ use crate::{
 };
 
 /// What to group usage by.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
@@ -102,6 +103,7 @@ impl FromStr for GroupBy {
 }
 
 /// The usage of one group.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, FromQueryResult)]
 pub struct UsageRow {
     /// The project, the agent, the day (`YYYY-MM-DD`, UTC) or the session

@@ -27,6 +27,7 @@ pub struct WorkerInfo {
 }
 
 /// One agent a worker runs, as the registry lists it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerAgent {
     /// The agent's name (the `agent` of the tasks the worker takes).
@@ -39,6 +40,7 @@ pub struct WorkerAgent {
 }
 
 /// A row of the registry, as readers see it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Serialize)]
 pub struct Worker {
     pub id: String,
@@ -47,8 +49,11 @@ pub struct Worker {
     pub queues: serde_json::Value,
     pub concurrency: i32,
     pub version: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub started_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub last_heartbeat_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub stopped_at: Option<Timestamp>,
     /// The agents it runs; empty for a worker registered before the registry listed them.
     pub agents: Vec<WorkerAgent>,

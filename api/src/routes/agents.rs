@@ -2,7 +2,8 @@
 //! `admin`, since its config decides what a worker runs (see `docs/agents.md`).
 
 use axum::{Json, extract::State, http::StatusCode};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use turnq_core::{
     agent::{Agent, AgentRegistry, AgentSpec},
     time,
@@ -13,13 +14,55 @@ use crate::{
     extract::{self, Path},
 };
 
+/// Every registered agent.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct AgentList {
+    /// By name.
+    agents: Vec<Agent>,
+}
+
 /// `GET /v1/agents`: `{"agents":[…]}`, by name.
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/agents",
+    tag = "agents",
+    operation_id = "list_agents",
+    summary = "Every registered agent",
+    description = "Scope `read`.",
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The agents.", body = AgentList),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<AgentList>, ApiError> {
     let agents = AgentRegistry::list(state.db()).await?;
-    Ok(Json(json!({ "agents": agents })))
+    Ok(Json(AgentList { agents }))
 }
 
 /// `GET /v1/agents/{name}`: the agent, or 404.
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{name}",
+    tag = "agents",
+    operation_id = "get_agent",
+    summary = "One agent",
+    description = "Scope `read`.",
+    params(("name" = String, Path, description = "The agent's name.", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The agent.", body = Agent),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -32,6 +75,29 @@ pub(super) async fn get(
 
 /// `PUT /v1/agents/{name}`, body an [`AgentSpec`]: 201 with the new agent, or 200 with
 /// the updated one. A bad name or body is a 400 and writes nothing.
+#[utoipa::path(
+    put,
+    path = "/v1/agents/{name}",
+    tag = "agents",
+    operation_id = "put_agent",
+    summary = "Declare an agent, or replace its spec",
+    description = "Scope `admin`: an agent's config decides what workers run. Probe results are kept.",
+    params(("name" = String, Path, description = "The agent's name.", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    request_body = AgentSpec,
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 201, description = "The new agent.", body = Agent),
+        (status = 200, description = "The updated agent.", body = Agent),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn put(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -35,8 +35,9 @@ const CATCH_UP_PAGE: u64 = 500;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The query of `GET /v1/events/stream`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct StreamQuery {
     /// Resume after this cursor (an event's `id`); the `Last-Event-ID` header does the
     /// same. Without either: from now.
@@ -102,6 +103,28 @@ impl StreamQuery {
 }
 
 /// `GET /v1/events/stream`.
+#[utoipa::path(
+    get,
+    path = "/v1/events/stream",
+    tag = "events",
+    operation_id = "event_stream",
+    summary = "The event log, live, as Server-Sent Events",
+    description = "Scope `read`. Each event: `id:` its cursor, `event:` its kind, `data:` a \
+        `LiveEvent` as JSON. A stream that ends early sends a last `reconnect` event whose \
+        data names the cursor to resume from. Keep-alive comments every 15 s. See docs/events.md.",
+    params(StreamQuery, ("Last-Event-ID" = Option<String>, Header,
+        description = "Resume after this cursor (what `EventSource` sends when it reconnects); `after` wins over it.")),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The stream; each `data:` is a `LiveEvent`.",
+            content_type = "text/event-stream", body = String),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -1,20 +1,61 @@
 //! Liveness and readiness. Both stay open to unauthenticated probes.
 
+use std::collections::BTreeMap;
+
 use axum::{Json, extract::State, http::StatusCode};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::{ApiError, AppState};
 
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Ready {
+    /// Always `ready`.
+    status: &'static str,
+    /// The process' long-lived tasks running, by name, with how many of each.
+    tasks: BTreeMap<String, usize>,
+}
+
 /// The process is up.
-pub(super) async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "healthz",
+    summary = "Liveness: the process is up",
+    description = "Open, no token.",
+    responses(
+        (status = 200, description = "Up.", body = Health),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+)]
+pub(super) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// The process can serve: Postgres answers, and none of the process' long-lived tasks
 /// (the dispatcher, a worker pool's loops) has died. A death stops the process anyway;
 /// this answers 503 in the moments before it exits, so a load balancer stops sending
 /// to it at once. The body lists the tasks running, by name.
-pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    operation_id = "readyz",
+    summary = "Readiness: Postgres answers and no long-lived task has died",
+    description = "Open, no token.",
+    responses(
+        (status = 200, description = "Ready.", body = Ready),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if let Some(tasks) = state.tasks() {
         let deaths = tasks.deaths();
         if let Some(first) = deaths.first() {
@@ -34,5 +75,8 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>,
         ));
     }
     let running = state.tasks().map(|t| t.running()).unwrap_or_default();
-    Ok(Json(json!({"status": "ready", "tasks": running})))
+    Ok(Json(Ready {
+        status: "ready",
+        tasks: running,
+    }))
 }

@@ -1,16 +1,17 @@
 //! The routes, one module per resource, grouped by the scope they need.
 
-mod agents;
-mod events;
-mod health;
-mod queues;
+// Visible to the crate for `openapi.rs`, which lists every handler.
+pub(crate) mod agents;
+pub(crate) mod events;
+pub(crate) mod health;
+pub(crate) mod queues;
 
 pub(crate) use queues::with_figures as queue_figures;
 pub(crate) use tasks::count as count_task;
-mod sessions;
-mod stats;
-mod tasks;
-mod workers;
+pub(crate) mod sessions;
+pub(crate) mod stats;
+pub(crate) mod tasks;
+pub(crate) mod workers;
 
 use axum::{
     Router,
@@ -99,8 +100,19 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/readyz", get(health::readyz))
         // Open like the health probes, for scrapers; it names queues and agents only.
         .route("/metrics", get(crate::metrics::api_metrics))
+        // Open too: it describes the API and holds no data (see openapi.rs). Every
+        // route here must be in its `paths`; a test checks.
+        .route("/v1/openapi.json", get(crate::openapi::document))
         .merge(scoped(state, Scope::Read, read))
         .merge(scoped(state, Scope::Submit, submit))
         .merge(scoped(state, Scope::Admin, admin))
         .fallback(|| async { crate::ApiError::not_found("no such route") })
+        // axum's own 405 has an empty body; every refusal uses the envelope.
+        .method_not_allowed_fallback(|| async {
+            crate::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not answer this method",
+            )
+        })
 }

@@ -5,8 +5,10 @@
 //! there are.
 
 use axum::{Json, extract::State, http::StatusCode};
+use serde::Serialize;
 use serde_json::{Value, json};
 use turnq_core::queue::{Queue, QueueStats, QueueStore};
+use utoipa::ToSchema;
 
 use crate::{ApiError, AppState, extract::Path};
 
@@ -29,17 +31,59 @@ pub(crate) fn with_figures(state: &AppState, queue: Queue) -> Result<QueueStats,
     Ok(QueueStats { queue, figures })
 }
 
+/// Every queue.
+#[derive(Serialize, ToSchema)]
+pub(super) struct QueueList {
+    /// By name.
+    queues: Vec<QueueStats>,
+}
+
 /// `GET /v1/queues`: every queue with its figures.
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/queues",
+    tag = "queues",
+    operation_id = "list_queues",
+    summary = "Every queue with what it holds",
+    description = "Scope `read`. 503 while the process is still loading the figures at start.",
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The queues.", body = QueueList),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiError> {
     let queues = QueueStore::list(state.db())
         .await?
         .into_iter()
         .map(|q| with_figures(&state, q))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({ "queues": queues })))
+    Ok(Json(QueueList { queues }))
 }
 
 /// `GET /v1/queues/{name}`.
+#[utoipa::path(
+    get,
+    path = "/v1/queues/{name}",
+    tag = "queues",
+    operation_id = "get_queue",
+    summary = "One queue with what it holds",
+    description = "Scope `read`.",
+    params(("name" = String, Path, description = "The queue's name.", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The queue.", body = QueueStats),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -50,6 +94,26 @@ pub(super) async fn get(
 
 /// `POST /v1/queues/{name}/pause`: its tasks are no longer handed to Redis (those
 /// already there still run). Pausing a paused queue changes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/pause",
+    tag = "queues",
+    operation_id = "pause_queue",
+    summary = "Stop dispatching a queue",
+    description = "Scope `admin`. Its tasks are no longer handed to Redis; those already there still run. Pausing a paused queue changes nothing.",
+    params(("name" = String, Path, description = "The queue's name.", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "The queue.", body = QueueStats),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn pause(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -59,6 +123,26 @@ pub(super) async fn pause(
 }
 
 /// `POST /v1/queues/{name}/resume`.
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/resume",
+    tag = "queues",
+    operation_id = "resume_queue",
+    summary = "Dispatch a paused queue again",
+    description = "Scope `admin`. Resuming a running queue changes nothing.",
+    params(("name" = String, Path, description = "The queue's name.", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "The queue.", body = QueueStats),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn resume(
     State(state): State<AppState>,
     Path(name): Path<String>,

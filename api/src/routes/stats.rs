@@ -1,30 +1,59 @@
 //! `/v1/stats`: usage statistics (see `docs/agents.md`).
 
 use axum::{Json, extract::State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use turnq_core::{
-    stats::{GroupBy, UsageStats},
+    stats::{GroupBy, UsageRow, UsageStats},
     time::Timestamp,
 };
 
 use crate::{ApiError, AppState, extract::Query};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UsageQuery {
-    /// Optional here so that leaving it out gets the message naming the allowed values.
+    /// What to group by (required).
+    // Optional here so that leaving it out gets the message naming the allowed values.
+    #[param(value_type = GroupBy, required = true)]
     group_by: Option<String>,
-    /// RFC 3339.
+    /// Only tasks created at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     since: Option<String>,
+}
+
+/// Usage, one row per group.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct UsageReport {
+    group_by: GroupBy,
+    /// By day in day order; by project, agent or session most expensive first.
+    rows: Vec<UsageRow>,
 }
 
 /// `GET /v1/stats/usage?group_by=project|agent|day|session[&since=RFC3339]`:
 /// `{"group_by": …, "rows": [{"key","tasks","input_tokens","output_tokens","cost_usd"}]}`.
+#[utoipa::path(
+    get,
+    path = "/v1/stats/usage",
+    tag = "stats",
+    operation_id = "usage_stats",
+    summary = "Tasks, tokens and cost, grouped",
+    description = "Scope `read`.",
+    params(UsageQuery),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The usage.", body = UsageReport),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn usage(
     State(state): State<AppState>,
     Query(query): Query<UsageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UsageReport>, ApiError> {
     let group_by: GroupBy = query
         .group_by
         .as_deref()
@@ -46,5 +75,5 @@ pub(super) async fn usage(
         })
         .transpose()?;
     let rows = UsageStats::group_by(state.db(), group_by, since).await?;
-    Ok(Json(json!({ "group_by": group_by, "rows": rows })))
+    Ok(Json(UsageReport { group_by, rows }))
 }

@@ -6,13 +6,16 @@ use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use turnq_core::{
-    StreamVersion, TaskId, metrics as names,
-    task::{MAX_BATCH, NewTask, NewTaskRequest, Task, TaskFilter, TaskState, TaskStore},
+    StreamVersion, TaskId,
+    event::RecordedEvent,
+    metrics as names,
+    task::{MAX_BATCH, NewTask, NewTaskRequest, Task, TaskFilter, TaskPage, TaskState, TaskStore},
     time,
 };
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     ApiError, AppState,
@@ -56,6 +59,33 @@ fn idempotency_key(headers: &HeaderMap, body: &mut NewTaskRequest) -> Result<(),
 
 /// `POST /v1/tasks`: 201 with the new task, or 200 with the existing one when the
 /// idempotency key was used before.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    tag = "tasks",
+    operation_id = "submit_task",
+    summary = "Submit a task",
+    description = "Scope `submit`. 201 with the new task; 200 with the existing task when \
+        its idempotency key (the body's `idempotency_key` or the `Idempotency-Key` header) \
+        was used before. A bad field is a 400 that names it, and writes nothing.",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Names the task like the body's `idempotency_key` (visible ASCII); both given must agree.")),
+    request_body = NewTaskRequest,
+    security(("bearer" = ["submit"])),
+    responses(
+        (status = 201, description = "The new task.", body = Task),
+        (status = 200, description = "The task submitted before with this idempotency key.", body = Task),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -75,17 +105,49 @@ pub(super) async fn submit(
     Ok((status, Json(submitted.task)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BatchRequest {
+    /// 1 to 1,000 tasks.
     tasks: Vec<NewTaskRequest>,
 }
 
+/// What a batch submission did.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BatchSubmitted {
+    /// How many of the tasks are new (the others had an idempotency key used before).
+    created: usize,
+    /// Every task of the batch, in the batch's order.
+    tasks: Vec<Task>,
+}
+
 /// `POST /v1/tasks/batch`: up to 1,000 tasks in one transaction, all or nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/batch",
+    tag = "tasks",
+    operation_id = "submit_batch",
+    summary = "Submit up to 1,000 tasks, all or nothing",
+    description = "Scope `submit`. One transaction: a bad task (named by its index) refuses the batch.",
+    request_body = BatchRequest,
+    security(("bearer" = ["submit"])),
+    responses(
+        (status = 201, description = "The batch was stored.", body = BatchSubmitted),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn submit_batch(
     State(state): State<AppState>,
     extract::Json(body): extract::Json<BatchRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<BatchSubmitted>), ApiError> {
     if body.tasks.is_empty() {
         return Err(ApiError::bad_request("the batch has no tasks"));
     }
@@ -111,21 +173,25 @@ pub(super) async fn submit_batch(
     }
     let created = submitted.iter().filter(|s| s.created).count();
     let tasks: Vec<Task> = submitted.into_iter().map(|s| s.task).collect();
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "created": created, "tasks": tasks })),
-    ))
+    Ok((StatusCode::CREATED, Json(BatchSubmitted { created, tasks })))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
-    /// One state or several, comma-separated.
+    /// One state or several, comma-separated (`pending,running`).
     state: Option<String>,
+    /// Only the tasks of this agent.
     agent: Option<String>,
+    /// Only the tasks of this project.
     project: Option<String>,
+    /// Only the tasks of this queue.
     queue: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Tasks per page: 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u64>,
 }
 
@@ -152,18 +218,34 @@ async fn page(
     filter: &TaskFilter,
     raw_cursor: Option<&str>,
     limit: Option<u64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskPage>, ApiError> {
     let page = TaskStore::list(state.db(), filter, cursor(raw_cursor)?, page_limit(limit)?).await?;
-    Ok(Json(
-        json!({ "tasks": page.tasks, "next_cursor": page.next_cursor }),
-    ))
+    Ok(Json(page))
 }
 
 /// `GET /v1/tasks`: newest first, filtered, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    tag = "tasks",
+    operation_id = "list_tasks",
+    summary = "List tasks, newest first",
+    description = "Scope `read`. A page at a time: pass `next_cursor` as `cursor` for the next.",
+    params(ListQuery),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "One page of tasks.", body = TaskPage),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskPage>, ApiError> {
     let states = match &query.state {
         None => Vec::new(),
         Some(raw) => raw
@@ -181,18 +263,40 @@ pub(super) async fn list(
     page(&state, &filter, query.cursor.as_deref(), query.limit).await
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Tasks per page: 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u64>,
 }
 
 /// `GET /v1/inbox`: the tasks that wait for a person (blocked or failed).
+#[utoipa::path(
+    get,
+    path = "/v1/inbox",
+    tag = "tasks",
+    operation_id = "inbox",
+    summary = "The tasks waiting for a person (blocked or failed)",
+    description = "Scope `read`.",
+    params(PageQuery),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "One page of tasks.", body = TaskPage),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn inbox(
     State(state): State<AppState>,
     Query(query): Query<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskPage>, ApiError> {
     let filter = TaskFilter {
         states: vec![TaskState::Blocked, TaskState::Failed],
         ..Default::default()
@@ -201,6 +305,25 @@ pub(super) async fn inbox(
 }
 
 /// `GET /v1/tasks/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    operation_id = "get_task",
+    summary = "One task",
+    description = "Scope `read`.",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The task.", body = Task),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     TaskPath(id): TaskPath,
@@ -208,20 +331,49 @@ pub(super) async fn get(
     Ok(Json(TaskStore::get(state.db(), id).await?))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
-    /// Only events with a version above this one.
+    /// Only events with a version above this one (default 0: all).
     after: Option<i64>,
+    /// Events at most: 1 to 10,000, default 1,000.
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<u64>,
 }
 
+/// The events of a task's stream.
+#[derive(Serialize, ToSchema)]
+pub(super) struct TaskEvents {
+    /// Oldest first; `data` is the event's JSON as `docs/events.md` gives it.
+    events: Vec<RecordedEvent>,
+}
+
 /// `GET /v1/tasks/{id}/events`: the task's stream, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/events",
+    tag = "tasks",
+    operation_id = "task_events",
+    summary = "The events of a task, oldest first",
+    description = "Scope `read`.",
+    params(("id" = uuid::Uuid, Path, description = "The task's id."), EventsQuery),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The task's events.", body = TaskEvents),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn events(
     State(state): State<AppState>,
     TaskPath(id): TaskPath,
     Query(query): Query<EventsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskEvents>, ApiError> {
     let after = StreamVersion(query.after.unwrap_or(0).max(0));
     let limit = match query.limit.unwrap_or(1000) {
         n @ 1..=10_000 => n,
@@ -232,7 +384,7 @@ pub(super) async fn events(
         }
     };
     let events = TaskStore::events(state.db(), id, after, limit).await?;
-    Ok(Json(json!({ "events": events })))
+    Ok(Json(TaskEvents { events }))
 }
 
 /// An optional JSON body: empty (or `null`) is fine, anything else must parse.
@@ -248,57 +400,113 @@ fn optional_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result
     })
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReasonBody {
+    /// Why the task is cancelled (kept in its `task.cancelled` event).
     reason: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NoteBody {
+    /// What the person decided (kept in its `task.approved` event).
     note: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EmptyBody {}
 
-/// `POST /v1/tasks/{id}/cancel` with an optional `{"reason": "…"}`.
-pub(super) async fn cancel(
-    State(state): State<AppState>,
-    TaskPath(id): TaskPath,
-    body: Bytes,
-) -> Result<Json<Task>, ApiError> {
-    let ReasonBody { reason } = optional_body(&body)?;
-    let task = TaskStore::cancel(state.db(), id, reason, &metadata()).await?;
-    count(names::TASKS_CANCELLED, &task);
-    Ok(Json(task))
+/// The error responses of the transitions a person makes on a task.
+macro_rules! transition_path {
+    ($method:ident, $path:literal, $id:literal, $summary:literal, $scope:literal, $body:ty, $item:item) => {
+        #[utoipa::path(
+            $method,
+            path = $path,
+            tag = "tasks",
+            operation_id = $id,
+            summary = $summary,
+            description = concat!("Scope `", $scope, "`. The body is optional (empty or `null` is fine). \
+                409 when the task's state does not allow it."),
+            params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+            request_body(content = Option<$body>, content_type = "application/json"),
+            security(("bearer" = [$scope])),
+            responses(
+                (status = 200, description = "The task after the transition.", body = Task),
+                (status = 400, response = crate::openapi::BadRequest),
+                (status = 401, response = crate::openapi::Unauthorized),
+                (status = 403, response = crate::openapi::Forbidden),
+                (status = 404, response = crate::openapi::NotFound),
+                (status = 409, response = crate::openapi::Conflict),
+                (status = 413, response = crate::openapi::PayloadTooLarge),
+                (status = 500, response = crate::openapi::Internal),
+                (status = 503, response = crate::openapi::Unavailable),
+            ),
+        )]
+        $item
+    };
 }
 
-/// `POST /v1/tasks/{id}/retry`: a failed task runs again.
-pub(super) async fn retry(
-    State(state): State<AppState>,
-    TaskPath(id): TaskPath,
-    body: Bytes,
-) -> Result<Json<Task>, ApiError> {
-    let EmptyBody {} = optional_body(&body)?;
-    let task = TaskStore::retry(state.db(), id, &metadata()).await?;
-    metrics::counter!(names::TASKS_RETRIED, "queue" => task.queue.clone(),
+transition_path!(
+    post,
+    "/v1/tasks/{id}/cancel",
+    "cancel_task",
+    "Cancel a task",
+    "submit",
+    ReasonBody,
+    /// `POST /v1/tasks/{id}/cancel` with an optional `{"reason": "…"}`.
+    pub(super) async fn cancel(
+        State(state): State<AppState>,
+        TaskPath(id): TaskPath,
+        extract::Body(body): extract::Body,
+    ) -> Result<Json<Task>, ApiError> {
+        let ReasonBody { reason } = optional_body(&body)?;
+        let task = TaskStore::cancel(state.db(), id, reason, &metadata()).await?;
+        count(names::TASKS_CANCELLED, &task);
+        Ok(Json(task))
+    }
+);
+
+transition_path!(
+    post,
+    "/v1/tasks/{id}/retry",
+    "retry_task",
+    "Run a failed task again",
+    "admin",
+    EmptyBody,
+    /// `POST /v1/tasks/{id}/retry`: a failed task runs again.
+    pub(super) async fn retry(
+        State(state): State<AppState>,
+        TaskPath(id): TaskPath,
+        extract::Body(body): extract::Body,
+    ) -> Result<Json<Task>, ApiError> {
+        let EmptyBody {} = optional_body(&body)?;
+        let task = TaskStore::retry(state.db(), id, &metadata()).await?;
+        metrics::counter!(names::TASKS_RETRIED, "queue" => task.queue.clone(),
         "agent" => task.agent.clone(), "by" => "person")
-    .increment(1);
-    Ok(Json(task))
-}
+        .increment(1);
+        Ok(Json(task))
+    }
+);
 
-/// `POST /v1/tasks/{id}/approve` with an optional `{"note": "…"}`: a blocked task
-/// runs again.
-pub(super) async fn approve(
-    State(state): State<AppState>,
-    TaskPath(id): TaskPath,
-    body: Bytes,
-) -> Result<Json<Task>, ApiError> {
-    let NoteBody { note } = optional_body(&body)?;
-    Ok(Json(
-        TaskStore::approve(state.db(), id, note, &metadata()).await?,
-    ))
-}
+transition_path!(
+    post,
+    "/v1/tasks/{id}/approve",
+    "approve_task",
+    "Let a blocked task run again",
+    "admin",
+    NoteBody,
+    /// `POST /v1/tasks/{id}/approve` with an optional `{"note": "…"}`: a blocked task
+    /// runs again.
+    pub(super) async fn approve(
+        State(state): State<AppState>,
+        TaskPath(id): TaskPath,
+        extract::Body(body): extract::Body,
+    ) -> Result<Json<Task>, ApiError> {
+        let NoteBody { note } = optional_body(&body)?;
+        Ok(Json(
+            TaskStore::approve(state.db(), id, note, &metadata()).await?,
+        ))
+    }
+);

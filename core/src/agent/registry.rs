@@ -20,6 +20,7 @@ use crate::{
 pub const MAX_LABEL_CHARS: usize = 256;
 
 /// An agent as readers see it: the columns of `agents`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Agent {
     pub name: String,
@@ -36,8 +37,11 @@ pub struct Agent {
     /// A JSON array.
     pub commands: Value,
     pub install_path: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub last_probed_at: Option<Timestamp>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at: Timestamp,
 }
 
@@ -62,13 +66,16 @@ impl From<agents::Model> for Agent {
 
 /// The body of `PUT /v1/agents/{name}`: what an operator declares about an agent.
 ///
-/// The JSON fields are kept as [`Value`]s so that a wrong type gets a message naming the
-/// field (from [`AgentSpec::validate`]) rather than a deserializer's.
+/// The JSON fields are kept as `Value`s so that a wrong type gets a message naming the
+/// field (from `AgentSpec::validate`) rather than a deserializer's.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSpec {
     #[serde(default)]
     pub label: Option<String>,
+    /// The backend kind: `script`, `command` or `openai`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
     pub backend: String,
     /// A JSON object; absent means `{}`.
     #[serde(default)]
@@ -96,6 +103,16 @@ impl AgentSpec {
                 return Err(Error::Invalid(format!(
                     "label is {chars} characters long; the limit is {MAX_LABEL_CHARS}"
                 )));
+            }
+            crate::storable::no_nul("label", label)?;
+        }
+        for (field, value) in [
+            ("config", &self.config),
+            ("models", &self.models),
+            ("capabilities", &self.capabilities),
+        ] {
+            if let Some(value) = value {
+                crate::storable::json_without_nul(field, value)?;
             }
         }
         if let Some(config) = &self.config
@@ -201,6 +218,9 @@ impl AgentRegistry {
     }
 
     pub async fn get<C: ConnectionTrait>(db: &C, name: &str) -> Result<Option<Agent>> {
+        // Any other name is looked up (and not found), but Postgres cannot even compare
+        // a text holding NUL.
+        crate::storable::no_nul("agent name", name)?;
         Ok(agents::Entity::find_by_id(name.to_owned())
             .one(db)
             .await?

@@ -97,8 +97,11 @@ impl Serialize for Cursor {
 
 /// An event as a live reader sees it: the event (`docs/events.md`), its cursor, and the
 /// queue, project and session of its task where it has one.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LiveEvent {
+    /// Where a client resumes from: `xid-position`, the SSE `id`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "7321-1045"))]
     pub cursor: Cursor,
     #[serde(flatten)]
     pub event: RecordedEvent,

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{task::NewTask, time::Timestamp};
 
 /// Token counts and money spent by one attempt of a turn.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     #[serde(default)]

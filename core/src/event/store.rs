@@ -22,6 +22,7 @@ use crate::{
 };
 
 /// Which stream an event belongs to.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct StreamRef {
     #[serde(rename = "type")]
@@ -53,6 +54,7 @@ pub struct NewEvent {
 }
 
 /// An event as the log holds it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RecordedEvent {
     pub position: LogPosition,
@@ -61,6 +63,7 @@ pub struct RecordedEvent {
     pub kind: String,
     pub data: Value,
     pub metadata: Value,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub recorded_at: Timestamp,
 }
 

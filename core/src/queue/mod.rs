@@ -60,10 +60,12 @@ impl QueueEvent {
 }
 
 /// A queue.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Queue {
     pub name: String,
     pub paused: bool,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
 }
 
@@ -78,6 +80,7 @@ impl From<queues::Model> for Queue {
 }
 
 /// A queue and what it holds now.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct QueueStats {
     #[serde(flatten)]

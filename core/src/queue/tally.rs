@@ -116,6 +116,7 @@ impl QueueCounts {
 }
 
 /// What a queue holds now.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct QueueFigures {
     /// Pending and not yet handed to Redis (due or scheduled for later).

@@ -2,10 +2,21 @@
 
 use serde_json::Value;
 
-use crate::{Error, error::Result};
+use crate::{
+    Error,
+    error::Result,
+    session::key::{MAX_ID_BYTES, MAX_SUBPATH_BYTES},
+    storable::{self, INDEX_KEY_BUDGET},
+};
 
 /// The most entries one `append` may carry.
 pub const MAX_BATCH_ENTRIES: usize = 10_000;
+/// The longest `uuid` of an entry, in UTF-8 bytes: with the transcript's key it makes
+/// the key of the index that skips repeated entries.
+pub const MAX_UUID_BYTES: usize = 256;
+
+// The dedup index is (project_key, session_id, subpath, entry->>'uuid').
+const _: () = assert!(2 * MAX_ID_BYTES + MAX_SUBPATH_BYTES + MAX_UUID_BYTES <= INDEX_KEY_BUDGET);
 
 /// Entries to append: each a JSON object, at most [`MAX_BATCH_ENTRIES`] of them. The
 /// store treats them as opaque; the only field it reads is `uuid`, to skip entries it
@@ -14,9 +25,9 @@ pub const MAX_BATCH_ENTRIES: usize = 10_000;
 pub struct Entries(Vec<Value>);
 
 impl Entries {
-    /// Refuses a batch that is too large, an entry that is not a JSON object, and a
-    /// string containing U+0000 (which Postgres `jsonb` cannot store), naming the
-    /// offending entry by its index.
+    /// Refuses a batch that is too large, an entry that is not a JSON object, a string
+    /// containing U+0000 (which Postgres `jsonb` cannot store) and a `uuid` longer than
+    /// [`MAX_UUID_BYTES`], naming the offending entry by its index.
     pub fn new(entries: Vec<Value>) -> Result<Self> {
         if entries.len() > MAX_BATCH_ENTRIES {
             return Err(Error::Invalid(format!(
@@ -31,10 +42,9 @@ impl Entries {
                     crate::error::json_kind(entry)
                 )));
             }
-            if has_nul(entry) {
-                return Err(Error::Invalid(format!(
-                    "entries[{i}] contains the character U+0000, which cannot be stored"
-                )));
+            storable::json_without_nul(&format!("entries[{i}]"), entry)?;
+            if let Some(uuid) = uuid_of(entry) {
+                storable::within_bytes(&format!("entries[{i}].uuid"), uuid, MAX_UUID_BYTES)?;
             }
         }
         Ok(Entries(entries))
@@ -60,29 +70,6 @@ impl Entries {
 /// The entry's `uuid` when it is a string: the key the store deduplicates on.
 pub(crate) fn uuid_of(entry: &Value) -> Option<&str> {
     entry.get("uuid").and_then(Value::as_str)
-}
-
-/// Walks the value with an explicit stack: a value built in code (not parsed, so not
-/// bounded by serde_json's recursion limit) can be deep enough to overflow a recursive
-/// walk.
-fn has_nul(value: &Value) -> bool {
-    let mut stack = vec![value];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::String(s) if s.contains('\0') => return true,
-            Value::Array(items) => stack.extend(items),
-            Value::Object(map) => {
-                for (k, item) in map {
-                    if k.contains('\0') {
-                        return true;
-                    }
-                    stack.push(item);
-                }
-            }
-            _ => {}
-        }
-    }
-    false
 }
 
 #[cfg(test)]
@@ -118,6 +105,16 @@ mod tests {
             let e = Entries::new(vec![bad.clone()]).unwrap_err();
             assert!(e.to_string().contains("U+0000"), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_uuid_longer_than_the_index_holds_is_refused() {
+        assert!(Entries::new(vec![json!({"uuid": "u".repeat(MAX_UUID_BYTES)})]).is_ok());
+        let e = Entries::new(vec![json!({}), json!({"uuid": "é".repeat(129)})]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("entries[1].uuid is 258 bytes"),
+            "{e}"
+        );
     }
 
     #[test]

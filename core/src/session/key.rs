@@ -5,12 +5,18 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::{Error, error::Result};
+use crate::{Error, error::Result, storable};
 
-/// The most characters a project key or a session id may have.
+/// The most characters a project key or a session id may have (a CHECK constraint of
+/// `session_entries` holds the same).
 pub const MAX_ID_CHARS: usize = 256;
+/// The most UTF-8 bytes a project key or a session id may have: they are parts of the
+/// session store's index keys, which count bytes (see [`crate::storable`]).
+pub const MAX_ID_BYTES: usize = 512;
 /// The most characters a subpath may have.
 pub const MAX_SUBPATH_CHARS: usize = 512;
+/// The most UTF-8 bytes a subpath may have, for the same reason.
+pub const MAX_SUBPATH_BYTES: usize = 1024;
 
 fn check_id(field: &str, value: &str) -> Result<()> {
     let chars = value.chars().count();
@@ -27,7 +33,7 @@ fn check_id(field: &str, value: &str) -> Result<()> {
             "{field} must not contain control characters"
         )));
     }
-    Ok(())
+    storable::within_bytes(field, value, MAX_ID_BYTES)
 }
 
 /// The scope of a set of sessions. The Claude Agent SDK uses a filesystem-safe encoding
@@ -37,7 +43,7 @@ fn check_id(field: &str, value: &str) -> Result<()> {
 pub struct ProjectKey(String);
 
 impl ProjectKey {
-    /// 1 to 256 characters, none of them a control character.
+    /// 1 to 256 characters and at most 512 bytes, none of them a control character.
     pub fn new(value: impl Into<String>) -> Result<Self> {
         let value = value.into();
         check_id("project key", &value)?;
@@ -55,7 +61,7 @@ impl ProjectKey {
 pub struct SessionId(String);
 
 impl SessionId {
-    /// 1 to 256 characters, none of them a control character.
+    /// 1 to 256 characters and at most 512 bytes, none of them a control character.
     pub fn new(value: impl Into<String>) -> Result<Self> {
         let value = value.into();
         check_id("session id", &value)?;
@@ -76,7 +82,7 @@ impl SessionId {
 pub struct Subpath(String);
 
 impl Subpath {
-    /// 1 to 512 characters, no control characters, no `..` segment (between `/` or
+    /// 1 to 512 characters and at most 1024 bytes, no control characters, no `..` segment (between `/` or
     /// `\`). The main transcript has no subpath: an empty one is refused rather than
     /// silently taken to mean the main transcript.
     pub fn new(value: impl Into<String>) -> Result<Self> {
@@ -97,6 +103,7 @@ impl Subpath {
                 "subpath must not contain control characters".into(),
             ));
         }
+        storable::within_bytes("subpath", &value, MAX_SUBPATH_BYTES)?;
         if value.split(['/', '\\']).any(|segment| segment == "..") {
             return Err(Error::Invalid(format!(
                 "subpath {value:?} has a `..` segment"
@@ -183,6 +190,8 @@ mod tests {
             SessionId::new("é".repeat(256)).is_ok(),
             "characters, not bytes"
         );
+        let too_wide = ProjectKey::new("😀".repeat(129)).map(|_| ()).unwrap_err();
+        assert!(message(too_wide).contains("516 bytes long in UTF-8; the limit is 512 bytes"));
         let too_long = SessionId::new("x".repeat(257)).map(|_| ()).unwrap_err();
         assert!(message(too_long).contains("257 characters"));
         let empty = ProjectKey::new("").map(|_| ()).unwrap_err();
@@ -212,6 +221,8 @@ mod tests {
         assert!(message(empty).contains("omit it for the main transcript"));
         assert!(Subpath::new("x".repeat(512)).is_ok());
         assert!(Subpath::new("x".repeat(513)).is_err());
+        assert!(Subpath::new("é".repeat(512)).is_ok());
+        assert!(Subpath::new("😀".repeat(257)).is_err(), "1028 bytes");
     }
 
     #[test]

@@ -34,8 +34,11 @@ use std::{future::Future, pin::Pin};
 use serde::Serialize;
 use serde_json::Value;
 
-pub use entries::{Entries, MAX_BATCH_ENTRIES};
-pub use key::{MAX_ID_CHARS, MAX_SUBPATH_CHARS, ProjectKey, SessionId, SessionKey, Subpath};
+pub use entries::{Entries, MAX_BATCH_ENTRIES, MAX_UUID_BYTES};
+pub use key::{
+    MAX_ID_BYTES, MAX_ID_CHARS, MAX_SUBPATH_BYTES, MAX_SUBPATH_CHARS, ProjectKey, SessionId,
+    SessionKey, Subpath,
+};
 pub use store::PgSessionStore;
 
 use crate::error::Result;
@@ -55,6 +58,7 @@ pub struct Appended {
 }
 
 /// A session of a project, as `list_sessions` returns it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SessionListing {
     pub session_id: String,
@@ -62,8 +66,9 @@ pub struct SessionListing {
     pub mtime: i64,
 }
 
-/// A session's summary, as `list_session_summaries` returns it: see [`summary`] for the
-/// fields of `data`.
+/// A session's summary, as `list_session_summaries` returns it: see `summary` (and
+/// docs/sessions.md) for the fields of `data`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SessionSummary {
     pub session_id: String,

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::{StreamVersion, TaskId, entity::tasks, event::Usage, task::TaskState, time::Timestamp};
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Task {
     pub id: TaskId,
@@ -29,19 +30,26 @@ pub struct Task {
     pub parent_task_id: Option<Uuid>,
     pub arena_id: Option<Uuid>,
     pub usage: Usage,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub run_at: Timestamp,
     pub attempt: i32,
     pub max_attempts: i32,
     pub idempotency_key: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub queued_at: Option<Timestamp>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub lease_until: Option<Timestamp>,
     pub worker_id: Option<String>,
     pub last_error: Option<String>,
     /// The version of the task's event stream.
     pub version: StreamVersion,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub started_at: Option<Timestamp>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub ended_at: Option<Timestamp>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at: Timestamp,
 }
 

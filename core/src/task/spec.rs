@@ -9,7 +9,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{Error, error::Result, time::Timestamp};
+use crate::{
+    Error,
+    error::Result,
+    storable::{self, INDEX_KEY_BUDGET},
+    time::Timestamp,
+};
 
 /// The largest task input, as serialised JSON.
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
@@ -21,31 +26,56 @@ const DEFAULT_QUEUE: &str = "default";
 const DEFAULT_AGENT: &str = "script";
 const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 const MAX_TEXT: usize = 4096;
+/// The longest `project` and `session_id`, in UTF-8 bytes: each is part of an index
+/// key (`tasks_project_idempotency_key_uidx`, `tasks_session_idx`, the key of
+/// `agent_sessions`), which counts bytes, not characters (see [`crate::storable`]).
+pub const MAX_KEY_BYTES: usize = 1024;
+/// The longest idempotency key, in UTF-8 bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 
-/// A task as a submitter sends it. Unknown fields are refused (by [`validate`]), so a
-/// typo (`"prority"`) is an error instead of a silently ignored wish.
-///
-/// [`validate`]: NewTaskRequest::validate
+// (project, idempotency_key) and (session_id, agent) are index keys.
+const _: () = assert!(MAX_KEY_BYTES + MAX_IDEMPOTENCY_KEY_BYTES <= INDEX_KEY_BUDGET);
+const _: () = assert!(MAX_KEY_BYTES + MAX_NAME_CHARS <= INDEX_KEY_BUDGET);
+
+/// A task as a submitter sends it. Unknown fields are refused (by
+/// `NewTaskRequest::validate`), so a typo (`"prority"`) is an error instead of a
+/// silently ignored wish.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct NewTaskRequest {
-    /// What the agent gets: a prompt string, or any JSON value the agent understands.
+    /// What the agent gets: a prompt string, or any JSON value the agent understands
+    /// (not null, not blank; at most 1 MiB as JSON).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub input: Value,
+    /// Default `default`; at most 1,024 bytes of UTF-8 (it is part of an index key).
     pub project: Option<String>,
+    /// Default `default`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
     pub queue: Option<String>,
+    /// -1000 to 1000, higher runs first; default 0.
+    #[cfg_attr(feature = "openapi", schema(minimum = -1000, maximum = 1000))]
     pub priority: Option<i32>,
+    /// Default `script`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
     pub agent: Option<String>,
     #[serde(flatten, deserialize_with = "TaskDetails::deserialize_named")]
     pub details: TaskDetails,
     /// Do not start before this time.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub run_at: Option<Timestamp>,
+    /// 1 to 100; default 3.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub max_attempts: Option<i32>,
+    /// Names the task within its project: a second submission with the same key gets the
+    /// first task back. At most 255 bytes.
     pub idempotency_key: Option<String>,
     /// Whatever else the submission held: refused by [`NewTaskRequest::validate`]. serde's
     /// `deny_unknown_fields` cannot do it, because it does not work together with
     /// `flatten`; this map, flattened after [`TaskDetails`], gets exactly the fields that
     /// no other field took.
     #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub unknown: BTreeMap<String, Value>,
 }
 
@@ -70,11 +100,13 @@ pub struct NewTask {
 /// feature values), and where it comes from (parent task, arena). One type for the
 /// wire shape, the validated submission and the `task.submitted` event, each of which
 /// flattens it; an absent field is left out of their JSON, as it always was.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
     pub backend: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree_path: Option<String>,
@@ -100,16 +132,21 @@ impl TaskDetails {
         if let Some(backend) = &self.backend {
             check_name("backend", backend)?;
         }
-        if let Some(values) = &self.feature_values
-            && !values.is_object()
-        {
-            return Err(invalid("feature_values must be a JSON object".into()));
+        if let Some(values) = &self.feature_values {
+            if !values.is_object() {
+                return Err(invalid("feature_values must be a JSON object".into()));
+            }
+            storable::json_without_nul("feature_values", values)?;
+        }
+        let session_id = check_text("session_id", self.session_id)?;
+        if let Some(session_id) = &session_id {
+            storable::within_bytes("session_id", session_id, MAX_KEY_BYTES)?;
         }
         Ok(TaskDetails {
             model: check_text("model", self.model)?,
             backend: self.backend,
             worktree_path: check_text("worktree_path", self.worktree_path)?,
-            session_id: check_text("session_id", self.session_id)?,
+            session_id,
             chat_id: check_text("chat_id", self.chat_id)?,
             mode_id: check_text("mode_id", self.mode_id)?,
             thinking_option_id: check_text("thinking_option_id", self.thinking_option_id)?,
@@ -133,7 +170,7 @@ fn invalid(message: String) -> Error {
     Error::Invalid(message)
 }
 
-/// The longest name of a queue, agent or backend.
+/// The longest name of a queue, agent or backend (ASCII, so also its bytes).
 const MAX_NAME_CHARS: usize = 64;
 
 /// The name rule of queues, agents and backends (`[A-Za-z0-9_.-]{1,64}`: they appear in
@@ -192,6 +229,7 @@ impl NewTaskRequest {
             }
             _ => {}
         }
+        storable::json_without_nul("input", &self.input)?;
         let input_len = serde_json::to_vec(&self.input)
             .map(|v| v.len())
             .unwrap_or(0);
@@ -202,6 +240,7 @@ impl NewTaskRequest {
         }
         let project =
             check_text("project", self.project)?.unwrap_or_else(|| DEFAULT_PROJECT.into());
+        storable::within_bytes("project", &project, MAX_KEY_BYTES)?;
         let queue = self.queue.unwrap_or_else(|| DEFAULT_QUEUE.into());
         check_name("queue", &queue)?;
         let agent = self.agent.unwrap_or_else(|| DEFAULT_AGENT.into());
@@ -220,10 +259,8 @@ impl NewTaskRequest {
         }
         let details = self.details.validate()?;
         let idempotency_key = check_text("idempotency_key", self.idempotency_key)?;
-        if let Some(key) = &idempotency_key
-            && key.len() > 255
-        {
-            return Err(invalid("idempotency_key is longer than 255 bytes".into()));
+        if let Some(key) = &idempotency_key {
+            storable::within_bytes("idempotency_key", key, MAX_IDEMPOTENCY_KEY_BYTES)?;
         }
         Ok(NewTask {
             input: self.input,
@@ -332,6 +369,50 @@ mod tests {
         for (req, field) in cases {
             let err = req.validate(now).unwrap_err().to_string();
             assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn nul_characters_and_index_keys_too_long_in_bytes_are_refused() {
+        let now = crate::time::now();
+        let cases = [
+            (
+                request(json!({"a": ["x\u{0}"]})),
+                "input contains the character U+0000",
+            ),
+            (
+                NewTaskRequest {
+                    details: TaskDetails {
+                        feature_values: Some(json!({"f": "\u{0}"})),
+                        ..Default::default()
+                    },
+                    ..request(json!(1))
+                },
+                "feature_values contains the character U+0000",
+            ),
+            (
+                NewTaskRequest {
+                    // Under the 4,096 bytes a text may have, over what an index holds.
+                    project: Some("p".repeat(4000)),
+                    idempotency_key: Some("k".into()),
+                    ..request(json!(1))
+                },
+                "project is 4000 bytes long in UTF-8; the limit is 1024 bytes",
+            ),
+            (
+                NewTaskRequest {
+                    details: TaskDetails {
+                        session_id: Some("s".repeat(MAX_KEY_BYTES + 1)),
+                        ..Default::default()
+                    },
+                    ..request(json!(1))
+                },
+                "session_id is 1025 bytes long",
+            ),
+        ];
+        for (req, needle) in cases {
+            let err = req.validate(now).unwrap_err().to_string();
+            assert!(err.starts_with(needle), "{needle}: {err}");
         }
     }
 

@@ -12,7 +12,8 @@ use crate::event::TaskEvent;
 /// Also the type of `tasks.state`: a `text` column whose CHECK (`tasks_state_chk`)
 /// allows exactly these names, so queries compare the column with a `TaskState`, never
 /// with a name spelled out. The name is the same in JSON, in the column and in
-/// [`TaskState::as_str`]; a test holds the three together.
+/// `TaskState::as_str`; a test holds the three together.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, EnumIter, DeriveActiveEnum,
 )]

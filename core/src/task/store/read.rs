@@ -51,7 +51,8 @@ fn contains_pattern(text: &str) -> String {
 }
 
 /// One page of tasks, newest first.
-#[derive(Debug)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, serde::Serialize)]
 pub struct TaskPage {
     pub tasks: Vec<Task>,
     /// Pass as `cursor` to get the next page; `None` on the last page.
@@ -168,6 +169,18 @@ impl TaskStore {
         db: &C,
         filter: &TaskFilter,
     ) -> Result<Select<tasks::Entity>> {
+        // No task has such a value, but Postgres cannot even compare a text holding NUL.
+        for (field, value) in [
+            ("agent", &filter.agent),
+            ("project", &filter.project),
+            ("queue", &filter.queue),
+            ("session", &filter.session),
+            ("text", &filter.text),
+        ] {
+            if let Some(value) = value {
+                crate::storable::no_nul(field, value)?;
+            }
+        }
         let mut query = tasks::Entity::find();
         if !filter.states.is_empty() {
             query = query.filter(Column::State.is_in(filter.states.iter().copied()));

@@ -1,7 +1,9 @@
 //! Submissions: the row and its `task.submitted` in one transaction, idempotency keys
 //! resolved to the task they named first.
 
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+};
 use serde_json::Value;
 
 use super::{TaskStore, event_row, is_unique_violation};
@@ -23,6 +25,37 @@ pub struct Submitted {
 }
 
 impl TaskStore {
+    /// Refuses a new task whose `parent_task_id` names no task, with a message naming it,
+    /// before the insert would break `tasks_parent_task_id_fkey` (a 500 otherwise).
+    /// Tasks are never deleted, so a parent seen here is still there at commit.
+    async fn check_parents(
+        txn: &sea_orm::DatabaseTransaction,
+        new: &[(TaskId, &NewTask)],
+    ) -> Result<()> {
+        let mut parents: Vec<uuid::Uuid> = new
+            .iter()
+            .filter_map(|(_, t)| t.details.parent_task_id)
+            .collect();
+        parents.sort_unstable();
+        parents.dedup();
+        if parents.is_empty() {
+            return Ok(());
+        }
+        let found: Vec<uuid::Uuid> = tasks::Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Id.is_in(parents.iter().copied()))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        match parents.iter().find(|p| !found.contains(p)) {
+            Some(missing) => Err(Error::Invalid(format!(
+                "parent_task_id {missing} names no task"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Submits one task. See [`TaskStore::submit_batch`].
     pub async fn submit(
         db: &DatabaseConnection,
@@ -114,6 +147,7 @@ impl TaskStore {
                 }
             }
         }
+        Self::check_parents(&txn, &new_ids).await?;
         // Split by size (see `db::MAX_STATEMENT_BYTES`): the input, plus the other
         // columns.
         let mut created = Vec::with_capacity(rows.len());

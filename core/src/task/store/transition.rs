@@ -65,6 +65,9 @@ impl TaskStore {
         reason: Option<String>,
         metadata: &Value,
     ) -> Result<Task> {
+        if let Some(reason) = &reason {
+            crate::storable::no_nul("reason", reason)?;
+        }
         Self::transition(db, id, "cancelled", metadata, |_| {
             TaskEvent::Cancelled(Cancelled {
                 reason: reason.clone(),
@@ -90,6 +93,9 @@ impl TaskStore {
         note: Option<String>,
         metadata: &Value,
     ) -> Result<Task> {
+        if let Some(note) = &note {
+            crate::storable::no_nul("note", note)?;
+        }
         Self::transition(db, id, "approved", metadata, |task| {
             TaskEvent::Approved(Approved {
                 note: note.clone(),

@@ -1,0 +1,220 @@
+//! The API document: OpenAPI 3.1, generated from the handlers' `#[utoipa::path]`
+//! annotations and the `ToSchema` types (core's behind its `openapi` feature), served
+//! at `GET /v1/openapi.json` and kept in the repository as `docs/openapi.json`.
+//!
+//! Every route of `routes/mod.rs` is listed in [`ApiDoc`]; a test compares the two, and
+//! another the served document with the committed one, so an API change shows as a
+//! diff of `docs/openapi.json`. Schemathesis fuzzes the API from it (`.ci/fuzz-api`),
+//! checking that every response matches what the document says.
+//!
+//! The error responses are shared (`components/responses`), one per status, all with
+//! the [`ErrorEnvelope`] body that `error.rs` writes.
+
+use std::sync::OnceLock;
+
+use axum::{
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use utoipa::{
+    Modify, OpenApi, ToResponse,
+    openapi::{
+        self, ContentBuilder, Ref, RefOr, ResponseBuilder,
+        header::HeaderBuilder,
+        schema::{ObjectBuilder, Type},
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
+};
+
+use crate::error::{ErrorDetail, ErrorEnvelope};
+use crate::routes::{agents, events, health, queues, sessions, stats, tasks, workers};
+
+/// The whole document. `paths` names every handler; the schemas they use are collected
+/// from them.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "turnq",
+        description = "An event-sourced job queue for AI agent turns. Every `/v1` route \
+            except this document needs a bearer token (`turnq token create`) with the \
+            scope its operation names: `read`, `submit` or `admin` (an `admin` token may \
+            do everything). Every error is `{\"error\":{\"code\",\"message\",\"request_id\"}}`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        health::healthz,
+        health::readyz,
+        crate::metrics::api_metrics,
+        document,
+        tasks::list,
+        tasks::submit,
+        tasks::submit_batch,
+        tasks::get,
+        tasks::events,
+        tasks::cancel,
+        tasks::retry,
+        tasks::approve,
+        tasks::inbox,
+        events::stream,
+        workers::list,
+        queues::list,
+        queues::get,
+        queues::pause,
+        queues::resume,
+        agents::list,
+        agents::get,
+        agents::put,
+        stats::usage,
+        sessions::list,
+        sessions::summaries,
+        sessions::load,
+        sessions::append,
+        sessions::subkeys,
+        sessions::delete,
+        sessions::delete_session_named_summaries,
+    ),
+    components(
+        // The `data:` of each event of the stream, which the SSE body cannot name.
+        schemas(ErrorEnvelope, ErrorDetail, turnq_core::event::LiveEvent),
+        responses(
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Conflict,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            Unprocessable,
+            Unavailable,
+            Internal
+        ),
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "health", description = "Probes and metrics, open to all."),
+        (name = "tasks", description = "Submitting, reading and moving tasks."),
+        (name = "events", description = "The live event stream."),
+        (name = "queues", description = "Queues, their figures, pausing."),
+        (name = "agents", description = "The agent registry."),
+        (name = "workers", description = "The worker registry."),
+        (name = "stats", description = "Usage statistics."),
+        (name = "sessions", description = "The session store (agent transcripts)."),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The bearer scheme every scoped operation names, with its scope as the "role" that
+/// OpenAPI 3.1 lets a non-OAuth requirement list.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, doc: &mut openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from `turnq token create --scope read|submit|admin`. Each \
+                         operation lists the scope it needs; `admin` allows everything.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as served: built once, it never changes while the process runs.
+pub fn document_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| {
+        // Serialising a tree of maps, strings and numbers cannot fail; say so rather
+        // than serve an empty document.
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| unreachable!("the API document always serialises: {e}"))
+    })
+}
+
+/// The API document (this one). Open like `/healthz`: it describes the API and holds
+/// no data, and tools (client generators, Schemathesis) fetch it without a token.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "health",
+    operation_id = "openapi_document",
+    responses(
+        (status = 200, description = "This document, OpenAPI 3.1.", content_type = "application/json", body = Object),
+        (status = 500, response = Internal),
+    ),
+)]
+pub(crate) async fn document() -> Response {
+    let mut response = document_json().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A shared error response with the envelope as its body.
+fn error_response(description: &str) -> openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                .build(),
+        )
+        .build()
+}
+
+fn with_header(response: openapi::Response, name: &str, description: &str) -> openapi::Response {
+    let mut response = response;
+    response.headers.insert(
+        name.to_owned(),
+        HeaderBuilder::new()
+            .schema(ObjectBuilder::new().schema_type(Type::String))
+            .description(Some(description))
+            .build(),
+    );
+    response
+}
+
+/// Declares one shared error response per status: its name in `components/responses`
+/// and what it means.
+macro_rules! error_responses {
+    ($($name:ident => $description:literal),* $(,)?) => {$(
+        pub(crate) struct $name;
+
+        impl<'r> ToResponse<'r> for $name {
+            fn response() -> (&'r str, RefOr<openapi::Response>) {
+                (stringify!($name), RefOr::T(decorate(stringify!($name), error_response($description))))
+            }
+        }
+    )*};
+}
+
+/// The headers some error statuses carry besides the envelope.
+fn decorate(name: &str, response: openapi::Response) -> openapi::Response {
+    match name {
+        "Unauthorized" => with_header(response, "WWW-Authenticate", "`Bearer`."),
+        "Unavailable" => with_header(response, "Retry-After", "Seconds to wait: `1`."),
+        _ => response,
+    }
+}
+
+error_responses! {
+    BadRequest => "The request breaks a rule: a bad path, query or body value; the message names the field and the limit.",
+    Unauthorized => "No bearer token, or an unknown or revoked one.",
+    Forbidden => "The token lacks the scope this operation needs.",
+    NotFound => "No such resource.",
+    Conflict => "The resource's state does not allow this now (e.g. cancelling a completed task), or another writer moved first.",
+    PayloadTooLarge => "The body is larger than this route accepts.",
+    UnsupportedMediaType => "The body is not sent as `application/json`.",
+    Unprocessable => "The body is JSON of the wrong shape (a wrong type, a missing field).",
+    Unavailable => "Postgres is unavailable, or the process is still starting or stopping; retry shortly.",
+    Internal => "An unexpected failure; the server log has the cause under the request id.",
+}
