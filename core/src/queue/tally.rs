@@ -60,27 +60,44 @@ struct OpenTask {
     run_at: Timestamp,
 }
 
-/// Counts of events per minute over the last hour.
+/// Counts of events per minute over the last hour, and per second over the last minute
+/// (so "in the last minute" is the last 60 seconds, as Postgres counts it, not the
+/// current minute of the clock).
 #[derive(Clone, Debug, Default)]
-struct Minutes(VecDeque<(i64, i64)>);
+struct Minutes(VecDeque<(i64, i64)>, VecDeque<(i64, i64)>);
+
+/// Adds one to the bucket `at` of `buckets` (kept in order), keeping at most `keep`.
+fn bump(buckets: &mut VecDeque<(i64, i64)>, at: i64, keep: usize) {
+    match buckets.iter_mut().find(|(b, _)| *b == at) {
+        Some((_, n)) => *n += 1,
+        None => {
+            buckets.push_back((at, 1));
+            buckets.make_contiguous().sort_unstable();
+        }
+    }
+    while buckets.len() > keep {
+        buckets.pop_front();
+    }
+}
 
 impl Minutes {
     fn add(&mut self, at: Timestamp) {
-        let minute = at.timestamp().div_euclid(60);
-        match self.0.iter_mut().find(|(m, _)| *m == minute) {
-            Some((_, n)) => *n += 1,
-            None => {
-                self.0.push_back((minute, 1));
-                self.0.make_contiguous().sort_unstable();
-            }
-        }
-        while self.0.len() > 62 {
-            self.0.pop_front();
-        }
+        bump(&mut self.0, at.timestamp().div_euclid(60), 62);
+        bump(&mut self.1, at.timestamp(), 62);
     }
 
-    /// Events in the last `minutes` minutes before `now` (the current one counted).
+    /// Events in the last `minutes` minutes before `now`: the last 60 seconds for one
+    /// minute, else whole minutes of the clock (the current one counted).
     fn since(&self, now: Timestamp, minutes: i64) -> i64 {
+        if minutes == 1 {
+            let second = now.timestamp();
+            return self
+                .1
+                .iter()
+                .filter(|(s, _)| *s > second - 60 && *s <= second)
+                .map(|(_, n)| n)
+                .sum();
+        }
         let current = now.timestamp().div_euclid(60);
         self.0
             .iter()
@@ -657,6 +674,17 @@ mod tests {
         assert_eq!(tally.usage_today(now + chrono::TimeDelta::days(1)).tasks, 0);
         let minutes = tally.per_minute(now);
         assert_eq!(minutes.iter().map(|m| m.completed).sum::<i64>(), 1);
+    }
+
+    #[test]
+    fn the_last_minute_is_the_last_sixty_seconds_across_a_minute_of_the_clock() {
+        let mut minutes = Minutes::default();
+        let at = chrono::DateTime::from_timestamp(120 * 60 - 1, 0).unwrap_or_default();
+        minutes.add(at);
+        let next_minute = at + chrono::TimeDelta::seconds(2);
+        assert_eq!(minutes.since(next_minute, 1), 1);
+        assert_eq!(minutes.since(at + chrono::TimeDelta::seconds(61), 1), 0);
+        assert_eq!(minutes.since(next_minute, 60), 1);
     }
 
     #[test]

@@ -15,6 +15,20 @@ async fn written(app: &TestApp) -> Result<Vec<i64>> {
     Ok(counts)
 }
 
+/// Waits until the dispatcher has handed task `id` to Redis: it writes a `task.queued`
+/// event on its own time, which a count of what a refused request wrote must not see.
+async fn queued(app: &TestApp, id: &str) -> Result<()> {
+    turnq_tests::eventually(format!("task {id} is queued"), || async {
+        let task = app.task(id).await.map_err(|e| e.to_string())?;
+        if task["queued"] == true {
+            Ok(())
+        } else {
+            Err(format!("{task}"))
+        }
+    })
+    .await
+}
+
 /// `(status, body)` is a 400 in the envelope whose message contains `needle`.
 fn refused(what: &str, (status, body): &(u16, Value), needle: &str) -> Result<()> {
     ensure!(*status == 400, "{what}: answered {status}: {body}");
@@ -39,6 +53,7 @@ async fn a_nul_character_anywhere_it_would_be_stored_or_compared_is_a_400() -> R
     let app = TestApp::spawn_without_workers().await?;
     let task = app.submit(json!({"input": "hello"})).await?;
     let id = task["id"].as_str().unwrap_or_default().to_owned();
+    queued(&app, &id).await?;
     let before = written(&app).await?;
 
     let nul = "a\u{0}b";
@@ -251,6 +266,7 @@ async fn numbers_at_the_edge_of_a_double_read_back_as_they_were_written() -> Res
 async fn a_parent_task_id_that_names_no_task_is_a_400() -> Result<()> {
     let app = TestApp::spawn_without_workers().await?;
     let parent = app.submit(json!({"input": "parent"})).await?;
+    queued(&app, parent["id"].as_str().unwrap_or_default()).await?;
     let before = written(&app).await?;
     let nobody = uuid::Uuid::now_v7();
     // Found by fuzzing: the foreign key refused the insert, a 500.
