@@ -328,6 +328,90 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn session_time_and_text_filters_keep_only_what_matches() -> Result<()> {
+        let t = TestDb::new().await?;
+        let a = submitted(
+            &t.db,
+            json!({"input": "Deploy the 100% build_1", "session_id": "s1"}),
+        )
+        .await?;
+        let b = submitted(
+            &t.db,
+            json!({"input": {"prompt": "deploy again"}, "session_id": "s2"}),
+        )
+        .await?;
+        let c = submitted(&t.db, json!({"input": "unrelated"})).await?;
+        let db = &t.db;
+        let ids = move |filter: TaskFilter| async move {
+            let page = TaskStore::list(db, &filter, None, 10).await?;
+            anyhow::Ok(page.tasks.iter().map(|t| t.id).collect::<Vec<_>>())
+        };
+        let text = |q: &str| TaskFilter {
+            text: Some(q.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(text("DEPLOY")).await?,
+            [b.id, a.id],
+            "case-insensitive, in JSON too"
+        );
+        assert_eq!(
+            ids(text("100%")).await?,
+            [a.id],
+            "% is a character, not a wildcard"
+        );
+        assert_eq!(ids(text("d_1")).await?, [a.id], "_ too");
+        assert!(ids(text("0%b")).await?.is_empty());
+        let session = TaskFilter {
+            session: Some("s2".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(session).await?, [b.id]);
+        let from_b = TaskFilter {
+            created_from: Some(b.created_at),
+            ..Default::default()
+        };
+        assert_eq!(ids(from_b).await?, [c.id, b.id]);
+        let before_b = TaskFilter {
+            created_to: Some(b.created_at),
+            ..Default::default()
+        };
+        assert_eq!(ids(before_b).await?, [a.id]);
+        assert_eq!(
+            TaskStore::count_up_to(&t.db, &TaskFilter::default(), 2).await?,
+            2
+        );
+        assert_eq!(
+            TaskStore::count_up_to(&t.db, &TaskFilter::default(), 10).await?,
+            3
+        );
+        let nul = TaskFilter {
+            session: Some("a\0b".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            TaskStore::list(&t.db, &nul, None, 10).await,
+            Err(Error::Invalid(_))
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_tasks_children_are_the_tasks_naming_it_their_parent() -> Result<()> {
+        let t = TestDb::new().await?;
+        let parent = submitted(&t.db, json!({"input": "p"})).await?;
+        let child = submitted(&t.db, json!({"input": "c", "parent_task_id": parent.id})).await?;
+        submitted(&t.db, json!({"input": "other"})).await?;
+        let children = TaskStore::children(&t.db, parent.id, 10).await?;
+        assert_eq!(
+            children.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [child.id]
+        );
+        assert!(TaskStore::children(&t.db, child.id, 10).await?.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn pages_run_newest_first_and_the_cursor_continues_after_the_last_task() -> Result<()> {
         let t = TestDb::new().await?;
         let mut ids = Vec::new();
