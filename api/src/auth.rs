@@ -22,8 +22,10 @@ pub(crate) async fn require(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        // The scheme is case-insensitive (RFC 9110): `bearer x` is the same header.
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     // The UI's sign-in cookie counts for reads (its pages follow the event stream
     // through it), never for a change: a form could be made to send a cookie, so
     // changes go through the UI's own CSRF-checked actions or a bearer header.

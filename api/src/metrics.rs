@@ -34,7 +34,7 @@ use crate::AppState;
 /// How long gauges read from Postgres are reused.
 pub const GAUGES_FRESH_FOR: Duration = Duration::from_secs(5);
 /// A worker with no heartbeat for this long counts as dead in `turnq_workers`.
-pub const WORKER_DEAD_AFTER: Duration = Duration::from_secs(30);
+pub const WORKER_DEAD_AFTER: Duration = turnq_core::worker::STALE_AFTER;
 
 /// Histogram buckets, in seconds: from a millisecond (pickup) to an hour (a long turn).
 const SECONDS_BUCKETS: [f64; 16] = [

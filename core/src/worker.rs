@@ -39,6 +39,34 @@ pub struct WorkerAgent {
     pub version: Option<String>,
 }
 
+/// A worker that has not beaten for this long is stale: killed, hung or cut off (a live
+/// one beats every few seconds).
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether a worker runs, from its heartbeat.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// It beat within [`STALE_AFTER`].
+    Live,
+    /// It has not beaten for [`STALE_AFTER`] and did not say it stopped (kill -9, a hung
+    /// host, a network cut); its leases expire and its tasks run elsewhere.
+    Stale,
+    /// It shut down and said so.
+    Stopped,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Live => "live",
+            WorkerState::Stale => "stale",
+            WorkerState::Stopped => "stopped",
+        }
+    }
+}
+
 /// A row of the registry, as readers see it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Serialize)]
@@ -55,6 +83,8 @@ pub struct Worker {
     pub last_heartbeat_at: Timestamp,
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub stopped_at: Option<Timestamp>,
+    /// From `stopped_at` and the heartbeat, when it was read.
+    pub state: WorkerState,
     /// The agents it runs; empty for a worker registered before the registry listed them.
     pub agents: Vec<WorkerAgent>,
 }
@@ -69,7 +99,17 @@ impl TryFrom<workers::Model> for Worker {
                 m.id
             ))
         })?;
+        let stale_before =
+            time::now() - chrono::TimeDelta::from_std(STALE_AFTER).unwrap_or_default();
+        let state = if m.stopped_at.is_some() {
+            WorkerState::Stopped
+        } else if m.last_heartbeat_at < stale_before {
+            WorkerState::Stale
+        } else {
+            WorkerState::Live
+        };
         Ok(Worker {
+            state,
             id: m.id,
             host: m.host,
             pid: m.pid,
@@ -151,8 +191,32 @@ impl WorkerRegistry {
         Ok((live, dead))
     }
 
+    /// Every worker that ever registered, newest heartbeat first.
     pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<Worker>> {
-        workers::Entity::find()
+        Self::heard_from_since(db, None).await
+    }
+
+    /// The workers heard from (a heartbeat, or their stop) within `within`, newest first:
+    /// a worker killed or stopped long ago drops out of the listing.
+    pub async fn recent<C: ConnectionTrait>(
+        db: &C,
+        within: std::time::Duration,
+    ) -> Result<Vec<Worker>> {
+        let since =
+            time::now() - chrono::TimeDelta::from_std(within).unwrap_or(chrono::TimeDelta::MAX);
+        Self::heard_from_since(db, Some(since)).await
+    }
+
+    async fn heard_from_since<C: ConnectionTrait>(
+        db: &C,
+        since: Option<Timestamp>,
+    ) -> Result<Vec<Worker>> {
+        let mut query = workers::Entity::find();
+        if let Some(since) = since {
+            // The heartbeat is at least as new as the stop (it is written up to it).
+            query = query.filter(Column::LastHeartbeatAt.gte(since));
+        }
+        query
             .order_by_desc(Column::LastHeartbeatAt)
             .all(db)
             .await?

@@ -3,6 +3,10 @@
 //!
 //! - `tasks_parent_idx`: a task's sub-tasks.
 //! - `tasks_session_idx`: a session's turns, newest first.
+//!
+//! And a completed task no longer keeps the `last_error` of an earlier attempt (the
+//! projection now clears it on `task.completed`): the rows completed before are brought
+//! in line, so `turnq replay --verify` finds them as a rebuild would.
 
 use sea_orm_migration::prelude::*;
 
@@ -20,6 +24,7 @@ CREATE INDEX IF NOT EXISTS tasks_parent_idx ON tasks (parent_task_id, id)
   WHERE parent_task_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_session_idx ON tasks (project, session_id, id DESC)
   WHERE session_id IS NOT NULL;
+UPDATE tasks SET last_error = NULL WHERE state = 'completed' AND last_error IS NOT NULL;
 "#,
             )
             .await?;

@@ -8,6 +8,7 @@ pub(crate) mod queues;
 
 pub(crate) use queues::with_figures as queue_figures;
 pub(crate) use tasks::count as count_task;
+pub(crate) use workers::LISTED_FOR as WORKERS_LISTED_FOR;
 pub(crate) mod sessions;
 pub(crate) mod stats;
 pub(crate) mod tasks;

@@ -17,7 +17,7 @@
 mod registry;
 mod sessions;
 
-pub use registry::{Agent, AgentRegistry, AgentSpec, Put, config_hash};
+pub use registry::{Agent, AgentRegistry, AgentSpec, BUILTIN_AGENT, Put, config_hash};
 pub use sessions::{AgentSession, AgentSessions, AgentStatus, Turn};
 
 #[cfg(test)]

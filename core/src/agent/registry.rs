@@ -205,6 +205,10 @@ fn write_canonical(v: &Value, out: &mut String) {
 
 pub struct AgentRegistry;
 
+/// The agent every worker runs without registering it: the `script` backend's simulated
+/// agent. Its name cannot be registered.
+pub const BUILTIN_AGENT: &str = "script";
+
 impl AgentRegistry {
     /// Every agent, by name.
     pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<Agent>> {
@@ -237,6 +241,14 @@ impl AgentRegistry {
         at: Timestamp,
     ) -> Result<Put> {
         check_name("agent name", name)?;
+        if name == BUILTIN_AGENT {
+            // Registering it would silently swap the simulated agent every test, demo and
+            // bench relies on for whatever the new config runs.
+            return Err(Error::Invalid(format!(
+                "`{BUILTIN_AGENT}` is turnq's built-in simulated agent and its name is reserved: \
+                 register your agent under another name"
+            )));
+        }
         spec.validate()?;
         let config = spec.config.unwrap_or_else(|| Value::Object(Map::new()));
         let txn = db.begin().await?;

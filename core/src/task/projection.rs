@@ -108,6 +108,8 @@ pub(crate) fn changes(event: &TaskEvent, at: Timestamp) -> Vec<(Column, Change)>
             out.extend([
                 state(TaskState::Completed),
                 set(Column::OutputSummary, Some(e.output_summary.clone())),
+                // An earlier attempt's error is not this task's outcome any more.
+                set(Column::LastError, None::<String>),
                 set(Column::EndedAt, Some(at)),
                 null_time(Column::LeaseUntil),
             ]);

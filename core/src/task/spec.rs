@@ -63,6 +63,10 @@ pub struct NewTaskRequest {
     pub details: TaskDetails,
     /// Do not start before this time.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    #[serde(
+        default,
+        deserialize_with = "crate::time::deserialize_optional_rfc3339"
+    )]
     pub run_at: Option<Timestamp>,
     /// 1 to 100; default 3.
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]

@@ -269,6 +269,12 @@ async fn agent_put_with_a_bad_spec_is_400_and_writes_nothing() -> Result<()> {
             json!({"backend": "bad/backend"}),
             "backend \"bad/backend\" contains '/'",
         ),
+        (
+            // The built-in simulated agent cannot be replaced by a registration.
+            "script",
+            json!({"backend": "command", "config": {"program": "echo"}}),
+            "`script` is turnq's built-in simulated agent and its name is reserved",
+        ),
     ];
     for (name, body, want) in cases {
         let (status, error) = put(&app, name, &body).await?;

@@ -194,3 +194,24 @@ async fn the_api_answers_503_with_retry_after_when_postgres_is_gone() -> Result<
     app.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_other_schemes_are_refused() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    for (header, want) in [
+        (format!("bearer {}", app.token()), 200),
+        (format!("BEARER {}", app.token()), 200),
+        (format!("Bearer  {}", app.token()), 200),
+        (format!("Basic {}", app.token()), 401),
+        (app.token().to_owned(), 401),
+    ] {
+        let response = reqwest::Client::new()
+            .get(app.url("/v1/tasks"))
+            .header("authorization", &header)
+            .send()
+            .await?;
+        let shown = header.replace(app.token(), "<token>");
+        assert_eq!(response.status().as_u16(), want, "Authorization: {shown}");
+    }
+    app.stop().await
+}

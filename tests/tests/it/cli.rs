@@ -289,3 +289,33 @@ fn bench_refuses_settings_that_measure_nothing() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        Command::new(turnq_bin()?)
+            .args(["migrate", "up"])
+            .env("DATABASE_URL", &app.test_db.url)
+            .env("RUST_LOG", "info")
+            .output()
+            .map(|o| {
+                (
+                    o.status.code().unwrap_or(-1),
+                    (),
+                    String::from_utf8_lossy(&o.stderr).into_owned(),
+                )
+            })
+            .map_err(anyhow::Error::from)
+    })?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.trim().is_empty(),
+        "the command logged nothing to look at"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escapes in a piped log: {err:?}"
+    );
+    app.stop().await
+}

@@ -23,3 +23,4 @@ mod stream;
 mod supervision;
 mod tasks;
 mod ui;
+mod workers;

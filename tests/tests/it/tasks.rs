@@ -279,6 +279,11 @@ async fn bad_input_is_a_4xx_in_the_envelope_and_writes_nothing() -> Result<()> {
             "max_attempts",
         ),
         (
+            "/v1/tasks",
+            br#"{"input": "x", "run_at": "tomorrow"}"#.to_vec(),
+            "\"tomorrow\" is not an RFC 3339 time such as 2026-12-03T14:00:00Z",
+        ),
+        (
             "/v1/tasks/batch",
             serde_json::to_vec(&json!({"tasks": too_many}))?,
             "limit is 1000",

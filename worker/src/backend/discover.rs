@@ -38,7 +38,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SUPPORTED_BACKENDS: [&str; 3] = ["script", "command", "openai"];
 
 /// The name (and backend) of the agent every worker runs, registered or not.
-pub const BUILTIN_AGENT: &str = "script";
+pub use turnq_core::agent::BUILTIN_AGENT;
 
 /// Builds the backend of `agent` from its config, or says why it cannot. A `command`
 /// backend resumes its agent sessions through `sessions`, when given.

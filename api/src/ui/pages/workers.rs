@@ -2,13 +2,11 @@
 //! last heartbeat, with the tasks it runs; dead and stopped workers greyed out.
 
 use axum::extract::State;
-use chrono::TimeDelta;
 use maud::{Markup, html};
-use turnq_core::{time, worker::WorkerRegistry};
+use turnq_core::worker::WorkerRegistry;
 
 use crate::{
     AppState,
-    metrics::WORKER_DEAD_AFTER,
     ui::{
         layout::{self, Nav, PageError},
         signin::Viewer,
@@ -22,10 +20,9 @@ pub(crate) async fn page(
     State(state): State<AppState>,
     viewer: Viewer,
 ) -> Result<Markup, PageError> {
-    let workers = WorkerRegistry::list(state.db()).await?;
+    let workers = WorkerRegistry::recent(state.db(), crate::routes::WORKERS_LISTED_FOR).await?;
     // From the event feed's tally: no table is read, however many turns run.
     let running = state.feed().and_then(|f| f.running_by_worker());
-    let dead_before = time::now() - TimeDelta::from_std(WORKER_DEAD_AFTER).unwrap_or_default();
     let stream = layout::stream(&state, &[("kind", "task.")]);
     let body = html! {
         h1 { "Workers" }
@@ -41,7 +38,7 @@ pub(crate) async fn page(
                         th { "Queues" } th { "Agents" } th { "Load" } th { "Last heartbeat" } th { "Running" } } }
                     tbody {
                         @for w in &workers {
-                            @let status = if w.stopped_at.is_some() { "stopped" } else if w.last_heartbeat_at < dead_before { "dead" } else { "live" };
+                            @let status = w.state.as_str();
                             @let tasks = running.as_ref().and_then(|r| r.get(&w.id)).map(Vec::as_slice).unwrap_or_default();
                             tr data-row class=[(status != "live").then_some("gone")] {
                                 td { code { (w.id) } }

@@ -126,6 +126,12 @@ mod tests {
             ),
             "the worker whose lease ran out can write no more"
         );
+        let done = TaskStore::record(&t.db, task.id, 2, &b, &completed(2), &meta()).await?;
+        assert_eq!(
+            (done.state, done.last_error),
+            (TaskState::Completed, None),
+            "a completed task keeps no error of an earlier attempt"
+        );
         Ok(())
     }
 
