@@ -69,16 +69,53 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Postgres could not be reached or refused us; the message says where and what to do.
+/// Postgres could not be reached or refused us; the message says where, why and what
+/// to do: a server that does not answer, a role it refuses and a database that does not
+/// exist are three different problems.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot connect to Postgres at {url}: is it running? (on a Debian host: \
-     pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)"
-)]
+#[error("{}", self.explain())]
 pub struct ConnectError {
     pub url: DatabaseUrl,
     #[source]
     pub source: DbErr,
+}
+
+impl ConnectError {
+    fn explain(&self) -> String {
+        let url = &self.url;
+        match sqlstate(&self.source).as_deref() {
+            // invalid_password, invalid_authorization_specification (no such role).
+            Some("28P01" | "28000") => format!(
+                "Postgres at {url} refused the login: check the user (and password) of the URL \
+                 (--database-url or DATABASE_URL)"
+            ),
+            Some("3D000") => format!(
+                "the database of {url} does not exist: `turnq up` or `turnq migrate up` \
+                 creates it (with a role allowed to create databases)"
+            ),
+            Some("42501") => format!(
+                "the role of {url} lacks a privilege this needs (for a new database: CREATEDB)"
+            ),
+            _ => format!(
+                "cannot connect to Postgres at {url}: is it running? (on a Debian host: \
+                 pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)"
+            ),
+        }
+    }
+}
+
+/// The SQLSTATE Postgres answered with, if the error is one of its answers.
+fn sqlstate(e: &DbErr) -> Option<String> {
+    let inner = match e {
+        DbErr::Conn(RuntimeErr::SqlxError(inner))
+        | DbErr::Query(RuntimeErr::SqlxError(inner))
+        | DbErr::Exec(RuntimeErr::SqlxError(inner)) => inner,
+        _ => return None,
+    };
+    match inner.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
 }
 
 /// The most parameter bytes one multi-row statement carries; bulk writes are split into
@@ -248,6 +285,26 @@ mod tests {
             json_bytes(&value),
             serde_json::to_vec(&value).unwrap().len()
         );
+    }
+
+    #[tokio::test]
+    async fn connect_errors_tell_a_missing_database_and_a_refused_role_from_a_stopped_server() {
+        let base = turnq_testkit::env::admin_database_url();
+        let with = |user: &str, db: &str| -> DatabaseUrl {
+            let mut url = base.clone();
+            let _ = url.set_username(user);
+            url.set_path(db);
+            url.as_str().parse().unwrap()
+        };
+        let missing = with(base.username(), "turnq_no_such_database_here");
+        let err = connect(&missing, 1).await.unwrap_err().to_string();
+        assert!(err.contains("does not exist: `turnq up`"), "{err}");
+        let no_role = with("no_such_role_here", "postgres");
+        let err = connect(&no_role, 1).await.unwrap_err().to_string();
+        assert!(err.contains("refused the login"), "{err}");
+        let nowhere: DatabaseUrl = "postgres://postgres@127.0.0.1:1/turnq".parse().unwrap();
+        let err = connect(&nowhere, 1).await.unwrap_err().to_string();
+        assert!(err.contains("is it running?"), "{err}");
     }
 
     #[test]

@@ -152,6 +152,16 @@ pub(crate) async fn discover(
     if !agents.iter().any(|(a, _)| a.name == BUILTIN_AGENT) {
         agents.push((unregistered_agent(BUILTIN_AGENT, "script"), false));
     }
+    // A name in --agents that nothing answers to is said now, by name: the worker's
+    // refusal to start points at these warnings.
+    for name in only {
+        if !agents.iter().any(|(a, _)| &a.name == name) {
+            let known: Vec<&str> = agents.iter().map(|(a, _)| a.name.as_str()).collect();
+            tracing::warn!(agent = %name,
+                "--agents names {name}, which is neither registered nor built in (the agents \
+                 there are: {}); PUT /v1/agents/{name} registers it", known.join(", "));
+        }
+    }
     let sessions: Arc<dyn AgentSessionLookup> = Arc::new(PgAgentSessions::new(db.clone()));
     let mut backends = Backends::new();
     for (agent, registered) in agents {

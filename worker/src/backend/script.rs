@@ -3,7 +3,8 @@
 //!
 //! - Input `{"script": {…}}`: the script says what to do. Every field is optional:
 //!   `latency_ms` (total run time, spread across the chunks, default 0), `chunks`
-//!   (output, default `["ok"]`), `input_tokens`, `output_tokens`, `cost_usd` (usage,
+//!   (output; default `["ok"]` for a turn that succeeds, nothing for one that fails or
+//!   blocks), `input_tokens`, `output_tokens`, `cost_usd` (usage,
 //!   default 0), `outcome` (`succeed` | `fail` | `retry` | `block`, default `succeed`),
 //!   `message` (the error or block reason) and `fail_attempts` (fail retryably while
 //!   the attempt is at most this, then take `outcome`). The summary is the chunks
@@ -51,8 +52,10 @@ impl AgentBackend for ScriptBackend {
 struct Script {
     #[serde(default)]
     latency_ms: u64,
-    #[serde(default = "default_chunks")]
-    chunks: Vec<String>,
+    /// `None`: `["ok"]` if the turn succeeds, nothing otherwise (a failing turn that said
+    /// "ok" first would be a confusing demo).
+    #[serde(default)]
+    chunks: Option<Vec<String>>,
     #[serde(default)]
     input_tokens: i64,
     #[serde(default)]
@@ -65,10 +68,6 @@ struct Script {
     message: Option<String>,
     #[serde(default)]
     fail_attempts: Option<u32>,
-}
-
-fn default_chunks() -> Vec<String> {
-    vec!["ok".into()]
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -155,18 +154,29 @@ async fn play(
     output: &OutputSink,
     cancel: &CancellationToken,
 ) -> Result<TurnOutcome, TurnError> {
+    let failing = script
+        .fail_attempts
+        .is_some_and(|n| i64::from(attempt) <= i64::from(n));
+    let succeeds = !failing && script.outcome == ScriptOutcome::Succeed;
+    let chunks = script.chunks.clone().unwrap_or_else(|| {
+        if succeeds {
+            vec!["ok".into()]
+        } else {
+            Vec::new()
+        }
+    });
     // The latency is spread evenly before each chunk, so output streams over the run;
     // with no chunks it is one wait.
     let total = Duration::from_millis(script.latency_ms);
-    let steps = script.chunks.len().max(1) as u32;
+    let steps = chunks.len().max(1) as u32;
     let step = total / steps;
     let remainder = total - step * steps;
-    for (i, chunk) in script.chunks.iter().enumerate() {
+    for (i, chunk) in chunks.iter().enumerate() {
         let wait = if i == 0 { step + remainder } else { step };
         pause(wait, cancel).await?;
         output.send(STREAM, chunk.clone()).await;
     }
-    if script.chunks.is_empty() {
+    if chunks.is_empty() {
         pause(total, cancel).await?;
     }
     if cancel.is_cancelled() {
@@ -174,9 +184,6 @@ async fn play(
     }
 
     let usage = script.usage();
-    let failing = script
-        .fail_attempts
-        .is_some_and(|n| i64::from(attempt) <= i64::from(n));
     if failing {
         let n = script.fail_attempts.unwrap_or_default();
         return Err(TurnError::Retryable {
@@ -188,7 +195,7 @@ async fn play(
     }
     match script.outcome {
         ScriptOutcome::Succeed => Ok(TurnOutcome::Completed {
-            summary: truncate(script.chunks.concat(), MAX_SUMMARY_CHARS),
+            summary: truncate(chunks.concat(), MAX_SUMMARY_CHARS),
             usage,
         }),
         ScriptOutcome::Block => Ok(TurnOutcome::Blocked {
@@ -450,9 +457,19 @@ mod tests {
         );
         assert!(message.contains("output_tokens is -1"), "{message}");
 
-        // A failing script still streams its output first.
-        let run = run_input(json!({"script": {"outcome": "fail"}})).await;
-        assert_eq!(texts(&run.chunks), ["ok"]);
+        // A failing or blocking script says nothing unless told to; told to, it streams
+        // its output first.
+        for outcome in ["fail", "retry", "block"] {
+            let run = run_input(json!({"script": {"outcome": outcome}})).await;
+            assert!(run.chunks.is_empty(), "{outcome}: {:?}", texts(&run.chunks));
+        }
+        let run = run_input(json!({"script": {"fail_attempts": 1}})).await;
+        assert!(
+            run.chunks.is_empty(),
+            "a scripted failed attempt says nothing"
+        );
+        let run = run_input(json!({"script": {"outcome": "fail", "chunks": ["partial"]}})).await;
+        assert_eq!(texts(&run.chunks), ["partial"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -93,17 +93,26 @@ impl Worker {
     ) -> Result<Worker, WorkerError> {
         let queues = config.validate().map_err(WorkerError::Config)?;
         let only = config.agent_filter().map_err(WorkerError::Config)?;
+        let available: Vec<String> = backends.names().map(str::to_owned).collect();
         if !only.is_empty() {
             backends.retain(|name| only.iter().any(|a| a == name));
         }
         if backends.is_empty() {
+            let here = if available.is_empty() {
+                String::new()
+            } else {
+                format!("; this worker could run: {}", available.join(", "))
+            };
             return Err(WorkerError::Config(if only.is_empty() {
-                "no agent to run: none was given, or none passed its probe (see the warnings above)"
+                "no agent to run: the registry names none this worker can run, and the \
+                 built-in `script` was not given"
                     .into()
             } else {
+                // Each named agent is either unknown (not registered, not built in) or
+                // failed its probe at start, which a warning above says.
                 format!(
-                    "no agent to run: none of --agents ({}) is available, or none passed its probe \
-                     (see the warnings above)",
+                    "no agent to run: none of --agents ({}) can run here: each is unknown to \
+                     the registry or failed its probe, as the warnings above say{here}",
                     only.join(", ")
                 )
             }));

@@ -443,3 +443,27 @@ async fn while_postgres_is_unreachable_jobs_go_back_to_their_queue_and_run_once_
     drop(prefix);
     drop(test);
 }
+
+#[tokio::test]
+async fn agents_named_that_cannot_run_here_are_refused_naming_the_ones_that_can() {
+    let test = TestDb::new().await.expect("a test database");
+    let prefix = TestRedis::new();
+    let refused = Worker::with_backends(
+        test.db.clone(),
+        redis_url(),
+        names(&prefix),
+        WorkerConfig {
+            agents: vec!["gpt9".into()],
+            ..config()
+        },
+        Backends::builtin(),
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        refused.contains("none of --agents (gpt9) can run here")
+            && refused.contains("this worker could run: script"),
+        "{refused}"
+    );
+}
