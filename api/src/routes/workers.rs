@@ -37,6 +37,7 @@ pub(super) struct WorkerList {
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The workers.", body = WorkerList),
+        (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::Forbidden),
         (status = 500, response = crate::openapi::Internal),
