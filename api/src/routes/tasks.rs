@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use turnq_core::{
     StreamVersion, TaskId,
+    agent::AgentRegistry,
     event::RecordedEvent,
     metrics as names,
     task::{MAX_BATCH, NewTask, NewTaskRequest, Task, TaskFilter, TaskPage, TaskState, TaskStore},
@@ -93,6 +94,7 @@ pub(super) async fn submit(
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
     idempotency_key(&headers, &mut body)?;
     let task = body.validate(time::now())?;
+    AgentRegistry::ensure_known(state.db(), [task.agent.as_str()]).await?;
     let submitted = TaskStore::submit(state.db(), task, &metadata()).await?;
     if submitted.created {
         count(names::TASKS_SUBMITTED, &submitted.task);
@@ -167,6 +169,7 @@ pub(super) async fn submit_batch(
                 .map_err(|e| ApiError::bad_request(format!("tasks[{i}]: {e}")))
         })
         .collect::<Result<Vec<NewTask>, _>>()?;
+    AgentRegistry::ensure_known(state.db(), tasks.iter().map(|t| t.agent.as_str())).await?;
     let submitted = TaskStore::submit_batch(state.db(), tasks, &metadata()).await?;
     for s in submitted.iter().filter(|s| s.created) {
         count(names::TASKS_SUBMITTED, &s.task);

@@ -12,6 +12,7 @@ use maud::html;
 use serde_json::{Map, Value, json};
 use turnq_core::{
     TaskId,
+    agent::AgentRegistry,
     auth::Scope,
     metrics as names,
     queue::QueueStore,
@@ -120,6 +121,7 @@ async fn submit_request(state: &AppState, body: Value, meta: &Value) -> Result<T
         )
     })?;
     let task = request.validate(time::now())?;
+    AgentRegistry::ensure_known(state.db(), [task.agent.as_str()]).await?;
     let submitted = TaskStore::submit(state.db(), task, meta).await?;
     if submitted.created {
         count_task(names::TASKS_SUBMITTED, &submitted.task);

@@ -2,7 +2,7 @@
 
 use sea_orm::{
     ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    QueryFilter, QueryOrder, Set, TransactionTrait, TryInsertResult,
+    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait, TryInsertResult,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -204,6 +204,37 @@ fn write_canonical(v: &Value, out: &mut String) {
 }
 
 pub struct AgentRegistry;
+
+impl AgentRegistry {
+    /// Refuses agent names that are neither registered nor built in, naming the agents
+    /// there are: a task for an agent nobody can ever run would wait forever.
+    pub async fn ensure_known<'a, C: ConnectionTrait>(
+        db: &C,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<()> {
+        let wanted: std::collections::BTreeSet<&str> =
+            names.into_iter().filter(|n| *n != BUILTIN_AGENT).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let found: Vec<String> = agents::Entity::find()
+            .select_only()
+            .column(Column::Name)
+            .filter(Column::Name.is_in(wanted.iter().copied()))
+            .into_tuple()
+            .all(db)
+            .await?;
+        let Some(missing) = wanted.iter().find(|n| !found.iter().any(|f| f == *n)) else {
+            return Ok(());
+        };
+        let mut known = vec![BUILTIN_AGENT.to_owned()];
+        known.extend(Self::list(db).await?.into_iter().map(|a| a.name));
+        Err(Error::Invalid(format!(
+            "agent {missing:?} is not registered; the agents are: {} (register it with PUT /v1/agents/{missing})",
+            known.join(", ")
+        )))
+    }
+}
 
 /// The agent every worker runs without registering it: the `script` backend's simulated
 /// agent. Its name cannot be registered.

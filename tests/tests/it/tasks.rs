@@ -280,6 +280,18 @@ async fn bad_input_is_a_4xx_in_the_envelope_and_writes_nothing() -> Result<()> {
         ),
         (
             "/v1/tasks",
+            br#"{"input": "x", "agent": "ghost"}"#.to_vec(),
+            "agent \"ghost\" is not registered; the agents are: script",
+        ),
+        (
+            "/v1/tasks/batch",
+            serde_json::to_vec(
+                &json!({"tasks": [{"input": "x"}, {"input": "y", "agent": "ghost"}]}),
+            )?,
+            "agent \"ghost\" is not registered",
+        ),
+        (
+            "/v1/tasks",
             br#"{"input": "x", "run_at": "tomorrow"}"#.to_vec(),
             "\"tomorrow\" is not an RFC 3339 time such as 2026-12-03T14:00:00Z",
         ),
