@@ -31,7 +31,7 @@ pub(crate) async fn require(
     // changes go through the UI's own CSRF-checked actions or a bearer header.
     let safe = matches!(*request.method(), Method::GET | Method::HEAD);
     let presented = bearer.or_else(|| {
-        safe.then(|| crate::ui::signin::cookie_token(request.headers()))
+        safe.then(|| crate::ui::viewer::cookie_token(request.headers()))
             .flatten()
     });
     let Some(presented) = presented else {

@@ -83,10 +83,14 @@ async fn refresh_gauges(state: &AppState) {
         Ok(queues) => {
             for queue in queues {
                 // Still loading at start: the next scrape has them.
-                let Ok(q) = crate::routes::queue_figures(state, queue) else {
+                let Some(f) = state
+                    .feed()
+                    .and_then(|feed| feed.queue_figures(&queue.name))
+                else {
                     continue;
                 };
-                let (name, f) = (q.queue.name, q.figures);
+                let name = queue.name;
+                let paused = queue.paused;
                 for (state, n) in [
                     ("pending", f.pending),
                     ("queued", f.queued),
@@ -99,11 +103,7 @@ async fn refresh_gauges(state: &AppState) {
                 }
                 gauge!(names::QUEUE_OLDEST_PENDING, "queue" => name.clone())
                     .set(f.oldest_pending_seconds);
-                gauge!(names::QUEUE_PAUSED, "queue" => name).set(if q.queue.paused {
-                    1.0
-                } else {
-                    0.0
-                });
+                gauge!(names::QUEUE_PAUSED, "queue" => name).set(if paused { 1.0 } else { 0.0 });
             }
         }
         Err(e) => {
@@ -122,33 +122,21 @@ async fn refresh_gauges(state: &AppState) {
     *read_at = Some(Instant::now());
 }
 
-fn text(body: String) -> Response {
+/// The text of `GET /metrics` on the API: every series of the process, with the gauges
+/// refreshed when they are stale.
+pub(crate) async fn render(state: &AppState) -> String {
+    refresh_gauges(state).await;
+    state.metrics().render()
+}
+
+/// `body` as the Prometheus text format.
+pub(crate) fn text(body: String) -> Response {
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
-}
-
-/// `GET /metrics` on the API: every series of the process, and the Postgres gauges.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "health",
-    operation_id = "metrics",
-    summary = "Prometheus metrics",
-    description = "Open, no token, for scrapers: the series of docs/metrics.md in the \
-        Prometheus text format.",
-    responses(
-        (status = 200, description = "The series.",
-            content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
-        (status = 500, response = crate::openapi::Internal),
-    ),
-)]
-pub(crate) async fn api_metrics(State(state): State<AppState>) -> Response {
-    refresh_gauges(&state).await;
-    text(state.metrics().render())
 }
 
 /// Serves `GET /metrics` (and `GET /healthz`) of a process that runs no API, a worker,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{Json, extract::State, http::StatusCode, response::Response};
 use serde::Serialize;
 
 use crate::{ApiError, AppState};
@@ -31,7 +31,7 @@ pub(super) struct Ready {
     description = "Open, no token.",
     responses(
         (status = 200, description = "Up.", body = Health),
-        (status = 500, response = crate::openapi::Internal),
+        (status = 500, response = crate::openapi::responses::Internal),
     ),
 )]
 pub(super) async fn healthz() -> Json<Health> {
@@ -51,8 +51,8 @@ pub(super) async fn healthz() -> Json<Health> {
     description = "Open, no token.",
     responses(
         (status = 200, description = "Ready.", body = Ready),
-        (status = 500, response = crate::openapi::Internal),
-        (status = 503, response = crate::openapi::Unavailable),
+        (status = 500, response = crate::openapi::responses::Internal),
+        (status = 503, response = crate::openapi::responses::Unavailable),
     ),
 )]
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
@@ -79,4 +79,23 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>,
         status: "ready",
         tasks: running,
     }))
+}
+
+/// `GET /metrics` on the API: every series of the process, and the Postgres gauges.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "Open, no token, for scrapers: the series of docs/metrics.md in the \
+        Prometheus text format.",
+    responses(
+        (status = 200, description = "The series.",
+            content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 500, response = crate::openapi::responses::Internal),
+    ),
+)]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    crate::metrics::text(crate::metrics::render(&state).await)
 }

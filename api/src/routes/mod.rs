@@ -1,12 +1,11 @@
 //! The routes, one module per resource, grouped by the scope they need.
 
-// Visible to the crate for `openapi.rs`, which lists every handler.
+// Visible to the crate for `openapi/mod.rs`, which lists every handler.
 pub(crate) mod agents;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod queues;
 
-pub(crate) use queues::with_figures as queue_figures;
 pub(crate) use tasks::count as count_task;
 pub(crate) use workers::LISTED_FOR as WORKERS_LISTED_FOR;
 pub(crate) mod sessions;
@@ -100,8 +99,8 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         // Open like the health probes, for scrapers; it names queues and agents only.
-        .route("/metrics", get(crate::metrics::api_metrics))
-        // Open too: it describes the API and holds no data (see openapi.rs). Every
+        .route("/metrics", get(health::metrics))
+        // Open too: it describes the API and holds no data (see openapi/mod.rs). Every
         // route here must be in its `paths`; a test checks.
         .route("/v1/openapi.json", get(crate::openapi::document))
         .merge(scoped(state, Scope::Read, read))

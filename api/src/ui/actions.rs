@@ -21,9 +21,10 @@ use turnq_core::{
 };
 
 use super::{
-    layout::{self, PageError},
+    error::PageError,
+    layout,
     pages::tasks::{filter_from, filter_pairs},
-    signin::Viewer,
+    viewer::Viewer,
 };
 use crate::{AppState, routes::count_task};
 

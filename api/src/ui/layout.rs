@@ -1,15 +1,11 @@
 //! The page shell and the pieces every page shares.
 
-use axum::{
-    http::StatusCode,
-    response::{IntoResponse, Response},
-};
+use axum::response::{IntoResponse, Response};
 use chrono::SecondsFormat;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use turnq_core::{task::TaskState, time::Timestamp};
 
-use super::{assets, signin::Viewer};
-use crate::ApiError;
+use super::{assets, error::PageError, viewer::Viewer};
 
 /// The query of `/v1/events/stream` for a page rendered now: `pairs` plus `after=` the
 /// feed's head when the page was read, so an event committed between the render and the
@@ -250,34 +246,6 @@ pub(crate) fn json(value: &serde_json::Value) -> Markup {
 /// Nothing: for an `@if` without an `@else`.
 pub(crate) fn nothing() -> Markup {
     PreEscaped(String::new())
-}
-
-/// An error shown as a page.
-#[derive(Debug)]
-pub(crate) struct PageError {
-    status: StatusCode,
-    message: String,
-}
-
-impl PageError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        PageError {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<ApiError> for PageError {
-    fn from(e: ApiError) -> Self {
-        PageError::new(e.status(), e.message())
-    }
-}
-
-impl From<turnq_core::Error> for PageError {
-    fn from(e: turnq_core::Error) -> Self {
-        ApiError::from(e).into()
-    }
 }
 
 impl IntoResponse for PageError {

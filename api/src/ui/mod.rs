@@ -2,9 +2,10 @@
 //!
 //! # Layout
 //!
-//! - [`signin`]: the token in an HttpOnly, SameSite=Strict cookie; [`signin::Viewer`],
-//!   the extractor every page and action starts from (who is looking, what they may
-//!   do), and the CSRF check of every action.
+//! - [`viewer`]: [`viewer::Viewer`], the extractor every page and action starts from
+//!   (who is looking, from the sign-in cookie, and what they may do), and the CSRF and
+//!   cross-site checks of every action. [`signin`]: the sign-in and sign-out pages.
+//! - [`error`]: `PageError`, an error shown as a page.
 //! - [`layout`]: the page shell (navigation, help dialog) and the small pieces every
 //!   page shares (times, state badges, links that keep a filter).
 //! - `pages/`: one module per page, each a handler that reads `turnq-core` stores and
@@ -22,9 +23,11 @@
 mod actions;
 mod assets;
 mod chart;
+mod error;
 mod layout;
 mod pages;
-pub(crate) mod signin;
+mod signin;
+pub(crate) mod viewer;
 
 use axum::{
     Router,

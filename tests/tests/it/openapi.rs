@@ -152,7 +152,7 @@ async fn every_route_the_router_serves_is_documented_with_its_scope() -> Result<
     ensure!(
         missing.is_empty(),
         "routes served but not in the API document (add a #[utoipa::path] and list the \
-         handler in api/src/openapi.rs): {missing:?}"
+         handler in api/src/openapi/mod.rs): {missing:?}"
     );
     let extra: Vec<_> = documented
         .keys()

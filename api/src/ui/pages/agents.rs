@@ -7,8 +7,9 @@ use turnq_core::{agent::AgentRegistry, worker::WorkerRegistry};
 use crate::{
     AppState,
     ui::{
-        layout::{self, Nav, PageError},
-        signin::Viewer,
+        error::PageError,
+        layout::{self, Nav},
+        viewer::Viewer,
     },
 };
 

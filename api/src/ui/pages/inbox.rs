@@ -13,8 +13,9 @@ use super::input_preview;
 use crate::{
     AppState,
     ui::{
-        layout::{self, Nav, PageError},
-        signin::{Form, Viewer},
+        error::PageError,
+        layout::{self, Nav},
+        viewer::{Form, Viewer},
     },
 };
 

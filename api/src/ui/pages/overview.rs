@@ -11,8 +11,9 @@ use crate::{
     metrics::WORKER_DEAD_AFTER,
     ui::{
         chart,
-        layout::{self, Nav, PageError},
-        signin::Viewer,
+        error::PageError,
+        layout::{self, Nav},
+        viewer::Viewer,
     },
 };
 

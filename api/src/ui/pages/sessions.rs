@@ -16,9 +16,10 @@ use super::input_preview;
 use crate::{
     AppState,
     ui::{
-        layout::{self, Nav, PageError},
+        error::PageError,
+        layout::{self, Nav},
         pages::overview::enc,
-        signin::{Form, Viewer},
+        viewer::{Form, Viewer},
     },
 };
 

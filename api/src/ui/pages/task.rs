@@ -19,9 +19,10 @@ use crate::{
     AppState,
     extract::TaskPath,
     ui::{
-        layout::{self, Nav, PageError},
+        error::PageError,
+        layout::{self, Nav},
         pages::overview::enc,
-        signin::{Form, Viewer},
+        viewer::{Form, Viewer},
     },
 };
 

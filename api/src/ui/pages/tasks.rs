@@ -21,8 +21,9 @@ use super::input_preview;
 use crate::{
     AppState,
     ui::{
-        layout::{self, Nav, PageError},
-        signin::{Form, Viewer},
+        error::PageError,
+        layout::{self, Nav},
+        viewer::{Form, Viewer},
     },
 };
 

@@ -8,8 +8,9 @@ use turnq_core::worker::WorkerRegistry;
 use crate::{
     AppState,
     ui::{
-        layout::{self, Nav, PageError},
-        signin::Viewer,
+        error::PageError,
+        layout::{self, Nav},
+        viewer::Viewer,
     },
 };
 
