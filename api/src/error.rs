@@ -75,6 +75,11 @@ impl From<turnq_core::Error> for ApiError {
             E::IllegalTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "illegal_transition", e.to_string())
             }
+            E::IdempotencyKeyReused { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                e.to_string(),
+            ),
             E::VersionConflict { .. } | E::Fenced { .. } => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }

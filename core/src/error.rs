@@ -25,6 +25,18 @@ pub enum Error {
         action: &'static str,
     },
 
+    /// An idempotency key already names a task submitted with different values: the new
+    /// submission would silently be dropped, so it is refused instead (as Stripe does).
+    #[error(
+        "idempotency key {key:?} already names task {task}, submitted with a different \
+         {field}: use a new key for a different task"
+    )]
+    IdempotencyKeyReused {
+        key: String,
+        task: crate::TaskId,
+        field: &'static str,
+    },
+
     /// Someone else appended to the stream first.
     #[error("stream {stream} is at version {actual}, not the expected {expected}")]
     VersionConflict {

@@ -68,7 +68,8 @@ fn idempotency_key(headers: &HeaderMap, body: &mut NewTaskRequest) -> Result<(),
     summary = "Submit a task",
     description = "Scope `submit`. 201 with the new task; 200 with the existing task when \
         its idempotency key (the body's `idempotency_key` or the `Idempotency-Key` header) \
-        was used before. A bad field is a 400 that names it, and writes nothing.",
+        was used before with the same values; 409 `idempotency_key_reused` when it was used \
+        with other values. A bad field is a 400 that names it, and writes nothing.",
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Names the task like the body's `idempotency_key` (visible ASCII); both given must agree.")),
     request_body = NewTaskRequest,

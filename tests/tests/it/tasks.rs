@@ -86,6 +86,22 @@ async fn same_idempotency_key_returns_the_same_task() -> Result<()> {
         .await?;
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await?;
+    let again = app
+        .http
+        .post(app.url("/v1/tasks"))
+        .header("Idempotency-Key", "order-42")
+        .json(&json!({"input": "once"}))
+        .send()
+        .await?;
+    assert_eq!(
+        again.status(),
+        200,
+        "the same submission again is the same task"
+    );
+    let again: Value = again.json().await?;
+    assert_eq!(first["id"], again["id"]);
+    // The same key with other values would drop them silently: refused instead.
+    let before = app.counts().await?;
     let second = app
         .http
         .post(app.url("/v1/tasks"))
@@ -93,18 +109,36 @@ async fn same_idempotency_key_returns_the_same_task() -> Result<()> {
         .json(&json!({"input": "twice"}))
         .send()
         .await?;
-    assert_eq!(second.status(), 200);
+    assert_eq!(second.status(), 409);
     let second: Value = second.json().await?;
-    assert_eq!(first["id"], second["id"]);
-    assert_eq!(second["input"], "once");
+    assert_eq!(
+        second["error"]["code"], "idempotency_key_reused",
+        "{second}"
+    );
+    let message = second["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(first["id"].as_str().unwrap_or("?"))
+            && message.contains("different input"),
+        "{message}"
+    );
     // The key in the body works the same, and a batch reuses it too.
     let (status, body) = app
-        .post("/v1/tasks/batch", &json!({"tasks": [{"input": "x", "idempotency_key": "order-42"}, {"input": "y", "idempotency_key": "new"}, {"input": "z", "idempotency_key": "new"}]}))
+        .post("/v1/tasks/batch", &json!({"tasks": [{"input": "once", "idempotency_key": "order-42"}, {"input": "y", "idempotency_key": "new"}, {"input": "y", "idempotency_key": "new"}]}))
         .await?;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["created"], 1);
     assert_eq!(body["tasks"][0]["id"], first["id"]);
     assert_eq!(body["tasks"][1]["id"], body["tasks"][2]["id"]);
+    // A batch that reuses a key with other values is refused as a whole.
+    let (status, body) = app
+        .post("/v1/tasks/batch", &json!({"tasks": [{"input": "a", "idempotency_key": "k2"}, {"input": "b", "idempotency_key": "k2"}]}))
+        .await?;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        app.counts().await?.0,
+        before.0 + 1,
+        "only the batch's new task \"y\" was written"
+    );
     // Another project may use the same key for its own task.
     let other = app
         .submit(json!({"input": "x", "idempotency_key": "order-42", "project": "other"}))

@@ -129,9 +129,25 @@ impl TaskStore {
                             .map(Slot::New)
                     })
             });
+            let reused = |id: TaskId, field: Option<&'static str>| match field {
+                Some(field) => Err(Error::IdempotencyKeyReused {
+                    key: task.idempotency_key.clone().unwrap_or_default(),
+                    task: id,
+                    field,
+                }),
+                None => Ok(()),
+            };
             match found {
-                Some(Slot::New(i)) => slots.push(Slot::New(i)),
-                Some(existing) => slots.push(existing),
+                Some(Slot::New(i)) => {
+                    let (id, first) = new_ids[i];
+                    reused(id, Asked::new(task).first_difference(&Asked::new(first)))?;
+                    slots.push(Slot::New(i));
+                }
+                Some(Slot::Existing(row)) => {
+                    let difference = Asked::new(task).first_difference(&Asked::stored(&row));
+                    reused(TaskId(row.id), difference)?;
+                    slots.push(Slot::Existing(row));
+                }
                 None => {
                     let id = TaskId::new();
                     rows.push(projection::new_row(id, task, at));
@@ -196,6 +212,99 @@ impl TaskStore {
                 }
                 out
             })
+    }
+}
+
+/// What a submission asked for, as an idempotency key names it: not what happened
+/// since (run time, attempts, state).
+#[derive(PartialEq)]
+struct Asked<'a> {
+    input: &'a Value,
+    queue: &'a str,
+    priority: i32,
+    agent: &'a str,
+    model: Option<&'a str>,
+    backend: Option<&'a str>,
+    worktree_path: Option<&'a str>,
+    session_id: Option<&'a str>,
+    chat_id: Option<&'a str>,
+    mode_id: Option<&'a str>,
+    thinking_option_id: Option<&'a str>,
+    feature_values: Option<&'a Value>,
+    parent_task_id: Option<uuid::Uuid>,
+    arena_id: Option<uuid::Uuid>,
+}
+
+impl<'a> Asked<'a> {
+    fn new(t: &'a NewTask) -> Self {
+        let d = &t.details;
+        Asked {
+            input: &t.input,
+            queue: &t.queue,
+            priority: t.priority,
+            agent: &t.agent,
+            model: d.model.as_deref(),
+            backend: d.backend.as_deref(),
+            worktree_path: d.worktree_path.as_deref(),
+            session_id: d.session_id.as_deref(),
+            chat_id: d.chat_id.as_deref(),
+            mode_id: d.mode_id.as_deref(),
+            thinking_option_id: d.thinking_option_id.as_deref(),
+            feature_values: d.feature_values.as_ref(),
+            parent_task_id: d.parent_task_id,
+            arena_id: d.arena_id,
+        }
+    }
+
+    fn stored(m: &'a tasks::Model) -> Self {
+        Asked {
+            input: &m.input,
+            queue: &m.queue,
+            priority: m.priority,
+            agent: &m.agent,
+            model: m.model.as_deref(),
+            backend: m.backend.as_deref(),
+            worktree_path: m.worktree_path.as_deref(),
+            session_id: m.session_id.as_deref(),
+            chat_id: m.chat_id.as_deref(),
+            mode_id: m.mode_id.as_deref(),
+            thinking_option_id: m.thinking_option_id.as_deref(),
+            feature_values: m.feature_values.as_ref(),
+            parent_task_id: m.parent_task_id,
+            arena_id: m.arena_id,
+        }
+    }
+
+    /// The first field in which `self` and `other` differ, if any.
+    fn first_difference(&self, other: &Asked) -> Option<&'static str> {
+        [
+            ("input", self.input == other.input),
+            ("queue", self.queue == other.queue),
+            ("priority", self.priority == other.priority),
+            ("agent", self.agent == other.agent),
+            ("model", self.model == other.model),
+            ("backend", self.backend == other.backend),
+            ("worktree_path", self.worktree_path == other.worktree_path),
+            ("session_id", self.session_id == other.session_id),
+            ("chat_id", self.chat_id == other.chat_id),
+            ("mode_id", self.mode_id == other.mode_id),
+            (
+                "thinking_option_id",
+                self.thinking_option_id == other.thinking_option_id,
+            ),
+            (
+                "feature_values",
+                self.feature_values == other.feature_values,
+            ),
+            (
+                "parent_task_id",
+                self.parent_task_id == other.parent_task_id,
+            ),
+            ("arena_id", self.arena_id == other.arena_id),
+        ]
+        .into_iter()
+        .find(|(_, same)| !same)
+        .map(|(field, _)| field)
     }
 }
 
@@ -270,7 +379,7 @@ mod tests {
         let t = TestDb::new().await?;
         let batch = vec![
             new_task(json!({"input": "a", "idempotency_key": "k"})),
-            new_task(json!({"input": "b", "idempotency_key": "k"})),
+            new_task(json!({"input": "a", "idempotency_key": "k"})),
             new_task(json!({"input": "c", "idempotency_key": "k", "project": "other"})),
         ];
         let out = TaskStore::submit_batch(&t.db, batch, &meta()).await?;
@@ -278,7 +387,24 @@ mod tests {
         assert_eq!(created, [true, false, true]);
         assert_eq!(out[0].task.id, out[1].task.id);
         assert_ne!(out[0].task.id, out[2].task.id);
-        assert_eq!(out[1].task.input, json!("a"), "the first use wins");
+        assert_eq!(counts(&t.db).await?, (2, 2));
+        // The key again with other values, in a batch or against a stored task: the
+        // whole batch is refused and nothing is written.
+        for batch in [
+            vec![
+                new_task(json!({"input": "x", "idempotency_key": "k2"})),
+                new_task(json!({"input": "y", "idempotency_key": "k2"})),
+            ],
+            vec![
+                new_task(json!({"input": "new", "idempotency_key": "fresh"})),
+                new_task(json!({"input": "a", "idempotency_key": "k", "priority": 5})),
+            ],
+        ] {
+            assert!(matches!(
+                TaskStore::submit_batch(&t.db, batch, &meta()).await,
+                Err(crate::Error::IdempotencyKeyReused { .. })
+            ));
+        }
         assert_eq!(counts(&t.db).await?, (2, 2));
         Ok(())
     }
