@@ -360,7 +360,7 @@ async fn a_running_task_cancelled_elsewhere_is_stopped_by_the_notification_and_w
 async fn while_postgres_is_unreachable_jobs_go_back_to_their_queue_and_run_once_it_returns() {
     let test = TestDb::new().await.unwrap();
     let prefix = TestRedis::new();
-    let mut redis = delivery::connect(&redis_url()).await.expect("Redis");
+    let redis = delivery::connect(&redis_url()).await.expect("Redis");
     let apalis = apalis_config(&names(&prefix), "script");
     let (worker, shutdown) = start_worker(&test, &prefix, Backends::builtin());
     let job = submit(&test.db, "script").await;
@@ -408,10 +408,11 @@ async fn while_postgres_is_unreachable_jobs_go_back_to_their_queue_and_run_once_
     let mut control = Control::start(names(&prefix)).await;
     control.cycles(3).await;
     control.stop().await;
+    // (Checked through `one_waiting` only: a consumer that fetched it before pausing
+    // pushes it back under a new id, so at one instant it may be in flight, not waiting.)
     eventually("the job still waits", one_waiting)
         .await
         .unwrap();
-    assert_eq!(waiting_ids(&mut redis, &apalis).await.len(), 1);
 
     // Postgres is back: the probe sees it, the consumers resume, the task runs.
     test.admin(&format!(
