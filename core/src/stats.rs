@@ -117,6 +117,25 @@ pub struct UsageRow {
 
 pub struct UsageStats;
 
+/// The total cost of a group's tasks.
+fn cost() -> Expr {
+    Expr::from(Func::sum(Expr::col(Column::CostUsd)))
+}
+
+/// The columns of a [`UsageRow`] per group, the group named by `key` (the caller groups).
+fn usage_keyed_by(key: Expr) -> sea_orm::Select<tasks::Entity> {
+    // SUM of a bigint is a numeric in Postgres; cast back so it reads as i64.
+    let sum_i64 =
+        |c: Column| Expr::from(Func::cast_as(Func::sum(Expr::col(c)), Alias::new("bigint")));
+    tasks::Entity::find()
+        .select_only()
+        .column_as(key, "key")
+        .column_as(Expr::col(Column::Id).count(), "tasks")
+        .column_as(sum_i64(Column::InputTokens), "input_tokens")
+        .column_as(sum_i64(Column::OutputTokens), "output_tokens")
+        .column_as(cost(), "cost_usd")
+}
+
 impl UsageStats {
     /// Usage of the tasks created at or after `since` (all when `None`), one row per
     /// group: by day in day order, by project or agent most expensive first (ties by key).
@@ -125,18 +144,7 @@ impl UsageStats {
         group_by: GroupBy,
         since: Option<Timestamp>,
     ) -> Result<Vec<UsageRow>> {
-        // SUM of a bigint is a numeric in Postgres; cast back so it reads as i64.
-        let sum_i64 =
-            |c: Column| Expr::from(Func::cast_as(Func::sum(Expr::col(c)), Alias::new("bigint")));
-        let cost = || Expr::from(Func::sum(Expr::col(Column::CostUsd)));
-        let mut query = tasks::Entity::find()
-            .select_only()
-            .column_as(group_by.key(), "key")
-            .column_as(Expr::col(Column::Id).count(), "tasks")
-            .column_as(sum_i64(Column::InputTokens), "input_tokens")
-            .column_as(sum_i64(Column::OutputTokens), "output_tokens")
-            .column_as(cost(), "cost_usd")
-            .group_by(group_by.key());
+        let mut query = usage_keyed_by(group_by.key()).group_by(group_by.key());
         if let Some(since) = since {
             // The id bound walks the primary key (ids are UUIDv7, made at creation)
             // instead of reading every task; created_at keeps the meaning exact.
@@ -164,16 +172,7 @@ impl UsageStats {
     /// first): the turns that ran in it, their tokens and cost. Reads the project's
     /// session tasks through `tasks_session_idx`, never the whole table.
     pub async fn sessions_of<C: ConnectionTrait>(db: &C, project: &str) -> Result<Vec<UsageRow>> {
-        let sum_i64 =
-            |c: Column| Expr::from(Func::cast_as(Func::sum(Expr::col(c)), Alias::new("bigint")));
-        let cost = || Expr::from(Func::sum(Expr::col(Column::CostUsd)));
-        Ok(tasks::Entity::find()
-            .select_only()
-            .column_as(Expr::col(Column::SessionId), "key")
-            .column_as(Expr::col(Column::Id).count(), "tasks")
-            .column_as(sum_i64(Column::InputTokens), "input_tokens")
-            .column_as(sum_i64(Column::OutputTokens), "output_tokens")
-            .column_as(cost(), "cost_usd")
+        Ok(usage_keyed_by(Expr::col(Column::SessionId))
             .filter(Column::Project.eq(project))
             .filter(Column::SessionId.is_not_null())
             .group_by(Column::SessionId)

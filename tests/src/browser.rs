@@ -262,20 +262,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Best effort: closing the session ends Chromium cleanly; the driver is killed
-        // after this either way.
+        // Closing the session ends Chromium cleanly; the driver is killed after this
+        // either way.
         let url = format!("{}/session/{}", self.driver_url, self.session);
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = runtime {
-                runtime.block_on(async {
-                    let _ = reqwest::Client::new().delete(url).send().await;
-                });
-            }
-        })
-        .join();
+        turnq_testkit::cleanup::run_blocking("closing the browser session", async move {
+            reqwest::Client::new().delete(url).send().await.map(drop)
+        });
     }
 }
 

@@ -344,18 +344,6 @@ impl QueueTally {
                 .or_else(|| data["queue"].as_str().map(str::to_owned))
         };
         self.count_usage(id, &e.event.kind, data);
-        match e.event.kind.as_str() {
-            "task.started" => {
-                if let Some(worker) = data["worker_id"].as_str() {
-                    self.start(id, worker);
-                }
-            }
-            "task.submitted" | "task.queued" | "task.output" => {}
-            // Every other transition ends the attempt that was running.
-            _ => {
-                self.running.remove(&id);
-            }
-        }
         let run_at = || {
             data["run_at"]
                 .as_str()
@@ -369,7 +357,12 @@ impl QueueTally {
                 }
             }
             "task.queued" => self.move_to(id, Open::Queued, None),
-            "task.started" => self.move_to(id, Open::Running, None),
+            "task.started" => {
+                self.move_to(id, Open::Running, None);
+                if let Some(worker) = data["worker_id"].as_str() {
+                    self.start(id, worker);
+                }
+            }
             "task.completed" => {
                 if let Some(task) = self.leave(id) {
                     self.queues
@@ -530,6 +523,8 @@ impl QueueTally {
     }
 
     fn leave(&mut self, id: Uuid) -> Option<OpenTask> {
+        // Every transition out of a state ends the attempt that was running, if one was.
+        self.running.remove(&id);
         let task = self.open.remove(&id)?;
         let counts = self.queues.entry(task.queue.clone()).or_default();
         *counts.count(task.state) -= 1;

@@ -13,7 +13,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs `cleanup` to completion from synchronous code; a failure is printed (the test
 /// has its result already), never raised.
-pub(crate) fn run_blocking<F, E>(what: impl Display + Send + 'static, cleanup: F)
+pub fn run_blocking<F, E>(what: impl Display + Send + 'static, cleanup: F)
 where
     F: Future<Output = Result<(), E>> + Send + 'static,
     E: Display + Send + 'static,

@@ -19,7 +19,7 @@
 //! same `App` the binary runs. `turnq bench` uses [`TestDb`] and [`TestRedis`] too: it
 //! measures on throwaway state in the same way.
 
-mod cleanup;
+pub mod cleanup;
 pub mod db;
 pub mod env;
 pub mod redis;

@@ -2,9 +2,14 @@
 //! throughput, the fleet, and today's spend.
 
 use axum::extract::State;
-use chrono::TimeDelta;
+
 use maud::{Markup, html};
-use turnq_core::{auth::Scope, queue::QueueStore, time, worker::WorkerRegistry};
+use turnq_core::{
+    auth::Scope,
+    queue::QueueStore,
+    time,
+    worker::{WorkerRegistry, WorkerState},
+};
 
 use crate::{
     AppState,
@@ -35,13 +40,14 @@ pub(crate) async fn page(
     let throughput = feed.and_then(|f| f.per_minute());
     let today = feed.and_then(|f| f.usage_today());
     let workers = WorkerRegistry::list(db).await?;
-    let dead_before = now - TimeDelta::from_std(WORKER_DEAD_AFTER).unwrap_or_default();
-    let running_workers: Vec<_> = workers.iter().filter(|w| w.stopped_at.is_none()).collect();
-    let live = running_workers
+    let live = workers
         .iter()
-        .filter(|w| w.last_heartbeat_at >= dead_before)
+        .filter(|w| w.state == WorkerState::Live)
         .count();
-    let dead = running_workers.len() - live;
+    let dead = workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Stale)
+        .count();
     let admin = viewer.can(Scope::Admin);
     let body = html! {
         h1 { "Overview" }

@@ -67,14 +67,6 @@ pub(crate) fn filter_from(form: &Form) -> Result<TaskFilter, PageError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let time = |field: &str| form.value(field).map(|t| parse_time(field, &t)).transpose();
-    for field in FILTER_FIELDS {
-        if form.get(field).is_some_and(|v| v.contains('\0')) {
-            return Err(PageError::new(
-                StatusCode::BAD_REQUEST,
-                format!("{field} holds a NUL character, which no task can hold"),
-            ));
-        }
-    }
     Ok(TaskFilter {
         states,
         queue: form.value("queue"),

@@ -386,7 +386,10 @@ async fn bad_filters_and_forms_get_a_400_that_says_what_is_wrong() -> Result<()>
     for (path, says) in [
         ("/tasks?state=bogus", "bogus"),
         ("/tasks?from=yesterday", "yesterday&quot; is not a time"),
-        ("/tasks?project=%00", "NUL"),
+        (
+            "/tasks?project=%00",
+            "project contains the character U+0000",
+        ),
         ("/tasks?cursor=nope", "nope&quot; is not a task id"),
         ("/tasks/not-a-uuid", "not a UUID"),
     ] {
