@@ -31,6 +31,13 @@ fn metadata() -> Value {
     json!({"actor": "api"})
 }
 
+/// Counts `task` as retried by a person (through the API or the UI).
+pub(crate) fn count_retry_by_person(task: &Task) {
+    metrics::counter!(names::TASKS_RETRIED, "queue" => task.queue.clone(),
+        "agent" => task.agent.clone(), "by" => "person")
+    .increment(1);
+}
+
 /// Counts `task` in the counter `name`, labelled by its queue and agent.
 pub(crate) fn count(name: &'static str, task: &Task) {
     metrics::counter!(name, "queue" => task.queue.clone(), "agent" => task.agent.clone())
@@ -487,9 +494,7 @@ transition_path!(
     ) -> Result<Json<Task>, ApiError> {
         let EmptyBody {} = optional_body(&body)?;
         let task = TaskStore::retry(state.db(), id, &metadata()).await?;
-        metrics::counter!(names::TASKS_RETRIED, "queue" => task.queue.clone(),
-        "agent" => task.agent.clone(), "by" => "person")
-        .increment(1);
+        count_retry_by_person(&task);
         Ok(Json(task))
     }
 );

@@ -26,7 +26,10 @@ use super::{
     pages::tasks::{filter_from, filter_pairs},
     viewer::Viewer,
 };
-use crate::{AppState, routes::count_task};
+use crate::{
+    AppState,
+    routes::{count_retry_by_person, count_task},
+};
 
 /// The most tasks one bulk action changes; more matching ones need another run.
 const BULK_MAX: u64 = 10_000;
@@ -71,9 +74,7 @@ pub(super) async fn on_task(
         }
         "retry" => {
             let task = TaskStore::retry(db, id, &meta).await?;
-            metrics::counter!(names::TASKS_RETRIED, "queue" => task.queue.clone(),
-                "agent" => task.agent.clone(), "by" => "person")
-            .increment(1);
+            count_retry_by_person(&task);
             task
         }
         "approve" => TaskStore::approve(db, id, form.value("note"), &meta).await?,
@@ -303,8 +304,9 @@ pub(super) async fn bulk(
         match result {
             Ok(task) => {
                 done += 1;
-                if bulk == Bulk::Cancel {
-                    count_task(names::TASKS_CANCELLED, &task);
+                match bulk {
+                    Bulk::Retry => count_retry_by_person(&task),
+                    Bulk::Cancel => count_task(names::TASKS_CANCELLED, &task),
                 }
             }
             // A task that moved on meanwhile (completed, already retried) is reported,
