@@ -95,14 +95,15 @@
     let event;
     try { event = JSON.parse(e.data); } catch (_) { return; }
     const output = document.querySelector("[data-output]");
-    const shown = document.querySelector("[data-version]");
     if (output && event.stream && event.stream.id === output.dataset.task) {
-      // The page already shows this task's events up to its data-version.
-      if (event.version <= Number(shown ? shown.dataset.version : 0)) return;
+      // The page already shows this task's output up to the output's data-version,
+      // and its fields up to the fields' (read a moment apart, so they can differ).
       if (event.kind === "task.output") {
-        appendOutput(output, event);
+        if (event.version > Number(output.dataset.version || 0)) appendOutput(output, event);
         return;
       }
+      const fields = document.querySelector("[data-live][data-version]");
+      if (fields && event.version <= Number(fields.dataset.version || 0)) return;
     } else if (event.kind === "task.output") {
       return; // output changes no list or counter
     }

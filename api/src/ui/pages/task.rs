@@ -151,13 +151,15 @@ fn render(
         .map(output_text)
         .collect();
     let attempts = attempts(events);
+    // The fields show the task row (its version); the output shows the events read
+    // after it, which may already be newer: each is deduplicated against its own.
     let last_version = events.last().map(|e| e.version.0).unwrap_or(0);
     html! {
         div.title-row {
             h1 { "Task " code.id { (id) } }
             div.actions data-live="actions" #actions { (actions(viewer, task)) }
         }
-        section.fields data-live="fields" #fields data-version=(last_version) {
+        section.fields data-live="fields" #fields data-version=(task.version.0) {
             dl.grid2 {
                 dt { "State" } dd { (layout::state_badge(task.state))
                     @if task.queued && task.state == TaskState::Pending { " " span.muted { "handed to Redis" } } }
