@@ -7,7 +7,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use tokio_util::sync::CancellationToken;
@@ -31,6 +34,9 @@ pub(crate) struct TurnControl {
     pub(crate) attempt: i32,
     token: CancellationToken,
     reason: OnceLock<StopReason>,
+    /// The turn is writing its last event: once that commits the task is no longer
+    /// running, and a renewal that misses it says nothing about who owns it.
+    ending: AtomicBool,
 }
 
 impl TurnControl {
@@ -40,7 +46,20 @@ impl TurnControl {
             attempt,
             token: CancellationToken::new(),
             reason: OnceLock::new(),
+            ending: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the turn as writing its last event (set before that write is sent).
+    pub(crate) fn mark_ending(&self) {
+        self.ending.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the turn's last event may already be committed. The heartbeat leaves
+    /// such a turn alone: a renewal that misses it is the turn's own end, not a loss,
+    /// and if the end is refused after all, the write says so itself.
+    pub(crate) fn is_ending(&self) -> bool {
+        self.ending.load(Ordering::SeqCst)
     }
 
     /// Stops the turn. The reason is recorded before the token fires, so whoever sees

@@ -177,6 +177,7 @@ pub(crate) async fn drive_turn_reporting<'a>(
         report.outcome = "stopped";
         return report;
     };
+    control.mark_ending();
     report.outcome = write_end(recorder, event, outcome, settings).await;
     report
 }

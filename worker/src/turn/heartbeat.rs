@@ -110,7 +110,9 @@ impl Heartbeat {
 
         if let Ok(renewed) = &renewed {
             for control in &running {
-                if !renewed.contains(&(control.task, control.attempt)) {
+                // A turn writing its end is not renewed once that end commits: that is
+                // no loss, and not worth a word.
+                if !renewed.contains(&(control.task, control.attempt)) && !control.is_ending() {
                     tracing::info!(task_id = %control.task, attempt = control.attempt, worker_id = %self.worker,
                         "the task is no longer this worker's (cancelled, or its lease was taken over): stopping its turn");
                     control.stop(StopReason::Lost);
@@ -129,6 +131,7 @@ mod tests {
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use turnq_core::{
+        event::{Completed, TaskEvent},
         task::NewTaskRequest,
         time,
         worker::{WorkerInfo, WorkerRegistry},
@@ -254,6 +257,42 @@ mod tests {
         assert!(!kept_turn.control().token().is_cancelled());
         stop.cancel();
         beating.await.unwrap();
+        drop(test);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_turn_whose_end_just_committed_is_not_taken_for_a_lost_one() {
+        let test = TestDb::new().await.unwrap();
+        let db = test.db.clone();
+        let worker = WorkerId::generate("test-host");
+        let turns = Turns::default();
+        let (ended, lost) = (
+            running_task(&db, &worker, Duration::from_secs(60)).await,
+            running_task(&db, &worker, Duration::from_secs(60)).await,
+        );
+        let (ended_turn, lost_turn) = (turns.register(ended, 1), turns.register(lost, 1));
+        // The turn sends its end and it commits before the turn leaves the registry.
+        ended_turn.control().mark_ending();
+        let done = TaskEvent::Completed(Completed {
+            attempt: 1,
+            output_summary: "done".into(),
+            usage: Default::default(),
+        });
+        TaskStore::record(&db, ended, 1, &worker, &done, &json!({"actor": "test"}))
+            .await
+            .unwrap();
+        TaskStore::cancel(&db, lost, None, &json!({"actor": "test"}))
+            .await
+            .unwrap();
+        let beat = heartbeat(db.clone(), worker, turns, Duration::from_secs(3600));
+        beat.beat().await.unwrap();
+        assert_eq!(
+            ended_turn.control().reason(),
+            None,
+            "its own end is no loss"
+        );
+        assert!(!ended_turn.control().token().is_cancelled());
+        assert_eq!(lost_turn.control().reason(), Some(StopReason::Lost));
         drop(test);
     }
 

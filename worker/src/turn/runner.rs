@@ -192,6 +192,7 @@ impl Runner {
                         },
                         usage: Usage::default(),
                     });
+                    guard.control().mark_ending();
                     let outcome = write_end(&recorder, event, "failed", &self.settings).await;
                     ("none", outcome, Usage::default())
                 }

@@ -9,7 +9,7 @@ use std::{
 
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
     sea_query::{Expr, LockType},
 };
 use serde_json::Value;
@@ -262,6 +262,22 @@ impl TaskStore {
         }
 
         let txn = db.begin().await?;
+        // Lock every row the batch may write first, in id order: the waves below write
+        // them in several statements, and a lease renewal of the same worker (which
+        // locks in id order too) running between two of them would otherwise hold one
+        // row this transaction wants while waiting for one it holds.
+        let ids: Vec<Uuid> = records.iter().map(|r| r.task.0).collect();
+        tasks::Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Id.is_in(ids))
+            .filter(Column::State.eq(TaskState::Running))
+            .filter(Column::WorkerId.eq(worker.0.as_str()))
+            .order_by_asc(Column::Id)
+            .lock(LockType::NoKeyUpdate)
+            .into_tuple::<Uuid>()
+            .all(&txn)
+            .await?;
         let mut events = Vec::with_capacity(records.len());
         let mut session_ended = false;
         for wave in waves {
@@ -388,11 +404,22 @@ impl TaskStore {
                     .add(Column::Attempt.eq(*attempt)),
             )
         });
-        let rows: Vec<(Uuid, i32)> = tasks::Entity::update_many()
-            .col_expr(Column::LeaseUntil, Expr::value(Some(until)))
+        // The rows are locked in id order by the subquery (its sort runs below the
+        // lock), the order every multi-row write of a worker's tasks locks in
+        // (`claim_many`, `record_many`): a plain `UPDATE … WHERE id = … OR …` locks in
+        // scan order and deadlocked against the worker's own group commit.
+        let held_rows = tasks::Entity::find()
+            .select_only()
+            .column(Column::Id)
             .filter(Column::State.eq(TaskState::Running))
             .filter(Column::WorkerId.eq(worker.0.as_str()))
             .filter(pairs)
+            .order_by_asc(Column::Id)
+            .lock(LockType::NoKeyUpdate)
+            .into_query();
+        let rows: Vec<(Uuid, i32)> = tasks::Entity::update_many()
+            .col_expr(Column::LeaseUntil, Expr::value(Some(until)))
+            .filter(Column::Id.in_subquery(held_rows))
             .exec_with_returning(db)
             .await?
             .into_iter()
@@ -643,6 +670,81 @@ mod tests {
                 .await?
                 .is_empty()
         );
+        Ok(())
+    }
+
+    /// A worker renews its leases while its group commit writes the same tasks in
+    /// several statements (one per attempt number here). Both lock in id order, so
+    /// neither can hold a row the other waits for while waiting for one it holds; in
+    /// scan order they deadlocked (Postgres then aborts one after `deadlock_timeout`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lease_renewals_and_group_commits_of_the_same_tasks_never_deadlock() -> Result<()> {
+        const TASKS: usize = 20;
+        const ROUNDS: usize = 150;
+        let t = TestDb::new().await?;
+        let w = worker("w");
+        let mut first = Vec::new();
+        for i in 0..TASKS {
+            first.push(running(&t.db, json!({"input": i}), &w).await?.id);
+        }
+        // The other half at attempt 2: claimed with a lease that runs out at once,
+        // recovered, claimed again.
+        let mut second = Vec::new();
+        for i in 0..TASKS {
+            let task = submitted(&t.db, json!({"input": i})).await?;
+            TaskStore::claim(&t.db, task.id, 0, &w, Duration::ZERO, &meta())
+                .await?
+                .context("claimed")?;
+            second.push(task.id);
+        }
+        while TaskStore::expire_leases(&t.db, 100, &meta()).await? > 0 {}
+        for id in &second {
+            TaskStore::claim(&t.db, *id, 1, &w, LEASE, &meta())
+                .await?
+                .context("claimed again")?;
+        }
+        let held: Vec<(TaskId, i32)> = first
+            .iter()
+            .map(|id| (*id, 1))
+            .chain(second.iter().map(|id| (*id, 2)))
+            .collect();
+
+        let renewing = tokio::spawn({
+            let (db, w, held) = (t.db.clone(), w.clone(), held.clone());
+            async move {
+                for _ in 0..ROUNDS {
+                    let renewed = TaskStore::extend_leases(&db, &w, &held, LEASE).await?;
+                    anyhow::ensure!(renewed.len() == held.len(), "all are still ours");
+                }
+                anyhow::Ok(())
+            }
+        });
+        let writing = tokio::spawn({
+            let (db, w) = (t.db.clone(), w.clone());
+            async move {
+                for round in 0..ROUNDS {
+                    // Alternate which attempt's statement goes first, so whatever order
+                    // the rows lie in, half the rounds write against the scan order.
+                    let mut records: Vec<Record> = Vec::new();
+                    for (ids, attempt) in [(&first, 1), (&second, 2)] {
+                        records.extend(ids.iter().map(|id| Record {
+                            task: *id,
+                            attempt,
+                            event: output(attempt, "x"),
+                        }));
+                    }
+                    if round % 2 == 1 {
+                        records.reverse();
+                    }
+                    for answer in TaskStore::record_many(&db, &w, &records, &meta()).await? {
+                        answer?;
+                    }
+                }
+                anyhow::Ok(())
+            }
+        });
+        renewing.await??;
+        writing.await??;
         Ok(())
     }
 }
