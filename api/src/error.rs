@@ -37,6 +37,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Postgres could not be reached (the outage tracker's cue).
+    unreachable: bool,
 }
 
 impl ApiError {
@@ -45,11 +47,17 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            unreachable: false,
         }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 503 `unavailable`: retry shortly.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -85,11 +93,10 @@ impl From<turnq_core::Error> for ApiError {
             }
             _ if e.is_unavailable() => {
                 tracing::warn!(error = %turnq_core::error::chain(&e), "Postgres is unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the database is unavailable; retry shortly",
-                )
+                ApiError {
+                    unreachable: true,
+                    ..Self::unavailable("the database is unavailable; retry shortly")
+                }
             }
             _ => {
                 tracing::error!(error = %turnq_core::error::chain(&e), "request failed");
@@ -152,6 +159,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.unreachable {
+            response.extensions_mut().insert(crate::outage::Unreachable);
         }
         response
     }

@@ -26,6 +26,7 @@ mod error;
 mod extract;
 pub mod metrics;
 pub mod openapi;
+mod outage;
 mod request_id;
 mod routes;
 mod ui;
@@ -39,6 +40,7 @@ use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::{
+    classify::ServerErrorsFailureClass,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::{DefaultOnResponse, TraceLayer},
 };
@@ -97,6 +99,8 @@ struct Inner {
     feed: Option<Arc<EventFeed>>,
     /// The process' metrics recorder, rendered at `/metrics`.
     metrics: PrometheusHandle,
+    /// Whether Postgres is known to be unreachable, to answer 503 at once meanwhile.
+    outage: outage::Outage,
 }
 
 impl AppState {
@@ -114,6 +118,7 @@ impl AppState {
                 tasks: None,
                 feed: None,
                 metrics: metrics::recorder(),
+                outage: outage::Outage::default(),
             }),
         }
     }
@@ -135,6 +140,7 @@ impl AppState {
                 tasks: Some(tasks),
                 feed: Some(feed),
                 metrics: metrics::recorder(),
+                outage: outage::Outage::default(),
             }),
         }
     }
@@ -165,6 +171,10 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &PrometheusHandle {
         &self.inner.metrics
+    }
+
+    pub(crate) fn outage(&self) -> &outage::Outage {
+        &self.inner.outage
     }
 
     pub(crate) fn db(&self) -> &DatabaseConnection {
@@ -200,10 +210,30 @@ pub fn router(state: AppState) -> Router {
                     tracing::info_span!("request", method = %request.method(),
                         uri = %request.uri(), request_id = %id)
                 })
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                .on_failure(log_failure),
         )
         .layer(SetRequestIdLayer::new(header, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Logs a failed request once: a 503 (Postgres unreachable, or the process stopping)
+/// is a state the client is told to retry through, so WARN; any other 5xx is ERROR.
+fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
+    let latency_ms = latency.as_millis() as u64;
+    match class {
+        ServerErrorsFailureClass::StatusCode(status)
+            if status == axum::http::StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            tracing::warn!(%status, latency_ms, "request answered 503")
+        }
+        ServerErrorsFailureClass::StatusCode(status) => {
+            tracing::error!(%status, latency_ms, "request failed")
+        }
+        ServerErrorsFailureClass::Error(error) => {
+            tracing::error!(%error, latency_ms, "request failed")
+        }
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then lets in-flight
@@ -216,4 +246,56 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_503_is_logged_as_a_warning_and_other_5xx_as_errors() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::Span::none();
+            let status = |code| {
+                ServerErrorsFailureClass::StatusCode(
+                    axum::http::StatusCode::from_u16(code).unwrap(),
+                )
+            };
+            log_failure(status(503), Duration::from_millis(3), &span);
+            log_failure(status(500), Duration::from_millis(3), &span);
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains(" WARN ") && lines[0].contains("503"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("ERROR") && lines[1].contains("500"),
+            "{text}"
+        );
+    }
 }

@@ -103,9 +103,17 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         // Open too: it describes the API and holds no data (see openapi/mod.rs). Every
         // route here must be in its `paths`; a test checks.
         .route("/v1/openapi.json", get(crate::openapi::document))
-        .merge(scoped(state, Scope::Read, read))
-        .merge(scoped(state, Scope::Submit, submit))
-        .merge(scoped(state, Scope::Admin, admin))
+        .merge(
+            // Outside the token check, which reads Postgres too.
+            Router::new()
+                .merge(scoped(state, Scope::Read, read))
+                .merge(scoped(state, Scope::Submit, submit))
+                .merge(scoped(state, Scope::Admin, admin))
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::outage::fail_fast,
+                )),
+        )
         .fallback(|| async { crate::ApiError::not_found("no such route") })
         // axum's own 405 has an empty body; every refusal uses the envelope.
         .method_not_allowed_fallback(|| async {

@@ -12,6 +12,7 @@ mod fleet;
 mod metrics;
 mod migrations;
 mod openapi;
+mod outage;
 mod queues;
 mod replay;
 mod request_ids;
