@@ -13,7 +13,10 @@ use turnq_core::{
     agent::AgentRegistry,
     event::RecordedEvent,
     metrics as names,
-    task::{MAX_BATCH, NewTask, NewTaskRequest, Task, TaskFilter, TaskPage, TaskState, TaskStore},
+    task::{
+        MAX_BATCH, MAX_BATCH_KEY_BYTES, NewTask, NewTaskRequest, Task, TaskFilter, TaskPage,
+        TaskState, TaskStore,
+    },
     time,
 };
 use utoipa::{IntoParams, ToSchema};
@@ -138,11 +141,17 @@ pub(super) struct BatchSubmitted {
     tag = "tasks",
     operation_id = "submit_batch",
     summary = "Submit up to 1,000 tasks, all or nothing",
-    description = "Scope `submit`. One transaction: a bad task (named by its index) refuses the batch.",
+    description = "Scope `submit`. One transaction: a bad task (named by its index) refuses the batch. \
+        With an `Idempotency-Key` header the batch is idempotent as a whole: sent again, it creates \
+        nothing and answers 200 with the same tasks; the same key with other tasks is a 409 \
+        `idempotency_key_reused`.",
     request_body = BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Names the batch (1 to 250 visible ASCII characters). Task `i` without a key of its own is keyed `{key}#{i}`.")),
     security(("bearer" = ["submit"])),
     responses(
         (status = 201, description = "The batch was stored.", body = BatchSubmitted),
+        (status = 200, description = "Nothing new: every task was submitted before with the same values (a retried batch).", body = BatchSubmitted),
         (status = 400, response = crate::openapi::responses::BadRequest),
         (status = 401, response = crate::openapi::responses::Unauthorized),
         (status = 403, response = crate::openapi::responses::Forbidden),
@@ -156,8 +165,24 @@ pub(super) struct BatchSubmitted {
 )]
 pub(super) async fn submit_batch(
     State(state): State<AppState>,
+    headers: HeaderMap,
     extract::Json(body): extract::Json<BatchRequest>,
 ) -> Result<(StatusCode, Json<BatchSubmitted>), ApiError> {
+    let batch_key = match headers.get(IDEMPOTENCY_HEADER) {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= MAX_BATCH_KEY_BYTES)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "the Idempotency-Key header of a batch must be 1 to {MAX_BATCH_KEY_BYTES} visible ASCII characters"
+                    ))
+                })?;
+            Some(key.to_owned())
+        }
+    };
     if body.tasks.is_empty() {
         return Err(ApiError::bad_request("the batch has no tasks"));
     }
@@ -178,13 +203,22 @@ pub(super) async fn submit_batch(
         })
         .collect::<Result<Vec<NewTask>, _>>()?;
     AgentRegistry::ensure_known(state.db(), tasks.iter().map(|t| t.agent.as_str())).await?;
-    let submitted = TaskStore::submit_batch(state.db(), tasks, &metadata()).await?;
+    let submitted = match &batch_key {
+        Some(key) => TaskStore::submit_batch_once(state.db(), key, tasks, &metadata()).await?,
+        None => TaskStore::submit_batch(state.db(), tasks, &metadata()).await?,
+    };
     for s in submitted.iter().filter(|s| s.created) {
         count(names::TASKS_SUBMITTED, &s.task);
     }
     let created = submitted.iter().filter(|s| s.created).count();
     let tasks: Vec<Task> = submitted.into_iter().map(|s| s.task).collect();
-    Ok((StatusCode::CREATED, Json(BatchSubmitted { created, tasks })))
+    // Nothing new: the batch (or each of its tasks) was sent before.
+    let status = if created == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(BatchSubmitted { created, tasks })))
 }
 
 #[derive(Deserialize, Default, IntoParams)]

@@ -10,6 +10,6 @@ pub use model::Task;
 pub use spec::{MAX_BATCH, MAX_INPUT_BYTES, NewTask, NewTaskRequest, TaskDetails, check_name};
 pub use state::TaskState;
 pub use store::{
-    CHANNEL_TASK_CANCELLED, CHANNEL_TASKS_NEW, Claimed, DueTask, Record, SEARCH_WINDOW, Submitted,
-    TaskFilter, TaskPage, TaskStore,
+    CHANNEL_TASK_CANCELLED, CHANNEL_TASKS_NEW, Claimed, DueTask, MAX_BATCH_KEY_BYTES, Record,
+    SEARCH_WINDOW, Submitted, TaskFilter, TaskPage, TaskStore,
 };

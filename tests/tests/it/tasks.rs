@@ -150,6 +150,82 @@ async fn same_idempotency_key_returns_the_same_task() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_batch_with_an_idempotency_key_is_created_once_whatever_the_retries() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let send = |key: &'static str, body: Value| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .post(app.url("/v1/tasks/batch"))
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            anyhow::Ok((status, response.json::<Value>().await?))
+        }
+    };
+    let batch = json!({"tasks": [{"input": "a"}, {"input": "b", "idempotency_key": "own"}, {"input": "c"}]});
+    let (status, first) = send("nightly-7", batch.clone()).await?;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["created"], 3);
+    let ids = |body: &Value| -> Vec<Value> {
+        body["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].clone())
+            .collect()
+    };
+    // The client never saw the answer and sends it again: nothing new, the same tasks.
+    let (status, again) = send("nightly-7", batch.clone()).await?;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["created"], 0);
+    assert_eq!(ids(&again), ids(&first));
+    assert_eq!(app.counts().await?.0, 3);
+
+    // The same key with other tasks is refused, whole, and writes nothing.
+    for (other, field) in [
+        (
+            json!({"tasks": [{"input": "a"}, {"input": "b", "idempotency_key": "own"}, {"input": "C"}]}),
+            "input",
+        ),
+        (
+            json!({"tasks": [{"input": "a"}, {"input": "b", "idempotency_key": "own"}, {"input": "c"}, {"input": "d"}]}),
+            "number of tasks",
+        ),
+        (
+            json!({"tasks": [{"input": "a"}, {"input": "b", "idempotency_key": "own"}]}),
+            "number of tasks",
+        ),
+    ] {
+        let (status, body) = send("nightly-7", other.clone()).await?;
+        assert_eq!(status, 409, "{other}: {body}");
+        assert_eq!(body["error"]["code"], "idempotency_key_reused", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("nightly-7") && message.contains(field),
+            "{message}"
+        );
+        assert_eq!(app.counts().await?.0, 3, "{other} wrote nothing");
+    }
+    // Another key is another batch.
+    let (status, body) = send("nightly-8", json!({"tasks": [{"input": "a"}]})).await?;
+    assert_eq!((status, body["created"].clone()), (201, json!(1)), "{body}");
+    // A key too long to derive task keys from is refused up front.
+    let long: &'static str = Box::leak("k".repeat(251).into_boxed_str());
+    let (status, body) = send(long, batch).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("250"),
+        "{body}"
+    );
+    app.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn illegal_transitions_are_409_and_write_nothing() -> Result<()> {
     let app = TestApp::spawn().await?;
     let task = app.submit(json!({"input": "hi"})).await?;

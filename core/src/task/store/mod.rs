@@ -53,7 +53,7 @@ use crate::{
 pub use attempt::{Claimed, Record};
 pub use dispatch::DueTask;
 pub use read::{SEARCH_WINDOW, TaskFilter, TaskPage};
-pub use submit::Submitted;
+pub use submit::{MAX_BATCH_KEY_BYTES, Submitted};
 
 fn stream_of(id: TaskId) -> StreamRef {
     StreamRef::new(TaskEvent::STREAM_TYPE, id.to_string())

@@ -24,6 +24,15 @@ pub struct Submitted {
     pub created: bool,
 }
 
+/// The longest idempotency key of a whole batch, in bytes: its tasks' keys
+/// (`{key}#{index}`, index < 1,000) must stay within a task key's 255.
+pub const MAX_BATCH_KEY_BYTES: usize = 250;
+
+/// The key of task `i` of a batch keyed `key`.
+fn batch_key_of(key: &str, i: usize) -> String {
+    format!("{key}#{i}")
+}
+
 impl TaskStore {
     /// Refuses a new task whose `parent_task_id` names no task, with a message naming it,
     /// before the insert would break `tasks_parent_task_id_fkey` (a 500 otherwise).
@@ -77,22 +86,64 @@ impl TaskStore {
     ) -> Result<Vec<Submitted>> {
         // A concurrent submission may take a key between our look-up and our insert; the
         // unique index refuses it, and the second try finds the winner's task.
-        match Self::try_submit_batch(db, &batch, metadata).await {
-            Err(e) if is_unique_violation(&e) => Self::try_submit_batch(db, &batch, metadata).await,
+        match Self::try_submit_batch(db, &batch, metadata, None).await {
+            Err(e) if is_unique_violation(&e) => {
+                Self::try_submit_batch(db, &batch, metadata, None).await
+            }
             other => other,
         }
     }
 
+    /// Submits a batch under one idempotency key, so that sending it again (a client's
+    /// retry after a lost answer) creates nothing new and returns the same tasks. Task
+    /// `i` without a key of its own is keyed `{batch_key}#{i}`; a task with its own key
+    /// keeps it. The same key with other tasks is refused ([`Error::IdempotencyKeyReused`]):
+    /// a task that differs from the one first sent at its place, or a different number
+    /// of tasks.
+    pub async fn submit_batch_once(
+        db: &DatabaseConnection,
+        batch_key: &str,
+        mut batch: Vec<NewTask>,
+        metadata: &Value,
+    ) -> Result<Vec<Submitted>> {
+        if batch_key.is_empty() || batch_key.len() > MAX_BATCH_KEY_BYTES {
+            return Err(Error::Invalid(format!(
+                "a batch's idempotency key must be 1 to {MAX_BATCH_KEY_BYTES} bytes, not {}",
+                batch_key.len()
+            )));
+        }
+        let mut derived = vec![false; batch.len()];
+        for (i, task) in batch.iter_mut().enumerate() {
+            if task.idempotency_key.is_none() {
+                task.idempotency_key = Some(batch_key_of(batch_key, i));
+                derived[i] = true;
+            }
+        }
+        let whole = Some((batch_key, derived.as_slice()));
+        match Self::try_submit_batch(db, &batch, metadata, whole).await {
+            Err(e) if is_unique_violation(&e) => {
+                Self::try_submit_batch(db, &batch, metadata, whole).await
+            }
+            other => other,
+        }
+    }
+
+    /// `whole`: the batch's own key and which tasks' keys derive from it
+    /// ([`TaskStore::submit_batch_once`]).
     async fn try_submit_batch(
         db: &DatabaseConnection,
         batch: &[NewTask],
         metadata: &Value,
+        whole: Option<(&str, &[bool])>,
     ) -> Result<Vec<Submitted>> {
         let at = time::now();
         let txn = db.begin().await?;
+        // One past the batch's last task: found taken, the key was first sent with more.
+        let beyond = whole.map(|(key, _)| batch_key_of(key, batch.len()));
         let keys: Vec<&str> = batch
             .iter()
             .filter_map(|t| t.idempotency_key.as_deref())
+            .chain(beyond.as_deref())
             .collect();
         let mut existing: Vec<tasks::Model> = if keys.is_empty() {
             Vec::new()
@@ -161,6 +212,32 @@ impl TaskStore {
                     slots.push(Slot::New(new_ids.len()));
                     new_ids.push((id, task));
                 }
+            }
+        }
+        if let Some((key, derived)) = whole {
+            // Refused when the key was first sent with more tasks, or with fewer (some of
+            // its tasks' keys are taken, some are new).
+            let more_before = existing
+                .iter()
+                .find(|m| m.idempotency_key.as_deref() == beyond.as_deref())
+                .map(|m| m.id);
+            let mut sent_before = None;
+            let mut any_new = false;
+            for (slot, _) in slots.iter().zip(derived).filter(|(_, d)| **d) {
+                match slot {
+                    Slot::Existing(row) => {
+                        sent_before.get_or_insert(row.id);
+                    }
+                    Slot::New(_) => any_new = true,
+                }
+            }
+            let clash = more_before.or(sent_before.filter(|_| any_new));
+            if let Some(id) = clash {
+                return Err(Error::IdempotencyKeyReused {
+                    key: key.to_owned(),
+                    task: TaskId(id),
+                    field: "number of tasks",
+                });
             }
         }
         Self::check_parents(&txn, &new_ids).await?;
