@@ -15,6 +15,7 @@ use serde_json::Value;
 use turnq_core::session::{
     Entries, ProjectKey, SessionId, SessionKey, SessionListing, SessionStore, SessionSummary,
     Subpath,
+    summary::{self, SummaryStyle},
 };
 use utoipa::{IntoParams, ToSchema};
 
@@ -58,6 +59,17 @@ pub(super) struct SubpathQuery {
     /// The transcript beside the main one (such as `subagents/agent-1`); absent for the
     /// main transcript. 1 to 512 characters, no `..` segment.
     subpath: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct SummaryQuery {
+    /// Whose fold `data` should look like: `python` (the default; snake_case, as the
+    /// Python SDK's `fold_session_summary` writes and reads it) or `typescript`
+    /// (camelCase, as the TypeScript SDK's `foldSessionSummary` does).
+    #[param(inline)]
+    style: Option<SummaryStyle>,
 }
 
 fn key(
@@ -217,8 +229,8 @@ pub(super) async fn list(
     tag = "sessions",
     operation_id = "list_session_summaries",
     summary = "A project's session summaries, newest first",
-    description = "Scope `read`. One per listed session; see docs/sessions.md for `data`.",
-    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256)),
+    description = "Scope `read`. One per listed session; see docs/sessions.md for `data`, whose field names follow `style`.",
+    params(("project_key" = String, Path, description = "The project key: 1 to 256 characters and at most 512 bytes of UTF-8, no control characters.", min_length = 1, max_length = 256), SummaryQuery),
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The summaries.", body = SummaryList),
@@ -232,8 +244,19 @@ pub(super) async fn list(
 pub(super) async fn summaries(
     State(state): State<AppState>,
     ProjectPath(project): ProjectPath,
+    Query(query): Query<SummaryQuery>,
 ) -> Result<Json<SummaryList>, ApiError> {
-    let summaries = state.sessions().list_session_summaries(&project).await?;
+    let style = query.style.unwrap_or_default();
+    let summaries = state
+        .sessions()
+        .list_session_summaries(&project)
+        .await?
+        .into_iter()
+        .map(|summary| SessionSummary {
+            data: summary::in_style(summary.data, style),
+            ..summary
+        })
+        .collect();
     Ok(Json(SummaryList { summaries }))
 }
 

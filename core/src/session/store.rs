@@ -121,18 +121,24 @@ impl PgSessionStore {
     }
 
     async fn subkeys(&self, project: &ProjectKey, session: &SessionId) -> Result<Vec<Subpath>> {
-        let subpaths: Vec<String> = session_entries::Entity::find()
+        // In the order they were first written to, as the SDK's reference store keeps
+        // them (its map of transcripts is in insertion order).
+        let subpaths: Vec<(String, i64)> = session_entries::Entity::find()
             .select_only()
             .column(E::Subpath)
-            .distinct()
+            .column_as(E::Id.min(), "first")
             .filter(E::ProjectKey.eq(project.as_str()))
             .filter(E::SessionId.eq(session.as_str()))
             .filter(E::Subpath.ne(""))
-            .order_by_asc(E::Subpath)
+            .group_by(E::Subpath)
+            .order_by_asc(Expr::col("first"))
             .into_tuple()
             .all(&self.db)
             .await?;
-        Ok(subpaths.into_iter().map(Subpath::stored).collect())
+        Ok(subpaths
+            .into_iter()
+            .map(|(subpath, _)| Subpath::stored(subpath))
+            .collect())
     }
 
     async fn delete_key(&self, key: &SessionKey) -> Result<()> {

@@ -93,6 +93,57 @@ pub fn fold<'a>(
     data
 }
 
+/// The summary's field names in the TypeScript SDK's fold (`foldSessionSummary`),
+/// which reads camelCase where the Python SDK (and the stored form) use snake_case.
+const TYPESCRIPT_NAMES: [(&str, &str); 14] = [
+    ("is_sidechain", "isSidechain"),
+    ("created_at", "createdAt"),
+    ("first_prompt", "firstPrompt"),
+    ("first_prompt_locked", "firstPromptLocked"),
+    ("command_fallback", "commandFallback"),
+    ("custom_title", "customTitle"),
+    ("ai_title", "aiTitle"),
+    ("last_prompt", "lastPrompt"),
+    ("summary_hint", "summaryHint"),
+    ("git_branch", "gitBranch"),
+    ("entry_count", "entryCount"),
+    ("last_entry", "lastEntry"),
+    ("cwd", "cwd"),
+    ("tag", "tag"),
+];
+
+/// Whose fold a summary's `data` should look like.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum SummaryStyle {
+    /// `fold_session_summary` of the Python SDK: snake_case (as stored).
+    #[default]
+    Python,
+    /// `foldSessionSummary` of the TypeScript SDK: camelCase.
+    Typescript,
+}
+
+/// `data` (as stored, in the Python SDK's names) in `style`. Fields the fold does not
+/// know are kept as they are.
+pub fn in_style(data: Value, style: SummaryStyle) -> Value {
+    match (style, data) {
+        (SummaryStyle::Typescript, Value::Object(fields)) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(name, value)| {
+                    let renamed = TYPESCRIPT_NAMES
+                        .iter()
+                        .find(|(snake, _)| *snake == name)
+                        .map_or(name, |(_, camel)| (*camel).to_owned());
+                    (renamed, value)
+                })
+                .collect(),
+        ),
+        (_, data) => data,
+    }
+}
+
 /// An RFC 3339 timestamp (what the SDK writes, `2026-04-23T10:00:00.000Z`) as epoch ms.
 fn iso_to_epoch_ms(ts: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(ts)

@@ -359,3 +359,121 @@ async fn a_session_named_summaries_is_still_reachable_beside_the_summaries_route
     app.stop().await?;
     Ok(())
 }
+
+/// The fixture: a transcript and what each SDK's own fold makes of it.
+fn sdk_folds() -> Result<Value> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/sessions/sdk-folds.json"
+    );
+    Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+}
+
+#[tokio::test]
+async fn summaries_are_served_in_the_form_each_sdk_folds_and_reads() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let fixture = sdk_folds()?;
+    let entries = fixture["entries"].as_array().context("entries")?;
+    let split = fixture["first_batch"].as_u64().context("first_batch")? as usize;
+    for batch in [&entries[..split], &entries[split..]] {
+        let (status, answer) = app
+            .post(
+                "/v1/sessions/proj/sess/entries",
+                &json!({ "entries": batch }),
+            )
+            .await?;
+        ensure!(status == 204, "{status} {answer}");
+    }
+    // turnq's own additions, which neither SDK reads.
+    let sdk_fields = |data: &Value, extras: [&str; 2]| -> Value {
+        let mut data = data.clone();
+        if let Some(fields) = data.as_object_mut() {
+            for extra in extras {
+                fields.remove(extra);
+            }
+        }
+        data
+    };
+    for (query, style, extras) in [
+        ("", "python", ["entry_count", "last_entry"]),
+        ("?style=python", "python", ["entry_count", "last_entry"]),
+        (
+            "?style=typescript",
+            "typescript",
+            ["entryCount", "lastEntry"],
+        ),
+    ] {
+        let (status, answer) = app
+            .get(&format!("/v1/sessions/proj/summaries{query}"))
+            .await?;
+        ensure!(status == 200, "{query}: {status} {answer}");
+        let summary = &answer["summaries"][0];
+        ensure!(summary["session_id"] == "sess", "{answer}");
+        ensure!(
+            sdk_fields(&summary["data"], extras) == fixture[style],
+            "{query}: served {}\nthe {style} SDK folds {}",
+            summary["data"],
+            fixture[style]
+        );
+        ensure!(summary["data"][extras[0]] == entries.len(), "{answer}");
+    }
+    let (status, answer) = app.get("/v1/sessions/proj/summaries?style=go").await?;
+    ensure!(
+        status == 400
+            && answer["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("style"),
+        "{status} {answer}"
+    );
+    app.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_query_value_that_is_not_utf8_is_refused_not_read_as_another_value() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let before = session_rows(&app.db).await?;
+    // %FF decodes to no character: read lossily it would be stored under "\u{FFFD}".
+    let (status, answer) = app
+        .post(
+            "/v1/sessions/proj/sess/entries?subpath=sub%FFagent",
+            &json!({"entries": [{"n": 1}]}),
+        )
+        .await?;
+    ensure!(status == 400, "{status} {answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains("subpath") && message.contains("UTF-8"),
+        "{message}"
+    );
+    ensure!(
+        session_rows(&app.db).await? == before,
+        "nothing was written"
+    );
+    for path in [
+        "/v1/sessions/proj/sess/entries?subpath=%C3%28",
+        "/v1/tasks?project=%FF",
+        "/v1/tasks?%FF=1",
+    ] {
+        let (status, answer) = app.get(path).await?;
+        ensure!(status == 400, "GET {path}: {status} {answer}");
+        ensure!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("UTF-8"),
+            "GET {path}: {answer}"
+        );
+    }
+    // Percent-encoded UTF-8 is fine.
+    let (status, answer) = app
+        .post(
+            "/v1/sessions/proj/sess/entries?subpath=sub%C3%A9",
+            &json!({"entries": [{"n": 1}]}),
+        )
+        .await?;
+    ensure!(status == 204, "{status} {answer}");
+    app.stop().await?;
+    Ok(())
+}

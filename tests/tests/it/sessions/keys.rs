@@ -84,7 +84,8 @@ async fn list_sessions_gives_ids_with_epoch_ms_mtime_and_skips_subpath_only_sess
 }
 
 #[tokio::test]
-async fn list_subkeys_gives_a_sessions_subpaths_never_the_main_transcript() -> Result<()> {
+async fn list_subkeys_gives_a_sessions_subpaths_in_first_write_order_never_the_main_transcript()
+-> Result<()> {
     let faces = Faces::new().await?;
     on_both_faces!(faces, |store, _db| {
         append(store, &key("proj", "sess")?, vec![e(json!({"n": 1}))]).await?;
@@ -113,8 +114,9 @@ async fn list_subkeys_gives_a_sessions_subpaths_never_the_main_transcript() -> R
             vec![e(json!({}))],
         )
         .await?;
+        // In the order they were first written to, as the SDK's reference store keeps them.
         ensure!(
-            subkeys(store, "proj", "sess").await? == ["subagents/agent-1", "subagents/agent-2"]
+            subkeys(store, "proj", "sess").await? == ["subagents/agent-2", "subagents/agent-1"]
         );
         ensure!(subkeys(store, "proj", "never-appended").await?.is_empty());
         Ok(())
