@@ -39,6 +39,7 @@ mod m20261203_000021_events_xid;
 mod m20261203_000022_create_queues;
 mod m20261203_000023_tasks_queue_stats_indexes;
 mod m20261203_000024_tasks_ui_indexes;
+mod m20261203_000025_agent_sessions_per_project;
 
 /// Runs the turnq migrations, in the order they must be applied.
 pub struct Migrator;
@@ -71,6 +72,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000022_create_queues::Migration),
             Box::new(m20261203_000023_tasks_queue_stats_indexes::Migration),
             Box::new(m20261203_000024_tasks_ui_indexes::Migration),
+            Box::new(m20261203_000025_agent_sessions_per_project::Migration),
         ]
     }
 }

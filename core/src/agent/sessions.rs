@@ -1,5 +1,7 @@
-//! Agent sessions (table `agent_sessions`): per (turnq session, agent), the backend's own
-//! session id, a status and the running usage.
+//! Agent sessions (table `agent_sessions`): per (project, turnq session, agent), the
+//! backend's own session id, a status and the running usage. A session id names a
+//! session within its project, as tasks give it: two projects using the same id have
+//! two agent sessions.
 
 use std::{fmt, str::FromStr};
 
@@ -79,6 +81,7 @@ impl FromStr for AgentStatus {
 /// A row of `agent_sessions`, as readers see it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AgentSession {
+    pub project: String,
     pub session_id: String,
     pub agent: String,
     pub backend: String,
@@ -100,6 +103,7 @@ impl From<agent_sessions::Model> for AgentSession {
     fn from(m: agent_sessions::Model) -> Self {
         AgentSession {
             status: m.status,
+            project: m.project,
             session_id: m.session_id,
             agent: m.agent,
             backend: m.backend,
@@ -118,6 +122,8 @@ impl From<agent_sessions::Model> for AgentSession {
 /// One turn's outcome, as [`AgentSessions::record_turn`] takes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Turn {
+    /// The project of the task the turn ran for.
+    pub project: String,
     pub session_id: String,
     pub agent: String,
     pub backend: String,
@@ -177,6 +183,7 @@ impl AgentSessions {
     pub async fn record_turn<C: ConnectionTrait>(db: &C, turn: Turn) -> Result<AgentSession> {
         turn.validate()?;
         let row = agent_sessions::ActiveModel {
+            project: Set(turn.project),
             session_id: Set(turn.session_id),
             agent: Set(turn.agent),
             backend: Set(turn.backend),
@@ -216,7 +223,7 @@ impl AgentSessions {
         .finally(excluded(Column::Status));
         let model = agent_sessions::Entity::insert(row)
             .on_conflict(
-                OnConflict::columns([Column::SessionId, Column::Agent])
+                OnConflict::columns([Column::Project, Column::SessionId, Column::Agent])
                     // Order matters only to the reader: every right-hand side sees the
                     // row as stored before this statement.
                     .value(
@@ -241,14 +248,18 @@ impl AgentSessions {
         Ok(model.into())
     }
 
-    /// Marks every agent session of `session_id` `closed`; returns how many changed.
-    /// The session store calls it when a session's main transcript is deleted, in the
-    /// same transaction. `agent_sessions` has no project column (its key is (session
-    /// id, agent), as tasks give it), so this closes the agent sessions of that session
-    /// id whatever project they ran in.
-    pub async fn close_session<C: ConnectionTrait>(db: &C, session_id: &str) -> Result<u64> {
+    /// Marks every agent session of `session_id` in `project` `closed`; returns how
+    /// many changed. The session store calls it when a session's main transcript is
+    /// deleted, in the same transaction. Sessions of the same id in other projects are
+    /// not touched.
+    pub async fn close_session<C: ConnectionTrait>(
+        db: &C,
+        project: &str,
+        session_id: &str,
+    ) -> Result<u64> {
         let result = agent_sessions::Entity::update_many()
             .col_expr(Column::Status, Expr::val(AgentStatus::Closed))
+            .filter(Column::Project.eq(project))
             .filter(Column::SessionId.eq(session_id))
             .filter(Column::Status.ne(AgentStatus::Closed))
             .exec(db)
@@ -258,23 +269,28 @@ impl AgentSessions {
 
     pub async fn get<C: ConnectionTrait>(
         db: &C,
+        project: &str,
         session_id: &str,
         agent: &str,
     ) -> Result<Option<AgentSession>> {
-        Ok(
-            agent_sessions::Entity::find_by_id((session_id.to_owned(), agent.to_owned()))
-                .one(db)
-                .await?
-                .map(AgentSession::from),
-        )
+        Ok(agent_sessions::Entity::find_by_id((
+            project.to_owned(),
+            session_id.to_owned(),
+            agent.to_owned(),
+        ))
+        .one(db)
+        .await?
+        .map(AgentSession::from))
     }
 
-    /// The agents of a session, by agent name.
+    /// The agents of a session of `project`, by agent name.
     pub async fn list_for_session<C: ConnectionTrait>(
         db: &C,
+        project: &str,
         session_id: &str,
     ) -> Result<Vec<AgentSession>> {
         Ok(agent_sessions::Entity::find()
+            .filter(Column::Project.eq(project))
             .filter(Column::SessionId.eq(session_id))
             .order_by_asc(Column::Agent)
             .all(db)

@@ -1,4 +1,5 @@
-//! Per (turnq session, agent): the backend's own session id and the running usage.
+//! Per (project, turnq session, agent): the backend's own session id and the running
+//! usage.
 
 use sea_orm::entity::prelude::*;
 
@@ -7,6 +8,8 @@ use crate::agent::AgentStatus;
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "agent_sessions")]
 pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub project: String,
     #[sea_orm(primary_key, auto_increment = false)]
     pub session_id: String,
     #[sea_orm(primary_key, auto_increment = false)]

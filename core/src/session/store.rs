@@ -159,10 +159,10 @@ impl PgSessionStore {
                 .filter(S::SessionId.eq(key.session.as_str()))
                 .exec(&txn)
                 .await?;
-            // The conversation is over: its agents' backend sessions must not be resumed
-            // into a transcript that no longer exists. Even when no entry was stored (a
-            // `command` agent keeps its transcript itself), so always.
-            AgentSessions::close_session(&txn, key.session.as_str()).await?;
+            // The conversation is over: its agents' backend sessions (in this project)
+            // must not be resumed into a transcript that no longer exists. Even when no
+            // entry was stored (a `command` agent keeps its transcript itself), so always.
+            AgentSessions::close_session(&txn, key.project.as_str(), key.session.as_str()).await?;
         }
         txn.commit().await?;
         Ok(())

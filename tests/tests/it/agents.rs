@@ -81,6 +81,7 @@ async fn agent_put_creates_then_updates_and_keeps_probe_results() -> Result<()> 
 
 fn turn(backend_session_id: Option<&str>, hash: &str, usage: Usage, status: AgentStatus) -> Turn {
     Turn {
+        project: "p".into(),
         session_id: "s1".into(),
         agent: "claude".into(),
         backend: "claude-code".into(),
@@ -150,18 +151,34 @@ async fn agent_session_record_turn_accumulates_usage_and_resets_on_config_change
     assert_eq!(changed.backend_session_id.as_deref(), Some("b-3"));
 
     assert_eq!(
-        AgentSessions::get(&t.db, "s1", "claude").await?,
+        AgentSessions::get(&t.db, "p", "s1", "claude").await?,
         Some(changed.clone())
     );
-    assert_eq!(AgentSessions::get(&t.db, "s1", "codex").await?, None);
+    assert_eq!(AgentSessions::get(&t.db, "p", "s1", "codex").await?, None);
+    // The same session id in another project is another agent session: its turns
+    // neither resume this backend session nor add to its usage.
+    let mut elsewhere = turn(Some("q-1"), "h2", usage(2, 2, 0.0), AgentStatus::Idle);
+    elsewhere.project = "q".into();
+    AgentSessions::record_turn(&t.db, elsewhere).await?;
+    assert_eq!(
+        AgentSessions::get(&t.db, "p", "s1", "claude").await?,
+        Some(changed.clone())
+    );
+    let theirs = AgentSessions::get(&t.db, "q", "s1", "claude")
+        .await?
+        .context("q's agent session")?;
+    assert_eq!(
+        (theirs.backend_session_id.as_deref(), theirs.input_tokens),
+        (Some("q-1"), 2)
+    );
     let mut other = turn(None, "h1", usage(1, 1, 0.0), AgentStatus::Idle);
     other.agent = "codex".into();
     AgentSessions::record_turn(&t.db, other).await?;
-    let listed = AgentSessions::list_for_session(&t.db, "s1").await?;
+    let listed = AgentSessions::list_for_session(&t.db, "p", "s1").await?;
     let agents: Vec<&str> = listed.iter().map(|s| s.agent.as_str()).collect();
     assert_eq!(agents, ["claude", "codex"]);
     assert!(
-        AgentSessions::list_for_session(&t.db, "s2")
+        AgentSessions::list_for_session(&t.db, "p", "s2")
             .await?
             .is_empty()
     );
@@ -336,11 +353,11 @@ async fn a_closed_agent_session_is_not_resumed_and_its_next_turn_starts_fresh() 
     elsewhere.session_id = "s2".into();
     AgentSessions::record_turn(&t.db, elsewhere).await?;
 
-    assert_eq!(AgentSessions::close_session(&t.db, "s1").await?, 2);
+    assert_eq!(AgentSessions::close_session(&t.db, "p", "s1").await?, 2);
     // Closing again changes nothing; another session is not touched.
-    assert_eq!(AgentSessions::close_session(&t.db, "s1").await?, 0);
+    assert_eq!(AgentSessions::close_session(&t.db, "p", "s1").await?, 0);
     assert_eq!(
-        AgentSessions::get(&t.db, "s2", "claude")
+        AgentSessions::get(&t.db, "p", "s2", "claude")
             .await?
             .map(|s| s.status),
         Some(AgentStatus::Idle)
@@ -487,7 +504,7 @@ async fn resumer_turn(app: &TestApp, input: &str) -> Result<String> {
     // Recorded before `task.completed`: the session's next turn, which may start the
     // moment that event commits, finds the backend session id at once.
     let want = format!("prov-{input}");
-    let session = AgentSessions::get(&app.db, "s1", "resumer")
+    let session = AgentSessions::get(&app.db, "default", "s1", "resumer")
         .await?
         .context("the agent session")?;
     ensure!(
@@ -522,7 +539,7 @@ async fn a_command_agent_resumes_its_backend_session_until_the_session_is_delete
         .send()
         .await?;
     assert_eq!(response.status().as_u16(), 204);
-    let closed = AgentSessions::get(&app.db, "s1", "resumer")
+    let closed = AgentSessions::get(&app.db, "default", "s1", "resumer")
         .await?
         .context("the agent session")?;
     assert_eq!(closed.status, AgentStatus::Closed);

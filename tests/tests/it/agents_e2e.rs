@@ -318,7 +318,7 @@ async fn a_session_resumes_on_another_worker_process_with_its_history() -> Resul
         json!([{"key": "p/s1", "tasks": 2, "input_tokens": 30, "output_tokens": 6, "cost_usd": 0.0}]),
         "usage per session"
     );
-    let session = AgentSessions::get(&app.db, "s1", "gpt")
+    let session = AgentSessions::get(&app.db, "p", "s1", "gpt")
         .await?
         .context("the runner recorded no agent session (s1, gpt)")?;
     assert_eq!(

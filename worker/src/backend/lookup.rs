@@ -22,11 +22,12 @@ impl PgAgentSessions {
 impl AgentSessionLookup for PgAgentSessions {
     fn backend_session_id<'a>(
         &'a self,
+        project: &'a str,
         session_id: &'a str,
         agent: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, turnq_core::Error>> {
         async move {
-            Ok(AgentSessions::get(&self.db, session_id, agent)
+            Ok(AgentSessions::get(&self.db, project, session_id, agent)
                 .await?
                 .and_then(|s| s.backend_session_id))
         }

@@ -58,16 +58,17 @@ pub trait AgentBackend: Send + Sync {
 }
 
 /// Where a backend that resumes its agent's own conversations (`command`) reads the
-/// backend session id stored in the agent session of (session id, agent).
+/// backend session id stored in the agent session of (project, session id, agent).
 // why a trait and not a field of `Turn`: the runner records the agent session (`active`,
 // which starts a fresh backend session after a config change or a close) before it
 // starts the backend, so reading it here sees what this turn resumes, and backends stay
 // free of Postgres. `turnq worker` gives every `command` agent the Postgres one.
 pub trait AgentSessionLookup: Send + Sync {
-    /// The stored backend session id of (`session_id`, `agent`); `None` when there is no
-    /// agent session yet or it has none (a fresh one).
+    /// The stored backend session id of (`project`, `session_id`, `agent`); `None` when
+    /// there is no agent session yet or it has none (a fresh one).
     fn backend_session_id<'a>(
         &'a self,
+        project: &'a str,
         session_id: &'a str,
         agent: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, turnq_core::Error>>;

@@ -228,6 +228,7 @@ impl Runner {
             return;
         };
         let turn = AgentTurn {
+            project: task.project.clone(),
             session_id: session_id.clone(),
             agent: entry.agent.name.clone(),
             backend: entry.agent.backend.clone(),

@@ -171,11 +171,18 @@ async fn deleting_a_main_session_key_removes_its_subpaths_and_summary_too() -> R
     Ok(())
 }
 
-/// Records a turn of `agent` in `session` with backend session `b-1`, status `idle`.
-async fn agent_turn(db: &DatabaseConnection, session: &str, agent: &str) -> Result<AgentSession> {
+/// Records a turn of `agent` in `session` of `project` with backend session `b-1`,
+/// status `idle`.
+async fn agent_turn(
+    db: &DatabaseConnection,
+    project: &str,
+    session: &str,
+    agent: &str,
+) -> Result<AgentSession> {
     Ok(AgentSessions::record_turn(
         db,
         Turn {
+            project: project.into(),
             session_id: session.into(),
             agent: agent.into(),
             backend: "command".into(),
@@ -189,45 +196,55 @@ async fn agent_turn(db: &DatabaseConnection, session: &str, agent: &str) -> Resu
     .await?)
 }
 
-async fn status_of(db: &DatabaseConnection, session: &str, agent: &str) -> Result<AgentStatus> {
-    Ok(AgentSessions::get(db, session, agent)
+async fn status_of(
+    db: &DatabaseConnection,
+    project: &str,
+    session: &str,
+    agent: &str,
+) -> Result<AgentStatus> {
+    Ok(AgentSessions::get(db, project, session, agent)
         .await?
-        .with_context(|| format!("agent session ({session}, {agent})"))?
+        .with_context(|| format!("agent session ({project}, {session}, {agent})"))?
         .status)
 }
 
 #[tokio::test]
-async fn deleting_a_main_session_key_closes_the_sessions_agent_sessions() -> Result<()> {
+async fn deleting_a_main_session_key_closes_that_projects_agent_sessions_of_it() -> Result<()> {
     let faces = Faces::new().await?;
     on_both_faces!(faces, |store, db| {
         let main = key("proj", "sess")?;
         append(store, &main, vec![e(json!({"uuid": "u"}))]).await?;
-        agent_turn(db, "sess", "claude").await?;
-        agent_turn(db, "sess", "codex").await?;
-        agent_turn(db, "sess2", "claude").await?;
+        agent_turn(db, "proj", "sess", "claude").await?;
+        agent_turn(db, "proj", "sess", "codex").await?;
+        agent_turn(db, "proj", "sess2", "claude").await?;
+        // The same session id in another project is another conversation.
+        agent_turn(db, "other-proj", "sess", "claude").await?;
 
         // A subpath is not the conversation: deleting it closes nothing.
         store
             .delete(&sub("proj", "sess", "subagents/agent-1")?)
             .await?;
-        ensure!(status_of(db, "sess", "claude").await? == AgentStatus::Idle);
+        ensure!(status_of(db, "proj", "sess", "claude").await? == AgentStatus::Idle);
 
         store.delete(&main).await?;
         for agent in ["claude", "codex"] {
-            let closed = AgentSessions::get(db, "sess", agent)
+            let closed = AgentSessions::get(db, "proj", "sess", agent)
                 .await?
                 .context("still there")?;
             ensure!(closed.status == AgentStatus::Closed, "{closed:?}");
             // Kept for the record; the next turn starts a fresh one.
             ensure!(closed.backend_session_id.as_deref() == Some("b-1"));
         }
-        ensure!(status_of(db, "sess2", "claude").await? == AgentStatus::Idle);
+        ensure!(status_of(db, "proj", "sess2", "claude").await? == AgentStatus::Idle);
+        ensure!(
+            status_of(db, "other-proj", "sess", "claude").await? == AgentStatus::Idle,
+            "deleting proj's session closed other-proj's session of the same id"
+        );
 
-        // Agent sessions have no project: the session id alone is matched, and a
-        // transcript that was never written closes them too (a `command` agent keeps its
-        // own transcript, so turnq may hold none).
-        store.delete(&key("other-proj", "sess2")?).await?;
-        ensure!(status_of(db, "sess2", "claude").await? == AgentStatus::Closed);
+        // A transcript that was never written closes them too (a `command` agent keeps
+        // its own transcript, so turnq may hold none).
+        store.delete(&key("proj", "sess2")?).await?;
+        ensure!(status_of(db, "proj", "sess2", "claude").await? == AgentStatus::Closed);
         Ok(())
     });
     faces.stop().await?;

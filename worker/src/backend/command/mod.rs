@@ -160,7 +160,7 @@ async fn backend_session_id(
     tokio::select! {
         biased;
         _ = turn.cancel.cancelled() => Err(TurnError::Cancelled),
-        read = sessions.backend_session_id(session_id, agent) => read
+        read = sessions.backend_session_id(&turn.task.project, session_id, agent) => read
             .map(|id| id.filter(|id| !id.is_empty()))
             .map_err(|e| TurnError::retryable(format!(
                 "cannot read the agent session ({session_id:?}, {agent:?}) to resume it: {}",
@@ -352,6 +352,7 @@ pub(super) mod tests {
     impl AgentSessionLookup for Stored {
         fn backend_session_id<'a>(
             &'a self,
+            _project: &'a str,
             session_id: &'a str,
             agent: &'a str,
         ) -> BoxFuture<'a, Result<Option<String>, turnq_core::Error>> {
