@@ -130,7 +130,8 @@ pub(super) struct BatchRequest {
 pub(super) struct BatchSubmitted {
     /// How many of the tasks are new (the others had an idempotency key used before).
     created: usize,
-    /// Every task of the batch, in the batch's order.
+    /// Every task of the batch, in the batch's order, as lists show them (large inputs
+    /// as previews: `input_truncated`).
     tasks: Vec<Task>,
 }
 
@@ -211,7 +212,8 @@ pub(super) async fn submit_batch(
         count(names::TASKS_SUBMITTED, &s.task);
     }
     let created = submitted.iter().filter(|s| s.created).count();
-    let tasks: Vec<Task> = submitted.into_iter().map(|s| s.task).collect();
+    // As lists show them: a batch of large inputs is not echoed back whole.
+    let tasks: Vec<Task> = submitted.into_iter().map(|s| s.task.listed()).collect();
     // Nothing new: the batch (or each of its tasks) was sent before.
     let status = if created == 0 {
         StatusCode::OK
@@ -275,7 +277,10 @@ async fn page(
     tag = "tasks",
     operation_id = "list_tasks",
     summary = "List tasks, newest first",
-    description = "Scope `read`. A page at a time: pass `next_cursor` as `cursor` for the next.",
+    description = "Scope `read`. A page at a time: pass `next_cursor` as `cursor` for the next. \
+        An input over 1 KiB (as JSON text) is listed as a preview string of its first 1,000 \
+        characters with `input_truncated: true`, an output summary over 1,000 characters is cut \
+        (`output_truncated: true`): `GET /v1/tasks/{id}` has them whole.",
     params(ListQuery),
     security(("bearer" = ["read"])),
     responses(
@@ -326,7 +331,7 @@ pub(super) struct PageQuery {
     tag = "tasks",
     operation_id = "inbox",
     summary = "The tasks waiting for a person (blocked or failed)",
-    description = "Scope `read`.",
+    description = "Scope `read`. Inputs and output summaries as in the task list (previews when large).",
     params(PageQuery),
     security(("bearer" = ["read"])),
     responses(

@@ -6,6 +6,12 @@ use uuid::Uuid;
 
 use crate::{StreamVersion, TaskId, entity::tasks, event::Usage, task::TaskState, time::Timestamp};
 
+/// An input larger than this (its JSON text, in bytes) is shown as a preview in lists.
+pub const LISTED_INPUT_BYTES: usize = 1024;
+
+/// How many characters a preview keeps.
+pub const PREVIEW_CHARS: usize = 1000;
+
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Task {
@@ -16,8 +22,19 @@ pub struct Task {
     pub state: TaskState,
     /// True while the task is pending and handed to Redis, waiting for a worker.
     pub queued: bool,
+    /// The task's input. In lists (and the answer of a batch) an input whose JSON text
+    /// is over [`LISTED_INPUT_BYTES`] is replaced by the first [`PREVIEW_CHARS`]
+    /// characters of that text, as a string, and `input_truncated` is true: the whole
+    /// input is in `GET /v1/tasks/{id}`.
     pub input: Value,
+    /// `input` is a preview, not the input.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub input_truncated: bool,
+    /// In lists, cut to [`PREVIEW_CHARS`] characters (then `output_truncated` is true).
     pub output_summary: Option<String>,
+    /// `output_summary` was cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub output_truncated: bool,
     pub agent: String,
     pub model: Option<String>,
     pub backend: Option<String>,
@@ -63,7 +80,9 @@ impl From<tasks::Model> for Task {
             state: m.state,
             queued: m.queued_at.is_some(),
             input: m.input,
+            input_truncated: false,
             output_summary: m.output_summary,
+            output_truncated: false,
             agent: m.agent,
             model: m.model,
             backend: m.backend,
@@ -94,5 +113,25 @@ impl From<tasks::Model> for Task {
             ended_at: m.ended_at,
             updated_at: m.updated_at,
         }
+    }
+}
+
+impl Task {
+    /// The task as lists show it: an input over [`LISTED_INPUT_BYTES`] and an output
+    /// summary over [`PREVIEW_CHARS`] replaced by previews (the same rule the list query
+    /// applies in Postgres, so a list never reads whole inputs).
+    pub fn listed(mut self) -> Task {
+        let text = self.input.to_string();
+        if text.len() > LISTED_INPUT_BYTES {
+            self.input = Value::String(text.chars().take(PREVIEW_CHARS).collect());
+            self.input_truncated = true;
+        }
+        if let Some(summary) = &mut self.output_summary
+            && let Some((cut, _)) = summary.char_indices().nth(PREVIEW_CHARS)
+        {
+            summary.truncate(cut);
+            self.output_truncated = true;
+        }
+        self
     }
 }

@@ -226,6 +226,57 @@ async fn a_batch_with_an_idempotency_key_is_created_once_whatever_the_retries() 
 }
 
 #[tokio::test]
+async fn lists_and_batch_answers_carry_previews_of_large_inputs_and_the_task_has_them_whole()
+-> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let big = json!({"prompt": "é".repeat(100_000), "files": ["a.rs"]});
+    let large = app.submit(json!({"input": big.clone()})).await?;
+    let small = app.submit(json!({"input": "short"})).await?;
+    let (status, page) = app.get("/v1/tasks").await?;
+    assert_eq!(status, 200, "{page}");
+    let listed = |id: &Value| -> Value {
+        page["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == *id)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (l, s) = (listed(&large["id"]), listed(&small["id"]));
+    assert_eq!(l["input_truncated"], true, "{l}");
+    let preview = l["input"].as_str().expect("a preview string");
+    assert_eq!(preview.chars().count(), 1000);
+    assert!(
+        preview.starts_with(r#"{"files": ["a.rs"], "prompt": "éé"#),
+        "{preview}"
+    );
+    assert_eq!(s["input"], "short");
+    assert!(s.get("input_truncated").is_none(), "{s}");
+    // The task itself has it whole.
+    assert_eq!(app.task(large["id"].as_str().unwrap()).await?["input"], big);
+
+    // A batch's answer does not echo large inputs either.
+    let (status, body) = app
+        .post(
+            "/v1/tasks/batch",
+            &json!({"tasks": [{"input": big.clone()}, {"input": "tiny"}]}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["tasks"][0]["input_truncated"], true);
+    assert_eq!(
+        body["tasks"][0]["input"].as_str().unwrap().chars().count(),
+        1000
+    );
+    assert_eq!(body["tasks"][1]["input"], "tiny");
+    let id = body["tasks"][0]["id"].as_str().unwrap();
+    assert_eq!(app.task(id).await?["input"], big);
+    app.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn illegal_transitions_are_409_and_write_nothing() -> Result<()> {
     let app = TestApp::spawn().await?;
     let task = app.submit(json!({"input": "hi"})).await?;
