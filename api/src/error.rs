@@ -20,7 +20,7 @@ pub(crate) struct ErrorEnvelope {
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ErrorDetail {
     /// What went wrong, for programs: `invalid_request`, `invalid_json`,
-    /// `payload_too_large`, `unsupported_media_type`, `unauthorized`, `forbidden`,
+    /// `payload_too_large`, `request_timeout`, `unsupported_media_type`, `unauthorized`, `forbidden`,
     /// `not_found`, `method_not_allowed`, `illegal_transition`, `conflict`,
     /// `unavailable` or `internal`.
     code: &'static str,
@@ -110,8 +110,29 @@ impl From<turnq_core::Error> for ApiError {
     }
 }
 
+/// The body stopped arriving for longer than `--body-read-timeout`: 408, whichever
+/// extractor was reading it.
+fn body_timed_out(r: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(r);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return Some(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body stopped arriving for longer than the server waits \
+                 (--body-read-timeout); nothing was done",
+            ));
+        }
+        cause = e.source();
+    }
+    None
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if let Some(timeout) = body_timed_out(&r) {
+            return timeout;
+        }
         let status = r.status();
         let code = match status {
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
@@ -126,6 +147,9 @@ impl From<JsonRejection> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
+        if let Some(timeout) = body_timed_out(&r) {
+            return timeout;
+        }
         let status = r.status();
         let code = match status {
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",

@@ -29,25 +29,26 @@ pub mod openapi;
 mod outage;
 mod request_id;
 mod routes;
+mod serve;
 mod ui;
 
-use std::{io, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::Router;
 use axum::{extract::Request, http::HeaderName, middleware};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sea_orm::DatabaseConnection;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tower_http::{
     classify::ServerErrorsFailureClass,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::RequestBodyTimeoutLayer,
     trace::{DefaultOnResponse, TraceLayer},
 };
 use tracing::Level;
 use turnq_core::{event::EventFeed, session::PgSessionStore, supervise::Supervisor};
 
 pub use error::ApiError;
+pub use serve::serve;
 
 /// The default of [`ApiConfig::session_body_limit`]: 16 MiB. The SDK flushes its batches
 /// at about 1 MiB, but one entry can carry a large tool output on top of that.
@@ -70,6 +71,22 @@ pub struct ApiConfig {
     /// further behind is told where to reconnect from and disconnected. Default: 10000.
     #[arg(long, env = "TURNQ_STREAM_BUFFER", default_value_t = 10_000)]
     pub stream_buffer: usize,
+
+    /// How long a client has to send the whole head (request line and headers) of a
+    /// request before its connection is closed (a duration). Default: 10s.
+    #[arg(long, env = "TURNQ_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How long a request body may stall (no byte arriving) before the request fails
+    /// with 400 (a duration). Default: 30s.
+    #[arg(long, env = "TURNQ_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// The largest request head (request line and headers) accepted, in bytes; a larger
+    /// one is answered 431. At least 8192. Default: 65536.
+    #[arg(long, env = "TURNQ_MAX_HEADER_BYTES", default_value_t = serve::DEFAULT_MAX_HEAD_BYTES,
+        value_parser = serve::parse_head_bytes)]
+    pub max_header_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -78,6 +95,9 @@ impl Default for ApiConfig {
             session_body_limit: DEFAULT_SESSION_BODY_LIMIT,
             stream_poll_interval: Duration::from_millis(100),
             stream_buffer: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_header_bytes: serve::DEFAULT_MAX_HEAD_BYTES,
         }
     }
 }
@@ -214,6 +234,9 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(log_failure),
         )
         .layer(SetRequestIdLayer::new(header, MakeRequestUuid))
+        .layer(RequestBodyTimeoutLayer::new(
+            state.config().body_read_timeout,
+        ))
         .with_state(state)
 }
 
@@ -236,21 +259,12 @@ fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &traci
     }
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then lets in-flight
-/// requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::{
+        io,
+        sync::{Arc, Mutex},
+    };
 
     use super::*;
 

@@ -18,6 +18,7 @@ mod replay;
 mod request_ids;
 mod scheduling;
 mod sessions;
+mod slow_clients;
 mod stats;
 mod storable;
 mod stream;
