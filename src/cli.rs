@@ -87,6 +87,19 @@ pub enum TokenCommand {
         #[arg(long = "scope", value_delimiter = ',', required = true)]
         scopes: Vec<turnq_core::auth::Scope>,
     },
+    /// List the tokens: id, name, scopes, when created and last used (never the secret,
+    /// which is not stored).
+    List {
+        /// Revoked tokens too.
+        #[arg(long)]
+        revoked: bool,
+    },
+    /// Revoke a token: it authenticates nothing from now on, in every API process at
+    /// once.
+    Revoke {
+        /// The token's id, or its name when one token not yet revoked has it.
+        token: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

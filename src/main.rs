@@ -85,8 +85,9 @@ fn init_tracing(format: LogFormat) {
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Up(args) => {
+            let url = args.api.database.database_url.clone();
             let app = App::build(AppConfig::up(args)).await?;
-            token::first_start_admin_token(app.db()).await?;
+            token::first_start_admin_token(app.db(), &url).await?;
             if let Some(addr) = app.api_addr() {
                 println!("turnq is up: API on http://{addr}  (Ctrl-C stops it)");
                 println!("  try: turnq submit --api-url http://{addr} --wait \"hello\"");
@@ -155,12 +156,13 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Submit(args) => submit::run(args).await,
         Command::Watch(args) => watch::run(args).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Token {
-            database,
-            command: TokenCommand::Create { name, scopes },
-        } => {
+        Command::Token { database, command } => {
             let db = connect(&database, false).await?;
-            token::create(&db, &name, &scopes).await?;
+            match command {
+                TokenCommand::Create { name, scopes } => token::create(&db, &name, &scopes).await?,
+                TokenCommand::List { revoked } => token::list(&db, revoked).await?,
+                TokenCommand::Revoke { token } => token::revoke(&db, &token).await?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -7,7 +7,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use turnq_core::auth::{Scope, TokenStore};
+use turnq_core::auth::Scope;
 
 use crate::{ApiError, AppState};
 
@@ -39,7 +39,7 @@ pub(crate) async fn require(
             "this route needs an `Authorization: Bearer <token>` header; create a token with `turnq token create`",
         );
     };
-    match TokenStore::authenticate(state.db(), presented).await {
+    match state.tokens().authenticate(state.db(), presented).await {
         Ok(Some(token)) if token.allows(scope) => next.run(request).await,
         Ok(Some(token)) => ApiError::new(
             StatusCode::FORBIDDEN,

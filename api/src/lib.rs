@@ -45,7 +45,12 @@ use tower_http::{
     trace::{DefaultOnResponse, TraceLayer},
 };
 use tracing::Level;
-use turnq_core::{event::EventFeed, session::PgSessionStore, supervise::Supervisor};
+use turnq_core::{
+    auth::{TOKEN_CACHE_TTL, TokenCache},
+    event::EventFeed,
+    session::PgSessionStore,
+    supervise::Supervisor,
+};
 
 pub use error::ApiError;
 pub use serve::serve;
@@ -72,6 +77,11 @@ pub struct ApiConfig {
     #[arg(long, env = "TURNQ_STREAM_BUFFER", default_value_t = 10_000)]
     pub stream_buffer: usize,
 
+    /// How long a token seen valid is trusted without asking Postgres again (a
+    /// duration; a revocation clears every API process' cache at once). Default: 30s.
+    #[arg(long, env = "TURNQ_TOKEN_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub token_cache_ttl: Duration,
+
     /// How long a client has to send the whole head (request line and headers) of a
     /// request before its connection is closed (a duration). Default: 10s.
     #[arg(long, env = "TURNQ_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -95,6 +105,7 @@ impl Default for ApiConfig {
             session_body_limit: DEFAULT_SESSION_BODY_LIMIT,
             stream_poll_interval: Duration::from_millis(100),
             stream_buffer: 10_000,
+            token_cache_ttl: TOKEN_CACHE_TTL,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_header_bytes: serve::DEFAULT_MAX_HEAD_BYTES,
@@ -121,6 +132,8 @@ struct Inner {
     metrics: PrometheusHandle,
     /// Whether Postgres is known to be unreachable, to answer 503 at once meanwhile.
     outage: outage::Outage,
+    /// Tokens seen valid lately (see `turnq_core::auth::TokenCache`).
+    tokens: Arc<TokenCache>,
 }
 
 impl AppState {
@@ -139,6 +152,8 @@ impl AppState {
                 feed: None,
                 metrics: metrics::recorder(),
                 outage: outage::Outage::default(),
+                // Nothing here follows revocations: ask Postgres every time.
+                tokens: Arc::new(TokenCache::new(Duration::ZERO)),
             }),
         }
     }
@@ -152,6 +167,11 @@ impl AppState {
         tasks: Supervisor,
         feed: Arc<EventFeed>,
     ) -> Self {
+        let tokens = Arc::new(TokenCache::new(config.token_cache_ttl));
+        tasks.spawn("api.token-revocations", {
+            let (tokens, db, stop) = (tokens.clone(), db.clone(), tasks.stopping().clone());
+            async move { tokens.follow_revocations(&db, &stop).await }
+        });
         AppState {
             inner: Arc::new(Inner {
                 sessions: PgSessionStore::new(db.clone()),
@@ -161,6 +181,7 @@ impl AppState {
                 feed: Some(feed),
                 metrics: metrics::recorder(),
                 outage: outage::Outage::default(),
+                tokens,
             }),
         }
     }
@@ -191,6 +212,10 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &PrometheusHandle {
         &self.inner.metrics
+    }
+
+    pub(crate) fn tokens(&self) -> &TokenCache {
+        &self.inner.tokens
     }
 
     pub(crate) fn outage(&self) -> &outage::Outage {

@@ -25,6 +25,26 @@ impl DatabaseUrl {
             .filter(|name| !name.is_empty())
     }
 
+    /// The server and database the URL names, as a file name: `host_port_database`
+    /// (no role, no password), so each database keeps a file of its own.
+    pub fn file_slug(&self) -> String {
+        let text = format!(
+            "{}_{}_{}",
+            self.0.host_str().unwrap_or("local"),
+            self.0.port().unwrap_or(5432),
+            self.database_name().unwrap_or("postgres")
+        );
+        text.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+
     /// The same server, another database.
     pub fn with_database(&self, name: &str) -> DatabaseUrl {
         let mut url = self.0.clone();

@@ -12,13 +12,27 @@
 use std::time::Duration;
 
 use sea_orm::{
-    DatabaseConnection, DatabaseConnectionType,
+    ConnectionTrait, DatabaseConnection, DatabaseConnectionType,
+    sea_query::{Func, Query},
     sqlx::{PgPool, postgres::PgListener},
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::retry::Backoff;
+
+/// `NOTIFY` inside the caller's transaction: delivered on commit, dropped on rollback.
+/// Through `pg_notify(channel, payload)`, a function, because the `NOTIFY` statement
+/// takes no bound parameters.
+pub(crate) async fn notify<C: ConnectionTrait>(
+    db: &C,
+    channel: &str,
+    payload: &str,
+) -> crate::error::Result<()> {
+    let notify = Func::cust("pg_notify").arg(channel).arg(payload);
+    db.execute(&Query::select().expr(notify).take()).await?;
+    Ok(())
+}
 
 /// A connection that lasted this long was healthy: the next failure starts the backoff
 /// over.

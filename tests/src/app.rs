@@ -141,12 +141,37 @@ impl TestApp {
         Self::spawn_with(false, redis_url, ApiConfig::default()).await
     }
 
+    /// API, dispatcher and one worker pool on `test_db`, connecting with
+    /// `database_url` (another role on it, say) instead of the kit's own URL.
+    pub async fn spawn_in_as(test_db: TestDb, database_url: &str) -> Result<TestApp> {
+        Self::spawn_in(
+            test_db,
+            Some(database_url),
+            true,
+            &redis_url(),
+            ApiConfig::default(),
+        )
+        .await
+    }
+
     async fn spawn_with(workers: bool, redis_url: &str, api: ApiConfig) -> Result<TestApp> {
-        let test_db = TestDb::new().await?;
+        Self::spawn_in(TestDb::new().await?, None, workers, redis_url, api).await
+    }
+
+    async fn spawn_in(
+        test_db: TestDb,
+        database_url: Option<&str>,
+        workers: bool,
+        redis_url: &str,
+        api: ApiConfig,
+    ) -> Result<TestApp> {
         let redis = TestRedis::on(redis_url, "turnq-test");
         let db = test_db.db.clone();
         let token = admin_token(&db).await?;
         let mut config = config(&test_db, &redis, true);
+        if let Some(url) = database_url {
+            config.database.database_url = url.parse().map_err(anyhow::Error::msg)?;
+        }
         if let Some(part) = config.api.as_mut() {
             part.api = api;
         }

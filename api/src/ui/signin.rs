@@ -9,7 +9,7 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use maud::{Markup, html};
-use turnq_core::auth::{Scope, TokenStore};
+use turnq_core::auth::Scope;
 
 use super::{
     error::PageError,
@@ -75,7 +75,7 @@ pub(super) async fn sign_in(
         )
             .into_response();
     };
-    match TokenStore::authenticate(state.db(), &token).await {
+    match state.tokens().authenticate(state.db(), &token).await {
         Ok(Some(info)) if info.allows(Scope::Read) => {
             let secure = headers
                 .get("x-forwarded-proto")

@@ -14,7 +14,7 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use sha2::{Digest, Sha256};
-use turnq_core::auth::{Scope, TokenInfo, TokenStore};
+use turnq_core::auth::{Scope, TokenInfo};
 
 use super::error::PageError;
 use crate::AppState;
@@ -100,7 +100,7 @@ impl FromRequestParts<AppState> for Viewer {
         let Some(raw) = cookie_token(&parts.headers) else {
             return Err(to_signin());
         };
-        match TokenStore::authenticate(state.db(), raw).await {
+        match state.tokens().authenticate(state.db(), raw).await {
             Ok(Some(token)) if token.allows(Scope::Read) => Ok(Viewer {
                 csrf: csrf_for(raw),
                 token,

@@ -319,3 +319,85 @@ async fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() -> Result<()> {
     );
     app.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_listed_with_their_last_use_and_a_revocation_takes_effect_at_once() -> Result<()>
+{
+    // A cache that would trust a token for an hour: only the revocation's notification
+    // can make the API refuse it within this test.
+    let app = TestApp::spawn_with_api(turnq_api::ApiConfig {
+        token_cache_ttl: std::time::Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await?;
+    let (secret, _) =
+        turnq_core::auth::TokenStore::create(&app.db, "ci-bot", &[turnq_core::auth::Scope::Read])
+            .await?;
+    let get = |token: String| {
+        let url = app.url("/v1/tasks");
+        async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<u16, String>(response.status().as_u16())
+        }
+    };
+    assert_eq!(get(secret.expose().to_owned()).await, Ok(200));
+
+    let (code, out, err) = tokio::task::block_in_place(|| turnq(&app, &["token", "list"]))?;
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("ci-bot"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.contains("read"), "{out}");
+    assert!(!line.contains("never"), "its use was recorded: {out}");
+    assert!(!out.contains(secret.expose()), "the secret is never shown");
+
+    let (code, _, err) =
+        tokio::task::block_in_place(|| turnq(&app, &["token", "revoke", "ci-bot"]))?;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("revoked token \"ci-bot\""), "{err}");
+    turnq_testkit::eventually("the API refuses the revoked token", || {
+        let get = get(secret.expose().to_owned());
+        async move {
+            match get.await? {
+                401 => Ok(()),
+                status => Err(format!("still {status}")),
+            }
+        }
+    })
+    .await?;
+    let listed = turnq_core::auth::TokenStore::list(&app.db, true).await?;
+    let revoked = listed.iter().find(|t| t.name == "ci-bot").unwrap();
+    assert!(revoked.revoked_at.is_some() && revoked.last_used_at.is_some());
+
+    // Listed only with --revoked now; revoking again or an unknown token says why.
+    let (_, out, _) = tokio::task::block_in_place(|| turnq(&app, &["token", "list"]))?;
+    assert!(!out.contains("ci-bot"), "{out}");
+    let (_, out, _) = tokio::task::block_in_place(|| turnq(&app, &["token", "list", "--revoked"]))?;
+    assert!(out.contains("ci-bot") && out.contains("REVOKED"), "{out}");
+    let id = revoked.id.to_string();
+    let (code, _, err) =
+        tokio::task::block_in_place(|| turnq(&app, &["token", "revoke", id.as_str()]))?;
+    assert_ne!(code, 0);
+    assert!(err.contains("already revoked"), "{err}");
+    let (code, _, err) =
+        tokio::task::block_in_place(|| turnq(&app, &["token", "revoke", "nobody"]))?;
+    assert_ne!(code, 0);
+    assert!(err.contains("no token \"nobody\""), "{err}");
+    // Two live tokens of one name: revoke by id.
+    for _ in 0..2 {
+        turnq_core::auth::TokenStore::create(&app.db, "twin", &[turnq_core::auth::Scope::Read])
+            .await?;
+    }
+    let (code, _, err) = tokio::task::block_in_place(|| turnq(&app, &["token", "revoke", "twin"]))?;
+    assert_ne!(code, 0);
+    assert!(err.contains("2 tokens are named \"twin\""), "{err}");
+    app.stop().await?;
+    Ok(())
+}

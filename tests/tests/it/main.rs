@@ -16,6 +16,7 @@ mod outage;
 mod queues;
 mod replay;
 mod request_ids;
+mod runtime_role;
 mod scheduling;
 mod sessions;
 mod slow_clients;

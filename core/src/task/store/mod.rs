@@ -35,8 +35,7 @@ mod transition;
 use std::time::Duration;
 
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, QueryFilter, QueryTrait, SqlErr,
-    sea_query::{Func, Query},
+    ColumnTrait, Condition, ConnectionTrait, QueryFilter, QueryTrait, SqlErr, sea_query::Query,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -161,14 +160,7 @@ pub const CHANNEL_TASKS_NEW: &str = "tasks_new";
 /// cancelled, so its worker stops the turn at once instead of at its next write.
 pub const CHANNEL_TASK_CANCELLED: &str = "task_cancelled";
 
-/// `NOTIFY` inside the caller's transaction: delivered on commit, dropped on rollback.
-/// Through `pg_notify(channel, payload)`, a function, because the `NOTIFY` statement
-/// takes no bound parameters.
-async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) -> Result<()> {
-    let notify = Func::cust("pg_notify").arg(channel).arg(payload);
-    db.execute(&Query::select().expr(notify).take()).await?;
-    Ok(())
-}
+use crate::listen::notify;
 
 /// Reads and writes tasks. Stateless: each method takes the connection to use.
 pub struct TaskStore;
