@@ -57,6 +57,10 @@ pub enum Command {
         /// the table, write nothing, and exit with status 2 if there is any.
         #[arg(long)]
         verify: bool,
+        /// Rebuild even though some events cannot be read, without them (they stay in
+        /// the append-only log). Without it, a log holding such events is not rebuilt.
+        #[arg(long, conflicts_with = "verify")]
+        skip_bad_events: bool,
     },
     /// Submit a task to a running API, and optionally follow it to its end.
     Submit(crate::submit::SubmitArgs),

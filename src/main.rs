@@ -115,13 +115,23 @@ async fn run(command: Command) -> Result<ExitCode> {
             migrate(&db, command).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay { database, verify } => {
+        Command::Replay {
+            database,
+            verify,
+            skip_bad_events,
+        } => {
+            use turnq_core::projection::{self, BadEvents};
             let db = connect(&database, false).await?;
             let started = std::time::Instant::now();
-            let report = if verify {
-                turnq_core::projection::verify(&db).await
+            let bad = if skip_bad_events {
+                BadEvents::Skip
             } else {
-                turnq_core::projection::replay(&db).await
+                BadEvents::Refuse
+            };
+            let report = if verify {
+                projection::verify(&db).await
+            } else {
+                projection::replay(&db, bad).await
             }
             .context("replaying the event log")?;
             let elapsed = started.elapsed();
@@ -132,9 +142,11 @@ async fn run(command: Command) -> Result<ExitCode> {
                 elapsed.as_secs_f64(),
                 report.events as f64 / elapsed.as_secs_f64().max(1e-9)
             );
-            if report.drift.is_empty() {
-                println!("no drift: the projection matches the log");
-                return Ok(ExitCode::SUCCESS);
+            for b in &report.bad_events {
+                println!(
+                    "bad event at position {} (stream {:?}, kind {:?}): {}",
+                    b.position, b.stream_id, b.kind, b.problem
+                );
             }
             for d in &report.drift {
                 println!(
@@ -142,14 +154,33 @@ async fn run(command: Command) -> Result<ExitCode> {
                     d.task, d.column, d.expected, d.actual
                 );
             }
+            let bad_events = report.bad_events.len();
+            if bad_events > 0 && !verify && !skip_bad_events {
+                println!(
+                    "{bad_events} events cannot be read, so the projection was not rewritten: \
+                     rebuilding without them would drop whatever they record. The log is \
+                     append-only, so they stay; if they are strays (written behind turnq's back; \
+                     run the fleet as the runtime role of docs/operations.md so it cannot happen \
+                     again), rebuild without them with `turnq replay --skip-bad-events`."
+                );
+                return Ok(ExitCode::from(2));
+            }
+            if report.drift.is_empty() && bad_events == 0 {
+                println!("no drift: the projection matches the log");
+                return Ok(ExitCode::SUCCESS);
+            }
             if verify {
                 println!(
-                    "{} differences; `turnq replay` rewrites the projection from the log",
+                    "{} differences and {bad_events} unreadable events; `turnq replay` rewrites \
+                     the projection from the log",
                     report.drift.len()
                 );
                 Ok(ExitCode::from(2))
             } else {
-                println!("{} differences repaired from the log", report.drift.len());
+                println!(
+                    "{} differences repaired from the log ({bad_events} unreadable events skipped)",
+                    report.drift.len()
+                );
                 Ok(ExitCode::SUCCESS)
             }
         }

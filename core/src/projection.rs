@@ -21,7 +21,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
-    Error, TaskId,
+    TaskId,
     entity::{events, tasks},
     error::Result,
     event::TaskEvent,
@@ -41,11 +41,33 @@ pub struct Drift {
     pub actual: String,
 }
 
+/// An event of the log that cannot be folded: its stream id is not a task id, or its
+/// kind or data are not an event this version knows. Rebuilding skips it and goes on.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BadEvent {
+    pub position: i64,
+    pub stream_id: String,
+    pub kind: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct ReplayReport {
     pub events: u64,
     pub tasks: u64,
     pub drift: Vec<Drift>,
+    /// Events that could not be read, in log order; the rest was verified without them.
+    pub bad_events: Vec<BadEvent>,
+}
+
+/// Whether [`replay`] may rewrite the projection when the log holds bad events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadEvents {
+    /// Refuse, and say which they are: rebuilding without them drops what they say.
+    Refuse,
+    /// Rebuild without them (they stay in the log, which is append-only).
+    Skip,
 }
 
 const PAGE: u64 = 10_000;
@@ -77,11 +99,25 @@ async fn rebuild(
         after = last.position;
         for stored in page {
             report.events += 1;
-            let id: Uuid = stored.stream_id.parse().map_err(|e| {
-                Error::Corrupt(format!("task stream id {:?}: {e}", stored.stream_id))
-            })?;
-            let event =
-                TaskEvent::from_parts(&stored.kind, &stored.data).map_err(Error::Corrupt)?;
+            let read = stored
+                .stream_id
+                .parse::<Uuid>()
+                .map_err(|e| format!("the stream id is not a task id (a UUID): {e}"))
+                .and_then(|id| {
+                    TaskEvent::from_parts(&stored.kind, &stored.data).map(|event| (id, event))
+                });
+            let (id, event) = match read {
+                Ok(read) => read,
+                Err(problem) => {
+                    report.bad_events.push(BadEvent {
+                        position: stored.position,
+                        stream_id: stored.stream_id.clone(),
+                        kind: stored.kind.clone(),
+                        problem,
+                    });
+                    continue;
+                }
+            };
             let at = stored.recorded_at;
             if let TaskEvent::Submitted(spec) = &event {
                 rows.insert(id, projection::new_row(TaskId(id), spec, at));
@@ -175,9 +211,14 @@ pub async fn verify(db: &DatabaseConnection) -> Result<ReplayReport> {
 
 /// Rebuilds the projection and writes it back in one transaction: rows are overwritten
 /// with what the log says (keeping their current lease) and missing rows are inserted.
-/// The report lists the drift that was repaired.
-pub async fn replay(db: &DatabaseConnection) -> Result<ReplayReport> {
+/// The report lists the drift that was repaired. With bad events in the log and
+/// [`BadEvents::Refuse`], writes nothing and returns the report (its `bad_events` say
+/// why); with [`BadEvents::Skip`], rebuilds without them.
+pub async fn replay(db: &DatabaseConnection, bad: BadEvents) -> Result<ReplayReport> {
     let report = verify(db).await?;
+    if !report.bad_events.is_empty() && bad == BadEvents::Refuse {
+        return Ok(report);
+    }
     let mut scratch = ReplayReport::default();
     let rebuilt = rebuild(db, &mut scratch).await?;
     let txn = db.begin().await?;

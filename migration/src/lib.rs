@@ -40,6 +40,7 @@ mod m20261203_000022_create_queues;
 mod m20261203_000023_tasks_queue_stats_indexes;
 mod m20261203_000024_tasks_ui_indexes;
 mod m20261203_000025_agent_sessions_per_project;
+mod m20261203_000026_events_checks;
 
 /// Runs the turnq migrations, in the order they must be applied.
 pub struct Migrator;
@@ -73,6 +74,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000023_tasks_queue_stats_indexes::Migration),
             Box::new(m20261203_000024_tasks_ui_indexes::Migration),
             Box::new(m20261203_000025_agent_sessions_per_project::Migration),
+            Box::new(m20261203_000026_events_checks::Migration),
         ]
     }
 }

@@ -98,7 +98,9 @@ pub async fn session(
 /// `turnq replay` does).
 pub async fn replay(stack: &Stack) -> Result<ReplayFigures> {
     let started = Instant::now();
-    let report = turnq_core::projection::replay(&stack.db).await?;
+    let report =
+        turnq_core::projection::replay(&stack.db, turnq_core::projection::BadEvents::Refuse)
+            .await?;
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(
         report.drift.is_empty(),

@@ -177,6 +177,25 @@ pub enum TaskEvent {
 impl TaskEvent {
     pub const STREAM_TYPE: &'static str = "task";
 
+    /// Every kind of task event, as `kind()` names them. The `events_kind_known` check
+    /// of the database (migration 26) allows exactly these: a new kind needs a migration
+    /// that widens it (a test compares the two).
+    pub const KINDS: [&'static str; 13] = [
+        "task.submitted",
+        "task.queued",
+        "task.started",
+        "task.output",
+        "task.completed",
+        "task.retrying",
+        "task.failed",
+        "task.blocked",
+        "task.lease_lost",
+        "task.released",
+        "task.cancelled",
+        "task.approved",
+        "task.retried",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             TaskEvent::Submitted(_) => "task.submitted",

@@ -77,3 +77,117 @@ async fn replay_verify_finds_no_drift_after_a_run_and_reports_a_tampered_row() -
     app.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn stray_events_are_refused_by_the_log_and_any_that_got_in_are_each_reported() -> Result<()> {
+    let app = TestApp::spawn().await?;
+    let task = app.submit(json!({"input": "fine"})).await?;
+    let id = task["id"].as_str().unwrap().to_owned();
+    app.wait_for_state(&id, "completed").await?;
+    let insert = |stream_type: &str, stream_id: &str, version: i64, kind: &str, data: &str| {
+        format!(
+            "INSERT INTO events (stream_type, stream_id, version, kind, data) \
+             VALUES ('{stream_type}', '{stream_id}', {version}, '{kind}', '{data}')"
+        )
+    };
+    // What the log refuses outright: a task stream id that is no UUID, a kind this
+    // version does not write, a stream type it does not know.
+    for (sql, constraint) in [
+        (
+            insert("task", "not-a-uuid", 1, "task.submitted", "{}"),
+            "events_task_stream_id_is_uuid",
+        ),
+        (
+            insert("task", &id, 90, "task.exploded", "{}"),
+            "events_kind_known",
+        ),
+        (
+            insert("widget", "w", 1, "widget.made", "{}"),
+            "violates check constraint",
+        ),
+    ] {
+        let refused = app
+            .db
+            .execute_unprepared(&sql)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains(constraint), "{sql}: {refused}");
+    }
+    // Well-formed rows whose data is not the event they claim to be get in: each is
+    // reported with its position, and the rest is still verified.
+    app.db
+        .execute_unprepared(&insert(
+            "task",
+            &id,
+            90,
+            "task.completed",
+            r#"{"nonsense": 1}"#,
+        ))
+        .await?;
+    app.db
+        .execute_unprepared(&insert("task", &id, 91, "task.output", r#"{"chunks": 7}"#))
+        .await?;
+    let positions: Vec<i64> = app
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            format!("SELECT position FROM events WHERE stream_id = '{id}' AND version >= 90 ORDER BY position"),
+        ))
+        .await?
+        .iter()
+        .map(|row| row.try_get::<i64>("", "position"))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(positions.len(), 2);
+    // And a tampered row, which the rest of the verification still finds.
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE tasks SET output_summary = 'forged' WHERE id = '{id}'"
+        ))
+        .await?;
+
+    let (code, out) = replay(&app, true)?;
+    assert_eq!(code, 2, "{out}");
+    for position in &positions {
+        assert!(
+            out.contains(&format!("bad event at position {position}")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("forged"), "the rest was verified: {out}");
+
+    // A rebuild refuses, says why and how, and writes nothing.
+    let (code, out) = replay(&app, false)?;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--skip-bad-events"), "{out}");
+    assert_eq!(app.task(&id).await?["output_summary"], "forged");
+    // Told to, it rebuilds without them.
+    let output = Command::new(turnq_bin()?)
+        .args(["replay", "--skip-bad-events"])
+        .env("DATABASE_URL", &app.test_db.url)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("2 unreadable events skipped"), "{out}");
+    assert_ne!(app.task(&id).await?["output_summary"], "forged");
+    app.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_log_allows_every_kind_this_version_writes() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    let stream = turnq_core::TaskId::new().to_string();
+    for (version, kind) in turnq_core::event::TaskEvent::KINDS.iter().enumerate() {
+        app.db
+            .execute_unprepared(&format!(
+                "INSERT INTO events (stream_type, stream_id, version, kind, data) \
+                 VALUES ('task', '{stream}', {}, '{kind}', '{{}}')",
+                version + 1
+            ))
+            .await?;
+    }
+    app.stop().await?;
+    Ok(())
+}
