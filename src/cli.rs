@@ -67,6 +67,8 @@ pub enum Command {
     /// Print the live event stream of a running API, filtered (`--task`, `--queue`,
     /// `--project`, `--session`, `--kind`), until interrupted.
     Watch(crate::watch::WatchArgs),
+    /// Tasks of a running API: `list`, `show`, `cancel`, `retry`, `follow`.
+    Task(crate::task::TaskArgs),
     /// Measure throughput, latency, the session store and replay on the local Postgres
     /// and Redis (in a database and Redis prefix of its own, removed afterwards).
     Bench(crate::bench::BenchArgs),

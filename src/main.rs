@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod remote;
 mod submit;
+mod task;
 mod token;
 mod watch;
 
@@ -186,6 +187,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Submit(args) => submit::run(args).await,
         Command::Watch(args) => watch::run(args).await,
+        Command::Task(args) => task::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Token { database, command } => {
             let db = connect(&database, false).await?;

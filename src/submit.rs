@@ -112,7 +112,7 @@ pub async fn run(args: SubmitArgs) -> Result<ExitCode> {
 /// final one. The stream is read from the start of the log for this one task (the
 /// server reads only its stream), so nothing that happened before it connected is
 /// missed.
-async fn follow(remote: &RemoteArgs, id: &str, timeout: Duration) -> Result<ExitCode> {
+pub(crate) async fn follow(remote: &RemoteArgs, id: &str, timeout: Duration) -> Result<ExitCode> {
     let events = remote
         .events(vec![("task".into(), id.to_owned())])
         .follow(reqwest::Client::new(), Some("0-0".into()));
@@ -121,12 +121,15 @@ async fn follow(remote: &RemoteArgs, id: &str, timeout: Duration) -> Result<Exit
         while let Some(event) = events.next().await {
             let event = event?;
             println!("{}", summary(&event.data));
-            match event.kind.as_str() {
-                "task.completed" => return Ok(ExitCode::SUCCESS),
-                "task.failed" | "task.cancelled" | "task.blocked" => {
-                    return Ok(ExitCode::FAILURE);
-                }
-                _ => {}
+            let code = match event.kind.as_str() {
+                "task.completed" => ExitCode::SUCCESS,
+                "task.failed" | "task.cancelled" | "task.blocked" => ExitCode::FAILURE,
+                _ => continue,
+            };
+            // An end the task has moved on from (a failure it was retried after) is not
+            // where following stops: only its latest event is.
+            if is_latest(remote, id, &event.data).await? {
+                return Ok(code);
             }
         }
         bail!("the event stream ended before task {id} did")
@@ -138,6 +141,23 @@ async fn follow(remote: &RemoteArgs, id: &str, timeout: Duration) -> Result<Exit
             humantime::format_duration(timeout)
         ),
     }
+}
+
+/// Whether `event` is the task's latest: its version is the task's.
+async fn is_latest(remote: &RemoteArgs, id: &str, event: &Value) -> Result<bool> {
+    let base = remote.base();
+    let task: Value = remote
+        .http()?
+        .get(format!("{base}/v1/tasks/{id}"))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the turnq API at {base}"))?
+        .error_for_status()
+        .context("reading the task")?
+        .json()
+        .await
+        .context("reading the task")?;
+    Ok(task["version"] == event["version"])
 }
 
 /// One line for an event of the stream: its time, kind, stream and data.

@@ -1,9 +1,11 @@
-//! The `turnq` command line against a running app: `submit --wait`, `token create`,
-//! `migrate status`, and errors that name what is wrong.
+//! The `turnq` command line against a running app: `submit --wait`, `task
+//! list|show|cancel|retry|follow`, `token create|list|revoke`, `migrate status`, and
+//! errors that name what is wrong.
 
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use serde_json::{Value, json};
 
 use turnq_tests::{TestApp, turnq_bin};
 
@@ -398,6 +400,85 @@ async fn tokens_are_listed_with_their_last_use_and_a_revocation_takes_effect_at_
     let (code, _, err) = tokio::task::block_in_place(|| turnq(&app, &["token", "revoke", "twin"]))?;
     assert_ne!(code, 0);
     assert!(err.contains("2 tokens are named \"twin\""), "{err}");
+    app.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_are_listed_shown_cancelled_retried_and_followed_from_the_command_line() -> Result<()>
+{
+    let app = TestApp::spawn().await?;
+    let failing = app
+        .submit(json!({"input": {"script": {"outcome": "fail", "message": "boom"}}, "max_attempts": 1, "project": "cli"}))
+        .await?;
+    let failing = failing["id"].as_str().unwrap().to_owned();
+    app.wait_for_state(&failing, "failed").await?;
+    let later = app
+        .submit(json!({"input": "much later", "run_at": "2999-01-01T00:00:00Z"}))
+        .await?;
+    let later = later["id"].as_str().unwrap().to_owned();
+
+    let run = |args: Vec<String>| {
+        let app = &app;
+        tokio::task::block_in_place(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            turnq(app, &args)
+        })
+    };
+    let args = |s: &[&str]| s.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+
+    let (code, out, err) = run(args(&["task", "list"]))?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ID"), "{out}");
+    assert!(out.contains(&failing) && out.contains(&later), "{out}");
+    assert!(out.contains("much later"), "{out}");
+    let (code, out, _) = run(args(&[
+        "task", "list", "--state", "failed", "--project", "cli",
+    ]))?;
+    assert_eq!(code, 0);
+    assert!(out.contains(&failing) && !out.contains(&later), "{out}");
+    let (_, out, _) = run(args(&["task", "list", "--json", "--limit", "1"]))?;
+    let page: Value = serde_json::from_str(&out)?;
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(1), "{out}");
+
+    let (code, out, err) = run(args(&["task", "show", &failing, "--events"]))?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state") && out.contains("failed"), "{out}");
+    assert!(out.contains("boom"), "the error is shown: {out}");
+    assert!(
+        out.contains("task.submitted") && out.contains("task.failed"),
+        "{out}"
+    );
+
+    let (code, out, err) = run(args(&["task", "cancel", &later, "--reason", "not needed"]))?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    assert_eq!(app.task(&later).await?["state"], "cancelled");
+    // Refusals say what the API said.
+    let (code, _, err) = run(args(&["task", "cancel", &later]))?;
+    assert_ne!(code, 0);
+    assert!(err.contains("409") && err.contains("cancelled"), "{err}");
+    let (code, _, err) = run(args(&["task", "show", "nope"]))?;
+    assert_ne!(code, 0);
+    assert!(err.contains("not a UUID"), "{err}");
+
+    // Retry makes it run again (and fail again); follow prints its events to the end.
+    let (code, out, err) = run(args(&["task", "retry", &failing]))?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pending"), "{out}");
+    let (code, out, _) = run(args(&["task", "follow", &failing, "--timeout", "60s"]))?;
+    assert_eq!(code, 1, "it failed again: {out}");
+    assert!(
+        out.contains("task.retried") && out.trim_end().ends_with('}'),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .last()
+            .unwrap_or_default()
+            .contains("task.failed"),
+        "{out}"
+    );
     app.stop().await?;
     Ok(())
 }
