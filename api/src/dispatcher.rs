@@ -22,10 +22,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use apalis::prelude::TaskSink;
+use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use sea_orm::{DatabaseConnection, sqlx::PgPool};
 use serde_json::json;
@@ -101,11 +101,18 @@ pub async fn run(
             "the dispatcher's database is not a Postgres pool: it cannot LISTEN, and polls only"
         ),
     }
+    // Recovering the tasks of dead workers needs Postgres only: it runs on its own, at
+    // its own pace, whatever state Redis is in.
+    tasks.spawn(
+        "dispatcher.lease-sweep",
+        sweep(db.clone(), config.dispatch_poll_interval, shutdown.clone()),
+    );
     let mut redis: Option<ConnectionManager> = None;
     let mut epoch: Option<String> = None;
     let mut failures = 0u32;
-    let mut backoff = Backoff::reconnect();
-    let mut last_sweep: Option<Instant> = None;
+    // Short: a round that failed because Redis or Postgres was away is tried again
+    // within half a second, so dispatching resumes as soon as they answer.
+    let mut backoff = Backoff::between(RETRY_FIRST, RETRY_MOST);
     while !shutdown.is_cancelled() {
         fail_point!("dispatcher.round");
         if redis.is_none() {
@@ -113,23 +120,6 @@ pub async fn run(
                 Ok(conn) => redis = Some(conn),
                 Err(e) => {
                     tracing::warn!(url = %redis_url, error = %e, "dispatcher cannot reach Redis; retrying (start it with: redis-server --daemonize yes)");
-                }
-            }
-        }
-        // The sweep runs at most once per poll interval, not on every notification: a
-        // lease is seconds long, and the round that starts a fresh task should not wait
-        // for it.
-        if last_sweep.is_none_or(|at: Instant| at.elapsed() >= config.dispatch_poll_interval) {
-            last_sweep = Some(Instant::now());
-            match TaskStore::expire_leases(&db, SWEEP_BATCH, &json!({"actor": "dispatcher"})).await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(
-                    recovered = n,
-                    "re-queued tasks whose worker stopped renewing its lease"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %turnq_core::error::chain(&e), "lease sweep failed")
                 }
             }
         }
@@ -177,10 +167,38 @@ pub async fn run(
     }
 }
 
+/// The first wait before retrying a failed round, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MOST: Duration = Duration::from_millis(500);
+
+/// Recovers the tasks whose lease expired (their worker died), every `every`, until
+/// `shutdown`.
+async fn sweep(db: DatabaseConnection, every: Duration, shutdown: CancellationToken) {
+    let metadata = json!({"actor": "dispatcher"});
+    while !shutdown.is_cancelled() {
+        match TaskStore::expire_leases(&db, SWEEP_BATCH, &metadata).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                recovered = n,
+                "re-queued tasks whose worker stopped renewing its lease"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %turnq_core::error::chain(&e), "lease sweep failed")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
 /// Checks that Redis still holds the epoch this dispatcher saw; true when it lost its
-/// data since the last round (flushed, or restarted without persistence). Several
-/// dispatchers share one epoch: whoever finds it missing writes a new one, and the
-/// others see it changed.
+/// data since the last round (flushed, or restarted without persistence), or when it
+/// holds no epoch at all: then it lost its data while no dispatcher ran (or this is its
+/// first use), and nothing Postgres counts as queued can be trusted to be in it.
+/// Several dispatchers share one epoch: whoever finds it missing writes a new one (and
+/// pushes everything again), and the others see it changed.
 async fn check_epoch(
     conn: &mut ConnectionManager,
     names: &RedisNames,
@@ -188,28 +206,28 @@ async fn check_epoch(
 ) -> Result<bool, redis::RedisError> {
     let key = names.epoch();
     let current: Option<String> = redis::cmd("GET").arg(&key).query_async(conn).await?;
-    let current = match current {
-        Some(value) => value,
+    let (current, created) = match current {
+        Some(value) => (value, false),
         None => {
             let fresh = uuid::Uuid::new_v4().to_string();
-            let _: () = redis::cmd("SET")
+            let set: Option<String> = redis::cmd("SET")
                 .arg(&key)
                 .arg(&fresh)
                 .arg("NX")
                 .query_async(conn)
                 .await?;
             let value: Option<String> = redis::cmd("GET").arg(&key).query_async(conn).await?;
-            value.unwrap_or(fresh)
+            (value.unwrap_or(fresh), set.is_some())
         }
     };
-    let lost = seen.as_ref().is_some_and(|s| *s != current);
-    if lost {
+    let changed = seen.as_ref().is_some_and(|s| *s != current);
+    if changed || created {
         tracing::warn!(
-            "Redis lost its data (flushed or restarted without persistence): pushing every queued task again"
+            "Redis holds none of the jobs turnq gave it (flushed or restarted without persistence, or first used): pushing every queued task again"
         );
     }
     *seen = Some(current);
-    Ok(lost)
+    Ok(changed || created)
 }
 
 /// Dispatches until nothing is due or every (queue, agent) pair with due work holds
@@ -262,32 +280,90 @@ async fn push(
     config: &DispatcherConfig,
     pushed_to: &std::sync::Mutex<BTreeSet<(String, String)>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut by_pair: BTreeMap<(String, String), Vec<JobTask>> = BTreeMap::new();
+    // Per pair: (tasks already attempted, fresh tasks).
+    let mut by_pair: BTreeMap<(String, String), (Vec<JobTask>, Vec<JobTask>)> = BTreeMap::new();
     for task in due {
-        by_pair
-            .entry((task.queue, task.agent))
-            .or_default()
-            .push(JobTask {
-                task_id: task.id,
-                attempt: task.attempt,
-            });
+        let pair = by_pair.entry((task.queue, task.agent)).or_default();
+        let job = JobTask {
+            task_id: task.id,
+            attempt: task.attempt,
+        };
+        if task.attempt > 0 {
+            pair.0.push(job);
+        } else {
+            pair.1.push(job);
+        }
     }
-    for ((queue, agent), tasks) in by_pair {
-        let jobs = pack(tasks, config.dispatch_pack_above, config.dispatch_job_size);
-        let config = apalis_redis::Config::default()
+    for ((queue, agent), (resumed, fresh)) in by_pair {
+        let queue_config = apalis_redis::Config::default()
             .queue(names.agent_queue(&queue, &agent))
             // Postgres holds results; apalis need not.
             .persist_results(false);
-        let mut storage = RedisStorage::<Job>::new(conn.clone()).with_config(config);
-        storage
-            .push_bulk(jobs)
-            .await
-            .map_err(|e| format!("pushing to the Redis queue of {queue}/{agent}: {e}"))?;
+        let mut storage = RedisStorage::<Job>::new(conn.clone()).with_config(queue_config.clone());
+        let failed = |e: String| format!("pushing to the Redis queue of {queue}/{agent}: {e}");
+        // Tasks that already ran (handed back by a stopping worker, recovered from a
+        // dead one, retried) were admitted before the backlog now waiting: they go to
+        // the front of the queue, one per job, not behind it.
+        if !resumed.is_empty() {
+            let jobs = pack(resumed, usize::MAX, 1);
+            let ids: Vec<ulid::Ulid> = jobs.iter().map(|_| ulid::Ulid::generate()).collect();
+            let tasks: Vec<_> = jobs
+                .into_iter()
+                .zip(ids.iter().copied())
+                .map(|(job, id)| TaskBuilder::new(job).task_id(TaskId::from_ulid(id)).build())
+                .collect();
+            storage
+                .push_all(futures::stream::iter(tasks))
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            to_front(&conn, &queue_config, &ids)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        if !fresh.is_empty() {
+            let jobs = pack(fresh, config.dispatch_pack_above, config.dispatch_job_size);
+            storage
+                .push_bulk(jobs)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        }
         pushed_to
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((queue, agent));
     }
+    Ok(())
+}
+
+/// Moves the jobs `ids` (just pushed) to the front of their queue, in their order.
+/// apalis-redis parks every pushed job in the queue's scheduled set until a worker's
+/// fetch promotes it to the tail of the active list, behind whatever waits there; these
+/// go straight to the head instead. A job a fetch has promoted meanwhile stays where it
+/// is: an order, never a job, is what can differ.
+async fn to_front(
+    conn: &ConnectionManager,
+    queue: &apalis_redis::Config,
+    ids: &[ulid::Ulid],
+) -> Result<(), redis::RedisError> {
+    let script = redis::Script::new(
+        r"for i = #ARGV, 1, -1 do
+            if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+              redis.call('LPUSH', KEYS[2], ARGV[i])
+            end
+          end
+          redis.call('DEL', KEYS[3])
+          redis.call('LPUSH', KEYS[3], 1)
+          return 1",
+    );
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(queue.scheduled_jobs_set())
+        .key(queue.active_jobs_list())
+        .key(queue.signal_list());
+    for id in ids {
+        invocation.arg(id.to_string());
+    }
+    let _: i64 = invocation.invoke_async(&mut conn.clone()).await?;
     Ok(())
 }
 
@@ -348,7 +424,188 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use turnq_core::TaskId;
+    use turnq_core::{
+        TaskId, WorkerId,
+        event::{Released, TaskEvent},
+        task::NewTaskRequest,
+        time,
+    };
+    use turnq_testkit::{TestDb, TestRedis, eventually};
+
+    fn settings() -> DispatcherConfig {
+        DispatcherConfig {
+            dispatch_poll_interval: Duration::from_millis(50),
+            dispatch_batch: 500,
+            dispatch_max_queued: 5000,
+            dispatch_job_size: 16,
+            dispatch_pack_above: 64,
+            // Far beyond any test: only noticing the loss can re-push.
+            redeliver_after: Duration::from_secs(3600),
+        }
+    }
+
+    async fn submit(db: &DatabaseConnection, input: &str) -> TaskId {
+        let new = NewTaskRequest {
+            input: json!(input),
+            ..Default::default()
+        }
+        .validate(time::now())
+        .unwrap();
+        TaskStore::submit(db, new, &json!({"actor": "test"}))
+            .await
+            .unwrap()
+            .task
+            .id
+    }
+
+    /// The jobs of the default queue, in the order workers take them: the active list
+    /// from its head, then the scheduled set.
+    async fn queued_task_ids(redis: &TestRedis, names: &RedisNames) -> Vec<String> {
+        let config = apalis_redis::Config::default().queue(names.agent_queue("default", "script"));
+        let mut conn = turnq_testkit::redis::connect(&redis.url).await.unwrap();
+        let mut ids: Vec<String> = redis::cmd("LRANGE")
+            .arg(config.active_jobs_list())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // Then the scheduled set, which fetches promote behind the active list.
+        let scheduled: Vec<String> = redis::cmd("ZRANGE")
+            .arg(config.scheduled_jobs_set())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ids.extend(scheduled);
+        let mut tasks = Vec::new();
+        for id in ids {
+            let data: String = redis::cmd("HGET")
+                .arg(config.job_data_hash())
+                .arg(&id)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            tasks.push(data);
+        }
+        tasks
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dispatcher_started_after_redis_lost_its_data_pushes_the_queued_tasks_again() {
+        let test = TestDb::new().await.unwrap();
+        let redis = TestRedis::new();
+        let names = RedisNames::new(&redis.prefix);
+        let id = submit(&test.db, "queued before the loss").await;
+        // An earlier dispatcher pushed it and recorded `task.queued`; then Redis lost
+        // everything while no dispatcher ran (here: the push went nowhere).
+        let pushed = TaskStore::dispatch_due(&test.db, 10, Duration::ZERO, &json!({}), |_| async {
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(pushed, 1);
+
+        let stop = CancellationToken::new();
+        let tasks = Supervisor::new(stop.clone());
+        tasks.spawn(
+            "dispatcher",
+            run(
+                test.db.clone(),
+                redis.url.clone(),
+                names.clone(),
+                settings(),
+                tasks.clone(),
+                stop.clone(),
+            ),
+        );
+        eventually("the queued task is pushed again at once", || {
+            let (redis, names) = (&redis, &names);
+            async move {
+                let jobs = queued_task_ids(redis, names).await;
+                if jobs.iter().any(|job| job.contains(&id.to_string())) {
+                    Ok(())
+                } else {
+                    Err(format!("jobs in Redis: {jobs:?}"))
+                }
+            }
+        })
+        .await
+        .unwrap();
+        stop.cancel();
+        tasks.wait().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_handed_back_goes_to_the_front_of_its_queue() {
+        let test = TestDb::new().await.unwrap();
+        let redis = TestRedis::new();
+        let names = RedisNames::new(&redis.prefix);
+        let conn = apalis_redis::connect(redis.url.as_str()).await.unwrap();
+        let stale = time::now() - chrono::TimeDelta::hours(1);
+        // A backlog is in Redis, promoted to the active list by the workers' fetches.
+        for i in 0..5 {
+            submit(&test.db, &format!("backlog {i}")).await;
+        }
+        assert_eq!(
+            drain(&test.db, &conn, &names, &settings(), stale)
+                .await
+                .unwrap(),
+            5
+        );
+        let queue = apalis_redis::Config::default().queue(names.agent_queue("default", "script"));
+        let mut raw = turnq_testkit::redis::connect(&redis.url).await.unwrap();
+        let promote = redis::Script::new(
+            r"local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+              for _, id in ipairs(ids) do redis.call('RPUSH', KEYS[2], id) end
+              redis.call('DEL', KEYS[1])
+              return #ids",
+        );
+        let promoted: i64 = promote
+            .key(queue.scheduled_jobs_set())
+            .key(queue.active_jobs_list())
+            .invoke_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(promoted, 5);
+
+        // A worker claimed another task and handed it back on its way out.
+        let handed_back = submit(&test.db, "handed back").await;
+        let worker = WorkerId("w".into());
+        let meta = json!({"actor": "test"});
+        TaskStore::claim(
+            &test.db,
+            handed_back,
+            0,
+            &worker,
+            Duration::from_secs(60),
+            &meta,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let released = TaskEvent::Released(Released {
+            attempt: 1,
+            worker_id: "w".into(),
+            reason: "the worker is stopping".into(),
+        });
+        TaskStore::record(&test.db, handed_back, 1, &worker, &released, &meta)
+            .await
+            .unwrap();
+        assert_eq!(
+            drain(&test.db, &conn, &names, &settings(), stale)
+                .await
+                .unwrap(),
+            1
+        );
+        let jobs = queued_task_ids(&redis, &names).await;
+        assert_eq!(jobs.len(), 6, "{jobs:?}");
+        assert!(
+            jobs[0].contains(&handed_back.to_string()),
+            "first in line, not behind the backlog: {jobs:?}"
+        );
+    }
 
     fn tasks(n: usize) -> Vec<JobTask> {
         (0..n)

@@ -433,7 +433,12 @@ async fn tasks_are_listed_shown_cancelled_retried_and_followed_from_the_command_
     assert!(out.contains(&failing) && out.contains(&later), "{out}");
     assert!(out.contains("much later"), "{out}");
     let (code, out, _) = run(args(&[
-        "task", "list", "--state", "failed", "--project", "cli",
+        "task",
+        "list",
+        "--state",
+        "failed",
+        "--project",
+        "cli",
     ]))?;
     assert_eq!(code, 0);
     assert!(out.contains(&failing) && !out.contains(&later), "{out}");
