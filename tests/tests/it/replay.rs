@@ -91,7 +91,7 @@ async fn stray_events_are_refused_by_the_log_and_any_that_got_in_are_each_report
         )
     };
     // What the log refuses outright: a task stream id that is no UUID, a kind this
-    // version does not write, a stream type it does not know.
+    // version does not write (for a task or a queue).
     for (sql, constraint) in [
         (
             insert("task", "not-a-uuid", 1, "task.submitted", "{}"),
@@ -102,8 +102,8 @@ async fn stray_events_are_refused_by_the_log_and_any_that_got_in_are_each_report
             "events_kind_known",
         ),
         (
-            insert("widget", "w", 1, "widget.made", "{}"),
-            "violates check constraint",
+            insert("queue", "default", 90, "queue.deleted", "{}"),
+            "events_kind_known",
         ),
     ] {
         let refused = app
