@@ -253,6 +253,18 @@ pub async fn ensure_database(url: &DatabaseUrl) -> Result<(), ConnectError> {
     Ok(())
 }
 
+/// True when Postgres refused a statement for a reason that trying again cannot mend:
+/// the data itself (class 22, data exception; 23, an integrity constraint other than a
+/// unique one, which another row may stop holding; 54, a program limit such as an index
+/// row too large). Not a connection error, a deadlock, a serialization failure or a lack
+/// of resources, which pass.
+pub fn is_permanent_refusal(e: &DbErr) -> bool {
+    sqlstate(e).is_some_and(|code| {
+        (code.starts_with("22") || code.starts_with("23") || code.starts_with("54"))
+            && code != "23505"
+    })
+}
+
 /// True when `e` says Postgres could not be reached, rather than refusing a query.
 pub fn is_connection_error(e: &DbErr) -> bool {
     match e {

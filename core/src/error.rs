@@ -75,6 +75,15 @@ impl From<sea_orm::DbErr> for Error {
 impl Error {
     /// True when the cause is that Postgres could not be reached (as opposed to a query
     /// it refused): callers answer 503 and retry later.
+    /// Postgres refused the statement for a reason that will not go away by trying
+    /// again ([`crate::db::is_permanent_refusal`]).
+    pub fn is_permanent_refusal(&self) -> bool {
+        match self {
+            Error::Database(e) => crate::db::is_permanent_refusal(e),
+            _ => false,
+        }
+    }
+
     pub fn is_unavailable(&self) -> bool {
         match self {
             Error::Database(e) => crate::db::is_connection_error(e),

@@ -130,6 +130,8 @@ pub(crate) fn changes(event: &TaskEvent, at: Timestamp) -> Vec<(Column, Change)>
                 set(Column::LastError, Some(e.error.message.clone())),
                 set(Column::EndedAt, Some(at)),
                 null_time(Column::LeaseUntil),
+                // A pending task that cannot start fails while handed to Redis.
+                null_time(Column::QueuedAt),
             ]);
             out.extend(usage(&e.usage));
         }

@@ -76,7 +76,9 @@ impl TaskState {
             (Running, E::Output(_)) => Some(Running),
             (Running, E::Completed(_)) => Some(Completed),
             (Running, E::Retrying(_)) => Some(Pending),
-            (Running, E::Failed(_)) => Some(Failed),
+            // Running: the turn failed. Pending: it can never start (its claim is
+            // refused by Postgres for a reason that will not go away).
+            (Pending | Running, E::Failed(_)) => Some(Failed),
             (Running, E::Blocked(_)) => Some(Blocked),
             (Running, E::LeaseLost(e)) => Some(if e.failed { Failed } else { Pending }),
             (Running, E::Released(_)) => Some(Pending),

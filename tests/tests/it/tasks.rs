@@ -552,3 +552,63 @@ async fn health_endpoints_answer() -> Result<()> {
     app.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_task_postgres_refuses_to_start_for_good_fails_with_the_reason_instead_of_looping()
+-> Result<()> {
+    let app = TestApp::spawn().await?;
+    // What an index row too large for its btree does to a claim (SQLSTATE 54000),
+    // for the tasks marked `poison`.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        r#"
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.state = 'running' AND NEW.input ? 'poison' THEN
+    RAISE EXCEPTION 'index row size 9000 exceeds btree version 4 maximum 2704'
+      USING ERRCODE = '54000';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE UPDATE ON tasks FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"#,
+    )
+    .await?;
+    let (status, body) = app
+        .post(
+            "/v1/tasks/batch",
+            &json!({"tasks": [{"input": {"poison": true}}, {"input": "fine"}, {"input": "fine too"}]}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    let ids: Vec<String> = body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    let failed = app.wait_for_state(&ids[0], "failed").await?;
+    let error = failed["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cannot be started") && error.contains("index row size"),
+        "{failed}"
+    );
+    for id in &ids[1..] {
+        app.wait_for_state(id, "completed").await?;
+    }
+    let (_, inbox) = app.get("/v1/inbox").await?;
+    assert!(
+        inbox["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == ids[0]),
+        "{inbox}"
+    );
+    assert_eq!(
+        app.event_kinds(&ids[0]).await?,
+        ["task.submitted", "task.queued", "task.failed"]
+    );
+    app.stop().await?;
+    Ok(())
+}

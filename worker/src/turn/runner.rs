@@ -17,7 +17,7 @@ use turnq_core::{
     metrics as names,
     session::{PgSessionStore, SessionStore},
     supervise::Supervisor,
-    task::Task,
+    task::{Task, TaskStore},
     time,
 };
 
@@ -105,9 +105,10 @@ impl Runner {
                 self.health.down(&e);
                 return Handled::PostgresUnavailable;
             }
+            Err(e) if e.is_permanent_refusal() => self.claim_each(&wanted).await,
             Err(e) => {
                 tracing::error!(tasks = ?wanted, worker_id = %worker,
-                    error = %error_chain(&e), "claiming the job's tasks failed");
+                    error = %error_chain(&e), "claiming the job's tasks failed; they stay queued and are delivered again");
                 return Handled::Done;
             }
         };
@@ -130,6 +131,38 @@ impl Runner {
         });
         futures::future::join_all(turns).await;
         Handled::Done
+    }
+
+    /// Claims the tasks of a job whose claim together Postgres refused for good, one by
+    /// one: the ones whose own claim is refused for good can never start, and end
+    /// `failed` with the reason (in the inbox) instead of being delivered and refused
+    /// again forever; the others are claimed and run.
+    async fn claim_each(&self, wanted: &[(TaskId, i32)]) -> Vec<Task> {
+        let worker = &self.settings.worker;
+        let metadata = json!({"actor": "worker", "worker_id": worker.0});
+        let mut claimed = Vec::new();
+        for &(task, attempt) in wanted {
+            match self.claimer.claim(vec![(task, attempt)]).await {
+                Ok(one) => claimed.extend(one),
+                Err(e) if e.is_permanent_refusal() => {
+                    let reason = error_chain(&e);
+                    tracing::error!(task_id = %task, attempt, worker_id = %worker, error = %reason,
+                        "Postgres refuses to start the task for good: failing it");
+                    if let Err(e) =
+                        TaskStore::fail_unstartable(&self.db, task, attempt, &reason, &metadata)
+                            .await
+                    {
+                        tracing::warn!(task_id = %task, error = %error_chain(&e),
+                            "could not record that the task cannot start; it is delivered again");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(task_id = %task, worker_id = %worker, error = %error_chain(&e),
+                        "claiming the task failed; it stays queued and is delivered again");
+                }
+            }
+        }
+        claimed
     }
 
     /// Runs the turn of a task this worker has just claimed, to its recorded end. Its

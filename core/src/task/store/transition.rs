@@ -9,7 +9,7 @@ use crate::{
     Error, TaskId,
     entity::tasks::Column,
     error::Result,
-    event::{Approved, Cancelled, Retried, TaskEvent},
+    event::{Approved, Cancelled, ErrorClass, Failed, Retried, TaskEvent, TaskFailure, Usage},
     task::{Task, TaskState},
     time,
 };
@@ -56,6 +56,34 @@ impl TaskStore {
             expected: task.version,
             actual: task.version,
         })
+    }
+
+    /// Fails a pending task that can never start: its claim at `attempt` (the job's
+    /// view) was refused by Postgres for a reason that will not go away (`reason`). It
+    /// then waits in the inbox for a person, instead of being delivered and refused
+    /// again forever. `None` when the task has moved on meanwhile.
+    pub async fn fail_unstartable(
+        db: &DatabaseConnection,
+        id: TaskId,
+        attempt: i32,
+        reason: &str,
+        metadata: &Value,
+    ) -> Result<Option<Task>> {
+        let event = TaskEvent::Failed(Failed {
+            attempt,
+            error: TaskFailure {
+                class: ErrorClass::Fatal,
+                message: format!("the task cannot be started: {reason}"),
+            },
+            usage: Usage::default(),
+        });
+        let guard = Condition::all()
+            .add(Column::State.eq(TaskState::Pending))
+            .add(Column::Attempt.eq(attempt));
+        let txn = db.begin().await?;
+        let written = write(&txn, id, guard, &event, metadata, time::now()).await?;
+        txn.commit().await?;
+        Ok(written.map(Task::from))
     }
 
     /// Cancels a pending, running or blocked task.
@@ -158,6 +186,40 @@ mod tests {
         assert_eq!(
             kinds(&t.db, task.id).await?.last().map(String::as_str),
             Some("task.retried")
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_task_that_cannot_start_fails_once_with_its_reason() -> Result<()> {
+        let t = TestDb::new().await?;
+        let task = submitted(&t.db, json!({"input": "x"})).await?;
+        // Handed to Redis, as a task whose claim was refused is.
+        TaskStore::dispatch_due(&t.db, 10, std::time::Duration::ZERO, &meta(), |_| async {
+            Ok(())
+        })
+        .await?;
+        let failed = TaskStore::fail_unstartable(&t.db, task.id, 0, "index row too large", &meta())
+            .await?
+            .context("the pending task fails")?;
+        assert_eq!(failed.state, TaskState::Failed);
+        assert!(
+            failed
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("cannot be started: index row too large")),
+            "{failed:?}"
+        );
+        assert!(!failed.queued);
+        assert_eq!(
+            kinds(&t.db, task.id).await?,
+            ["task.submitted", "task.queued", "task.failed"]
+        );
+        // Only from pending at the job's attempt: a second try changes nothing.
+        assert!(
+            TaskStore::fail_unstartable(&t.db, task.id, 0, "again", &meta())
+                .await?
+                .is_none()
         );
         Ok(())
     }
