@@ -38,6 +38,7 @@ use turnq_core::{
     retry::Backoff,
     supervise::Supervisor,
     task::{CHANNEL_TASKS_NEW as CHANNEL, DueTask, TaskStore},
+    worker::WorkerRegistry,
 };
 
 /// The dispatcher's settings.
@@ -135,7 +136,19 @@ pub async fn run(
                         now - chrono::TimeDelta::from_std(config.redeliver_after)
                             .unwrap_or(chrono::TimeDelta::MAX)
                     };
-                    drain(&db, conn, &names, &config, stale).await
+                    // Re-deliveries go only to pairs some live worker serves: a task
+                    // no worker takes is pushed once and waits in Redis. After a loss,
+                    // everything queued is pushed again, served or not.
+                    match if lost {
+                        Ok(None)
+                    } else {
+                        WorkerRegistry::served_pairs(&db).await.map(Some)
+                    } {
+                        Ok(served) => {
+                            drain(&db, conn, &names, &config, stale, served.as_ref()).await
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(turnq_core::Error::Delivery(Box::new(e))),
             },
@@ -240,6 +253,7 @@ async fn drain(
     names: &RedisNames,
     config: &DispatcherConfig,
     stale: turnq_core::time::Timestamp,
+    redeliver_to: Option<&BTreeSet<(String, String)>>,
 ) -> Result<usize, turnq_core::Error> {
     let metadata = json!({"actor": "dispatcher"});
     let limit = config.dispatch_batch.max(1);
@@ -254,11 +268,16 @@ async fn drain(
             .map(|(queue, agent, _)| (queue, agent))
             .collect();
         let pushed_to = std::sync::Mutex::new(BTreeSet::new());
-        let pushed =
-            TaskStore::dispatch_due_queued_before(db, limit, stale, &full, &metadata, |due| {
-                push(redis.clone(), names, due, config, &pushed_to)
-            })
-            .await?;
+        let pushed = TaskStore::dispatch_due_queued_before(
+            db,
+            limit,
+            stale,
+            &full,
+            redeliver_to,
+            &metadata,
+            |due| push(redis.clone(), names, due, config, &pushed_to),
+        )
+        .await?;
         // After the commit: a woken worker's claim would otherwise wait for this round's
         // row locks.
         let pairs = pushed_to.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -549,7 +568,7 @@ mod tests {
             submit(&test.db, &format!("backlog {i}")).await;
         }
         assert_eq!(
-            drain(&test.db, &conn, &names, &settings(), stale)
+            drain(&test.db, &conn, &names, &settings(), stale, None)
                 .await
                 .unwrap(),
             5
@@ -594,7 +613,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            drain(&test.db, &conn, &names, &settings(), stale)
+            drain(&test.db, &conn, &names, &settings(), stale, None)
                 .await
                 .unwrap(),
             1

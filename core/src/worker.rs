@@ -2,7 +2,7 @@
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, Set, sea_query::OnConflict,
+    QueryOrder, QuerySelect, Set, sea_query::OnConflict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -189,6 +189,35 @@ impl WorkerRegistry {
             .count(db)
             .await?;
         Ok((live, dead))
+    }
+
+    /// The (queue, agent) pairs some live worker serves: not stopped, and heard from
+    /// within [`STALE_AFTER`]. A task of a pair outside it waits for a worker nobody
+    /// runs.
+    pub async fn served_pairs<C: ConnectionTrait>(
+        db: &C,
+    ) -> Result<std::collections::BTreeSet<(String, String)>> {
+        let cutoff = time::now()
+            - chrono::TimeDelta::from_std(STALE_AFTER).unwrap_or(chrono::TimeDelta::MAX);
+        let live: Vec<(serde_json::Value, serde_json::Value)> = workers::Entity::find()
+            .select_only()
+            .columns([Column::Queues, Column::Agents])
+            .filter(Column::StoppedAt.is_null())
+            .filter(Column::LastHeartbeatAt.gte(cutoff))
+            .into_tuple()
+            .all(db)
+            .await?;
+        let mut pairs = std::collections::BTreeSet::new();
+        for (queues, agents) in live {
+            let queues: Vec<String> = serde_json::from_value(queues).unwrap_or_default();
+            let agents: Vec<WorkerAgent> = serde_json::from_value(agents).unwrap_or_default();
+            for queue in &queues {
+                for agent in &agents {
+                    pairs.insert((queue.clone(), agent.name.clone()));
+                }
+            }
+        }
+        Ok(pairs)
     }
 
     /// Every worker that ever registered, newest heartbeat first.

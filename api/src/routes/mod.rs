@@ -6,6 +6,7 @@ pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod queues;
 
+pub(crate) use queues::unserved as unserved_agents;
 pub(crate) use tasks::{count as count_task, count_retry_by_person};
 pub(crate) use workers::LISTED_FOR as WORKERS_LISTED_FOR;
 pub(crate) mod sessions;

@@ -7,7 +7,12 @@
 use axum::{Json, extract::State, http::StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
-use turnq_core::queue::{Queue, QueueStats, QueueStore};
+use std::collections::BTreeSet;
+
+use turnq_core::{
+    queue::{Queue, QueueStats, QueueStore, UnservedAgent},
+    worker::WorkerRegistry,
+};
 use utoipa::ToSchema;
 
 use crate::{ApiError, AppState, extract::Path};
@@ -16,8 +21,13 @@ fn metadata() -> Value {
     json!({"actor": "api"})
 }
 
-/// `queue` with what it holds now; 503 while the feed is still loading at start.
-pub(crate) fn with_figures(state: &AppState, queue: Queue) -> Result<QueueStats, ApiError> {
+/// `queue` with what it holds now, and the agents its tasks wait for that none of the
+/// `served` pairs covers; 503 while the feed is still loading at start.
+pub(crate) fn with_figures(
+    state: &AppState,
+    queue: Queue,
+    served: &BTreeSet<(String, String)>,
+) -> Result<QueueStats, ApiError> {
     let figures = state
         .feed()
         .and_then(|feed| feed.queue_figures(&queue.name))
@@ -28,7 +38,19 @@ pub(crate) fn with_figures(state: &AppState, queue: Queue) -> Result<QueueStats,
                 "the queue figures are still loading; retry shortly",
             )
         })?;
-    Ok(QueueStats { queue, figures })
+    Ok(QueueStats::new(queue, figures, served))
+}
+
+/// Every (queue, agent) that tasks wait for and no live worker serves, from the
+/// process' tally (queues whose figures are still loading are left out).
+pub(crate) async fn unserved(state: &AppState) -> Result<Vec<UnservedAgent>, ApiError> {
+    let served = WorkerRegistry::served_pairs(state.db()).await?;
+    Ok(QueueStore::list(state.db())
+        .await?
+        .into_iter()
+        .filter_map(|q| with_figures(state, q, &served).ok())
+        .flat_map(|stats| stats.unserved)
+        .collect())
 }
 
 /// Every queue.
@@ -56,10 +78,11 @@ pub(super) struct QueueList {
     ),
 )]
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiError> {
+    let served = WorkerRegistry::served_pairs(state.db()).await?;
     let queues = QueueStore::list(state.db())
         .await?
         .into_iter()
-        .map(|q| with_figures(&state, q))
+        .map(|q| with_figures(&state, q, &served))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(QueueList { queues }))
 }
@@ -89,7 +112,8 @@ pub(super) async fn get(
     Path(name): Path<String>,
 ) -> Result<Json<QueueStats>, ApiError> {
     let queue = QueueStore::get(state.db(), &name).await?;
-    Ok(Json(with_figures(&state, queue)?))
+    let served = WorkerRegistry::served_pairs(state.db()).await?;
+    Ok(Json(with_figures(&state, queue, &served)?))
 }
 
 /// `POST /v1/queues/{name}/pause`: its tasks are no longer handed to Redis (those
@@ -119,7 +143,8 @@ pub(super) async fn pause(
     Path(name): Path<String>,
 ) -> Result<Json<QueueStats>, ApiError> {
     let queue = QueueStore::pause(state.db(), &name, &metadata()).await?;
-    Ok(Json(with_figures(&state, queue)?))
+    let served = WorkerRegistry::served_pairs(state.db()).await?;
+    Ok(Json(with_figures(&state, queue, &served)?))
 }
 
 /// `POST /v1/queues/{name}/resume`.
@@ -148,5 +173,6 @@ pub(super) async fn resume(
     Path(name): Path<String>,
 ) -> Result<Json<QueueStats>, ApiError> {
     let queue = QueueStore::resume(state.db(), &name, &metadata()).await?;
-    Ok(Json(with_figures(&state, queue)?))
+    let served = WorkerRegistry::served_pairs(state.db()).await?;
+    Ok(Json(with_figures(&state, queue, &served)?))
 }

@@ -13,6 +13,7 @@ use turnq_core::{
     agent::AgentRegistry,
     event::RecordedEvent,
     metrics as names,
+    queue::UnservedAgent,
     task::{
         MAX_BATCH, MAX_BATCH_KEY_BYTES, NewTask, NewTaskRequest, Task, TaskFilter, TaskPage,
         TaskState, TaskStore,
@@ -335,7 +336,7 @@ pub(super) struct PageQuery {
     params(PageQuery),
     security(("bearer" = ["read"])),
     responses(
-        (status = 200, description = "One page of tasks.", body = TaskPage),
+        (status = 200, description = "One page of tasks, and the agents nobody serves.", body = Inbox),
         (status = 400, response = crate::openapi::responses::BadRequest),
         (status = 401, response = crate::openapi::responses::Unauthorized),
         (status = 403, response = crate::openapi::responses::Forbidden),
@@ -346,12 +347,25 @@ pub(super) struct PageQuery {
 pub(super) async fn inbox(
     State(state): State<AppState>,
     Query(query): Query<PageQuery>,
-) -> Result<Json<TaskPage>, ApiError> {
+) -> Result<Json<Inbox>, ApiError> {
     let filter = TaskFilter {
         states: vec![TaskState::Blocked, TaskState::Failed],
         ..Default::default()
     };
-    page(&state, &filter, query.cursor.as_deref(), query.limit).await
+    let Json(page) = page(&state, &filter, query.cursor.as_deref(), query.limit).await?;
+    let unserved = super::queues::unserved(&state).await?;
+    Ok(Json(Inbox { page, unserved }))
+}
+
+/// What waits for a person.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Inbox {
+    /// Blocked and failed tasks, newest first.
+    #[serde(flatten)]
+    page: TaskPage,
+    /// Tasks waiting for an agent that no live worker serves on their queue: someone
+    /// must start one (`turnq worker --queues Q --agents A`).
+    unserved: Vec<UnservedAgent>,
 }
 
 /// `GET /v1/tasks/{id}`

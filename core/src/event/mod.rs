@@ -240,6 +240,15 @@ impl TaskEvent {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_lists_every_kind_of_task_event() {
+        let mut kinds: Vec<&str> = one_of_each_kind().iter().map(|e| e.kind()).collect();
+        let mut listed = TaskEvent::KINDS.to_vec();
+        kinds.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(kinds, listed);
+    }
     use crate::task::NewTaskRequest;
 
     /// One event of every kind, for tests that walk all kinds.

@@ -87,6 +87,53 @@ pub struct QueueStats {
     pub queue: Queue,
     #[serde(flatten)]
     pub figures: QueueFigures,
+    /// Agents that tasks of this queue wait for and that no live worker serves on it:
+    /// those tasks were pushed to Redis once and wait there for such a worker.
+    pub unserved: Vec<UnservedAgent>,
+}
+
+/// Tasks waiting in a queue for an agent that no live worker runs on that queue.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UnservedAgent {
+    pub queue: String,
+    pub agent: String,
+    /// Pending tasks (queued or not) waiting for it.
+    pub waiting: i64,
+    /// `no worker serves agent X on queue Q: N tasks wait`.
+    pub message: String,
+}
+
+impl QueueStats {
+    /// The queue's figures, with the agents none of the `served` (queue, agent) pairs
+    /// (`WorkerRegistry::served_pairs`) covers listed as unserved.
+    pub fn new(
+        queue: Queue,
+        figures: QueueFigures,
+        served: &std::collections::BTreeSet<(String, String)>,
+    ) -> Self {
+        let unserved = figures
+            .waiting_by_agent
+            .iter()
+            .filter(|(agent, _)| !served.contains(&(queue.name.clone(), (*agent).clone())))
+            .map(|(agent, waiting)| UnservedAgent {
+                queue: queue.name.clone(),
+                agent: agent.clone(),
+                waiting: *waiting,
+                message: format!(
+                    "no worker serves agent {agent} on queue {}: {waiting} task{} wait{} for one",
+                    queue.name,
+                    if *waiting == 1 { "" } else { "s" },
+                    if *waiting == 1 { "s" } else { "" },
+                ),
+            })
+            .collect();
+        QueueStats {
+            queue,
+            figures,
+            unserved,
+        }
+    }
 }
 
 /// The backlog figures of one queue, from `tasks_queue_open_idx`.
@@ -296,9 +343,26 @@ impl QueueStore {
             .filter(C::EndedAt.gt(hour_ago))
             .filter(C::State.eq(TaskState::Completed))
             .group_by(C::Queue);
+        let mut waiting = tasks::Entity::find()
+            .select_only()
+            .columns([C::Queue, C::Agent])
+            .expr(Func::count(Expr::col(C::Id)).cast_as("bigint"))
+            .filter(C::State.eq(TaskState::Pending))
+            .group_by(C::Queue)
+            .group_by(C::Agent);
         if let Some(name) = only {
             backlog = backlog.filter(C::Queue.eq(name));
             completions = completions.filter(C::Queue.eq(name));
+            waiting = waiting.filter(C::Queue.eq(name));
+        }
+        let served = crate::worker::WorkerRegistry::served_pairs(db).await?;
+        let mut waiting_by_agent: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for (queue, agent, n) in waiting
+            .into_tuple::<(String, String, i64)>()
+            .all(db)
+            .await?
+        {
+            waiting_by_agent.entry(queue).or_default().insert(agent, n);
         }
         let backlog: BTreeMap<String, Backlog> = backlog
             .into_model::<Backlog>()
@@ -323,21 +387,20 @@ impl QueueStore {
                     .and_then(|b| b.oldest_due)
                     .map(|due| Ord::max((now - due).num_milliseconds(), 0) as f64 / 1000.0)
                     .unwrap_or(0.0);
-                QueueStats {
-                    figures: QueueFigures {
-                        pending: b.map_or(0, |b| b.pending),
-                        queued: b.map_or(0, |b| b.queued),
-                        running: b.map_or(0, |b| b.running),
-                        blocked: b.map_or(0, |b| b.blocked),
-                        failed: b.map_or(0, |b| b.failed),
-                        oldest_pending_seconds: oldest,
-                        completed_last_minute: c.map_or(0, |c| c.last_minute),
-                        completed_last_hour: c.map_or(0, |c| c.last_hour),
-                        failed_last_minute: b.map_or(0, |b| b.failed_last_minute),
-                        failed_last_hour: b.map_or(0, |b| b.failed_last_hour),
-                    },
-                    queue: row.into(),
-                }
+                let figures = QueueFigures {
+                    pending: b.map_or(0, |b| b.pending),
+                    queued: b.map_or(0, |b| b.queued),
+                    running: b.map_or(0, |b| b.running),
+                    blocked: b.map_or(0, |b| b.blocked),
+                    failed: b.map_or(0, |b| b.failed),
+                    oldest_pending_seconds: oldest,
+                    completed_last_minute: c.map_or(0, |c| c.last_minute),
+                    completed_last_hour: c.map_or(0, |c| c.last_hour),
+                    failed_last_minute: b.map_or(0, |b| b.failed_last_minute),
+                    failed_last_hour: b.map_or(0, |b| b.failed_last_hour),
+                    waiting_by_agent: waiting_by_agent.remove(&row.name).unwrap_or_default(),
+                };
+                QueueStats::new(row.into(), figures, &served)
             })
             .collect())
     }

@@ -56,6 +56,7 @@ enum Open {
 #[derive(Clone, Debug)]
 struct OpenTask {
     queue: String,
+    agent: String,
     state: Open,
     run_at: Timestamp,
 }
@@ -118,6 +119,8 @@ struct QueueCounts {
     due: BTreeSet<(Timestamp, Uuid)>,
     completed_at: Minutes,
     failed_at: Minutes,
+    /// Pending tasks (queued or not) by the agent they wait for.
+    waiting_by_agent: BTreeMap<String, i64>,
 }
 
 impl QueueCounts {
@@ -154,6 +157,9 @@ pub struct QueueFigures {
     /// again counts again).
     pub failed_last_minute: i64,
     pub failed_last_hour: i64,
+    /// Pending tasks (queued or not) by the agent they wait for.
+    #[serde(skip)]
+    pub waiting_by_agent: BTreeMap<String, i64>,
 }
 
 /// The transactions a loaded snapshot saw: their events are in the tally already.
@@ -221,6 +227,7 @@ pub struct QueueTally {
 struct OpenRow {
     id: Uuid,
     queue: String,
+    agent: String,
     state: TaskState,
     run_at: Timestamp,
     queued_at: Option<Timestamp>,
@@ -248,7 +255,7 @@ impl QueueTally {
         use tasks::Column as C;
         let open: Vec<OpenRow> = tasks::Entity::find()
             .select_only()
-            .columns([C::Id, C::Queue, C::State, C::RunAt, C::QueuedAt])
+            .columns([C::Id, C::Queue, C::Agent, C::State, C::RunAt, C::QueuedAt])
             .filter(C::State.is_in([
                 TaskState::Pending,
                 TaskState::Running,
@@ -307,7 +314,7 @@ impl QueueTally {
                 (TaskState::Blocked, _) => Open::Blocked,
                 _ => Open::Failed,
             };
-            tally.enter(row.id, row.queue, state, row.run_at);
+            tally.enter(row.id, row.queue, row.agent, state, row.run_at);
         }
         for (id, worker) in running {
             if let Some(worker) = worker {
@@ -353,7 +360,10 @@ impl QueueTally {
         match e.event.kind.as_str() {
             "task.submitted" => {
                 if let Some(queue) = queue() {
-                    self.enter(id, queue, Open::Pending, run_at());
+                    let agent = data["agent"]
+                        .as_str()
+                        .unwrap_or(crate::agent::BUILTIN_AGENT);
+                    self.enter(id, queue, agent.to_owned(), Open::Pending, run_at());
                 }
             }
             "task.queued" => self.move_to(id, Open::Queued, None),
@@ -409,6 +419,12 @@ impl QueueTally {
             completed_last_hour: c.completed_at.since(now, 60),
             failed_last_minute: c.failed_at.since(now, 1),
             failed_last_hour: c.failed_at.since(now, 60),
+            waiting_by_agent: c
+                .waiting_by_agent
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(agent, n)| (agent.clone(), *n))
+                .collect(),
         }
     }
 
@@ -505,17 +521,19 @@ impl QueueTally {
         }
     }
 
-    fn enter(&mut self, id: Uuid, queue: String, state: Open, run_at: Timestamp) {
+    fn enter(&mut self, id: Uuid, queue: String, agent: String, state: Open, run_at: Timestamp) {
         self.leave(id);
         let counts = self.queues.entry(queue.clone()).or_default();
         *counts.count(state) += 1;
         if matches!(state, Open::Pending | Open::Queued) {
             counts.due.insert((run_at, id));
+            *counts.waiting_by_agent.entry(agent.clone()).or_default() += 1;
         }
         self.open.insert(
             id,
             OpenTask {
                 queue,
+                agent,
                 state,
                 run_at,
             },
@@ -529,6 +547,14 @@ impl QueueTally {
         let counts = self.queues.entry(task.queue.clone()).or_default();
         *counts.count(task.state) -= 1;
         counts.due.remove(&(task.run_at, id));
+        if matches!(task.state, Open::Pending | Open::Queued)
+            && let Some(n) = counts.waiting_by_agent.get_mut(&task.agent)
+        {
+            *n -= 1;
+            if *n <= 0 {
+                counts.waiting_by_agent.remove(&task.agent);
+            }
+        }
         Some(task)
     }
 
@@ -536,7 +562,7 @@ impl QueueTally {
     fn move_to(&mut self, id: Uuid, state: Open, run_at: Option<Timestamp>) {
         if let Some(task) = self.leave(id) {
             let run_at = run_at.unwrap_or(task.run_at);
-            self.enter(id, task.queue, state, run_at);
+            self.enter(id, task.queue, task.agent, state, run_at);
         }
     }
 
@@ -547,7 +573,7 @@ impl QueueTally {
                 .or_default()
                 .failed_at
                 .add(at);
-            self.enter(id, task.queue, Open::Failed, task.run_at);
+            self.enter(id, task.queue, task.agent, Open::Failed, task.run_at);
         }
     }
 }

@@ -128,7 +128,7 @@ mod tests {
                     (Running, "task.output") => Some(Running),
                     (Running, "task.completed") => Some(Completed),
                     (Running, "task.retrying") => Some(Pending),
-                    (Running, "task.failed") => Some(Failed),
+                    (Pending | Running, "task.failed") => Some(Failed),
                     (Running, "task.blocked") => Some(Blocked),
                     (Running, "task.lease_lost") => Some(Pending),
                     (Running, "task.released") => Some(Pending),

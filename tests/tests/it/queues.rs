@@ -232,3 +232,68 @@ async fn the_figures_kept_from_the_log_agree_with_postgres_after_every_kind_of_t
     .await?;
     app.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_waiting_for_an_agent_no_live_worker_serves_are_shown_in_the_queue_and_the_inbox()
+-> Result<()> {
+    // One worker pool: the `script` agent on the `default` queue.
+    let app = TestApp::spawn().await?;
+    // A registered agent that no worker runs (it was registered after they started).
+    let response = app
+        .http
+        .put(app.url("/v1/agents/gpt9"))
+        .json(&json!({"backend": "claude-code"}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201, "{}", response.text().await?);
+    app.submit(json!({"input": "for gpt9", "agent": "gpt9"}))
+        .await?;
+    app.submit(json!({"input": "also for gpt9", "agent": "gpt9"}))
+        .await?;
+    // And a served agent on a queue no worker consumes.
+    app.submit(json!({"input": "lonely", "queue": "nightly"}))
+        .await?;
+    let served = app.submit(json!({"input": "runs"})).await?;
+    app.wait_for_state(served["id"].as_str().unwrap(), "completed")
+        .await?;
+
+    eventually("the queues say who is not served", || async {
+        let default = queue(&app, "default").await?;
+        let nightly = queue(&app, "nightly").await?;
+        let ok = default["unserved"]
+            == json!([{"queue": "default", "agent": "gpt9", "waiting": 2,
+                       "message": "no worker serves agent gpt9 on queue default: 2 tasks wait for one"}])
+            && nightly["unserved"][0]["agent"] == "script"
+            && nightly["unserved"][0]["waiting"] == 1;
+        anyhow::ensure!(ok, "default: {default}\nnightly: {nightly}");
+        Ok(())
+    })
+    .await?;
+    let (status, inbox) = app.get("/v1/inbox").await?;
+    assert_eq!(status, 200, "{inbox}");
+    let agents: Vec<(&str, &str)> = inbox["unserved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["queue"].as_str().unwrap(), u["agent"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        agents,
+        [("default", "gpt9"), ("nightly", "script")],
+        "{inbox}"
+    );
+    // The UI's inbox says it too.
+    let page = app
+        .http
+        .get(app.url("/inbox"))
+        .header("Cookie", format!("turnq_token={}", app.token()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        page.contains("No worker serves agent gpt9 on queue default"),
+        "{page}"
+    );
+    app.stop().await
+}

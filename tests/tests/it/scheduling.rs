@@ -142,7 +142,7 @@ async fn a_full_queue_of_one_agent_does_not_hold_back_other_agents() -> Result<(
     // Two ghost tasks are handed over; nobody runs the ghost agent, so they stay queued.
     let pushed = Mutex::new(Vec::new());
     let skip_none: Vec<(String, String)> = Vec::new();
-    TaskStore::dispatch_due_queued_before(&t.db, 2, since, &skip_none, &json!({}), |due| {
+    TaskStore::dispatch_due_queued_before(&t.db, 2, since, &skip_none, None, &json!({}), |due| {
         pushed
             .lock()
             .unwrap()
@@ -162,7 +162,7 @@ async fn a_full_queue_of_one_agent_does_not_hold_back_other_agents() -> Result<(
     // With the ghost queue full, the script task is still dispatched.
     let full = vec![("default".to_owned(), "ghost".to_owned())];
     let pushed = Mutex::new(Vec::new());
-    TaskStore::dispatch_due_queued_before(&t.db, 10, since, &full, &json!({}), |due| {
+    TaskStore::dispatch_due_queued_before(&t.db, 10, since, &full, None, &json!({}), |due| {
         pushed
             .lock()
             .unwrap()

@@ -31,6 +31,9 @@ pub(crate) async fn page(
         ..Default::default()
     };
     let page = TaskStore::list(state.db(), &filter, cursor, 50).await?;
+    let unserved = crate::routes::unserved_agents(&state)
+        .await
+        .unwrap_or_default();
     let next = page.next_cursor.map(|c| c.to_string());
     let stream = layout::stream(&state, &[("kind", "task.")]);
     let body = html! {
@@ -38,7 +41,12 @@ pub(crate) async fn page(
         p.hint { "Blocked tasks wait for an approval; failed ones for a retry. "
             a href="/tasks?state=blocked,failed" { "Filter and act on them in bulk" } "." }
         div data-live="inbox" #inbox {
-            @if page.tasks.is_empty() {
+            @for u in &unserved {
+                p.alert.unserved { strong { "No worker serves agent " (u.agent) " on queue " (u.queue) ". " }
+                    (u.waiting) " task" @if u.waiting != 1 { "s" } " wait for one: start "
+                    code { "turnq worker --queues " (u.queue) " --agents " (u.agent) } "." }
+            }
+            @if page.tasks.is_empty() && unserved.is_empty() {
                 (layout::empty("Nothing waits for you.", html! { p { "Blocked and failed tasks appear here as they happen." } }))
             } @else {
                 ul.inbox {

@@ -1,7 +1,7 @@
 //! The dispatcher's side: taking due tasks (in priority order, one turn per session at a
 //! time) and recording that they were handed to Redis.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
@@ -63,19 +63,23 @@ impl TaskStore {
     {
         let stale = time::now()
             - chrono::TimeDelta::from_std(redeliver_after).unwrap_or(chrono::TimeDelta::MAX);
-        Self::dispatch_due_queued_before(db, limit, stale, &[], metadata, push).await
+        Self::dispatch_due_queued_before(db, limit, stale, &[], None, metadata, push).await
     }
 
     /// [`TaskStore::dispatch_due`] with the re-delivery cutoff given as a time: tasks
     /// queued before `stale` count as lost. A caller draining in several rounds keeps
     /// one cutoff for all of them, so what it re-pushed in one round is not re-pushed
     /// again in the next. Tasks of the (queue, agent) pairs in `skip` are left alone
-    /// (their Redis queue is full).
+    /// (their Redis queue is full). With `redeliver_to`, only tasks of those pairs are
+    /// pushed again (the pairs some live worker serves: a task no worker takes is pushed
+    /// once and waits in Redis, instead of being pushed again and again).
+    #[allow(clippy::too_many_arguments)]
     pub async fn dispatch_due_queued_before<F, Fut>(
         db: &DatabaseConnection,
         limit: u64,
         stale: Timestamp,
         skip: &[(String, String)],
+        redeliver_to: Option<&BTreeSet<(String, String)>>,
         metadata: &Value,
         push: F,
     ) -> Result<usize>
@@ -91,8 +95,21 @@ impl TaskStore {
         // `queued_at IS NULL OR queued_at < stale` could use neither index, and would read
         // and sort the whole backlog every round.
         let mut due = Self::due(&txn, at, Column::QueuedAt.is_null(), stale, skip, limit).await?;
-        let stale_ones =
-            Self::due(&txn, at, Column::QueuedAt.lt(stale), stale, skip, limit).await?;
+        let stale_ones = match redeliver_to {
+            Some(pairs) if pairs.is_empty() => Vec::new(),
+            Some(pairs) => {
+                let served = pairs.iter().fold(Condition::any(), |any, (queue, agent)| {
+                    any.add(
+                        Condition::all()
+                            .add(Column::Queue.eq(queue.as_str()))
+                            .add(Column::Agent.eq(agent.as_str())),
+                    )
+                });
+                let which = Condition::all().add(Column::QueuedAt.lt(stale)).add(served);
+                Self::due(&txn, at, which.into(), stale, skip, limit).await?
+            }
+            None => Self::due(&txn, at, Column::QueuedAt.lt(stale), stale, skip, limit).await?,
+        };
         if !stale_ones.is_empty() {
             due.extend(stale_ones);
             due.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
@@ -271,13 +288,55 @@ mod tests {
         stale: Timestamp,
         skip: &[(String, String)],
     ) -> Result<Vec<DueTask>> {
+        redeliver(db, limit, stale, skip, None).await
+    }
+
+    /// [`dispatch`], re-delivering only to the pairs of `redeliver_to` when given.
+    async fn redeliver(
+        db: &DatabaseConnection,
+        limit: u64,
+        stale: Timestamp,
+        skip: &[(String, String)],
+        redeliver_to: Option<&BTreeSet<(String, String)>>,
+    ) -> Result<Vec<DueTask>> {
         let pushed = Mutex::new(Vec::new());
-        TaskStore::dispatch_due_queued_before(db, limit, stale, skip, &meta(), |due| {
-            pushed.lock().unwrap().extend(due);
-            async { Ok(()) }
-        })
+        TaskStore::dispatch_due_queued_before(
+            db,
+            limit,
+            stale,
+            skip,
+            redeliver_to,
+            &meta(),
+            |due| {
+                pushed.lock().unwrap().extend(due);
+                async { Ok(()) }
+            },
+        )
         .await?;
         Ok(pushed.into_inner().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_lost_delivery_is_pushed_again_only_where_a_live_worker_serves_its_agent()
+    -> Result<()> {
+        let t = TestDb::new().await?;
+        let served = submitted(&t.db, json!({"input": "a"})).await?;
+        let unserved = submitted(&t.db, json!({"input": "b", "queue": "nobody"})).await?;
+        // Both pushed once.
+        assert_eq!(dispatch(&t.db, 10, never_stale(), &[]).await?.len(), 2);
+        // Their deliveries count as lost; only the pair some worker serves gets one again.
+        let pairs = BTreeSet::from([("default".to_owned(), "script".to_owned())]);
+        let again = redeliver(&t.db, 10, time::now(), &[], Some(&pairs)).await?;
+        assert_eq!(ids(&again), [served.id]);
+        assert!(
+            redeliver(&t.db, 10, time::now(), &[], Some(&BTreeSet::new()))
+                .await?
+                .is_empty()
+        );
+        // Without the restriction (Redis lost everything), both go again.
+        let all = redeliver(&t.db, 10, time::now(), &[], None).await?;
+        assert_eq!(all.len(), 2, "{:?} {:?}", ids(&all), unserved.id);
+        Ok(())
     }
 
     /// A cutoff that counts no delivery as lost.
