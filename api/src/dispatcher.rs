@@ -110,6 +110,7 @@ pub async fn run(
     );
     let mut redis: Option<ConnectionManager> = None;
     let mut epoch: Option<String> = None;
+    let mut served_cache: Option<(std::time::Instant, BTreeSet<(String, String)>)> = None;
     let mut failures = 0u32;
     // Short: a round that failed because Redis or Postgres was away is tried again
     // within half a second, so dispatching resumes as soon as they answer.
@@ -139,11 +140,22 @@ pub async fn run(
                     // Re-deliveries go only to pairs some live worker serves: a task
                     // no worker takes is pushed once and waits in Redis. After a loss,
                     // everything queued is pushed again, served or not.
-                    match if lost {
+                    // (Read at most once per poll interval: a round runs on every
+                    // submission.)
+                    let served = if lost {
                         Ok(None)
                     } else {
-                        WorkerRegistry::served_pairs(&db).await.map(Some)
-                    } {
+                        match &served_cache {
+                            Some((at, pairs)) if at.elapsed() < config.dispatch_poll_interval => {
+                                Ok(Some(pairs.clone()))
+                            }
+                            _ => WorkerRegistry::served_pairs(&db).await.map(|pairs| {
+                                served_cache = Some((std::time::Instant::now(), pairs.clone()));
+                                Some(pairs)
+                            }),
+                        }
+                    };
+                    match served {
                         Ok(served) => {
                             drain(&db, conn, &names, &config, stale, served.as_ref()).await
                         }
