@@ -14,6 +14,7 @@
 //!
 //! Depends on the database layer only; knows no HTTP (the API maps its errors).
 
+pub mod backend_config;
 mod registry;
 mod sessions;
 

@@ -282,6 +282,10 @@ impl AgentRegistry {
         }
         spec.validate()?;
         let config = spec.config.unwrap_or_else(|| Value::Object(Map::new()));
+        // A config the workers could not build a backend from is refused now, saying
+        // what is wrong, instead of being found at the next worker start.
+        super::backend_config::validate(&spec.backend, &config)
+            .map_err(|e| Error::Invalid(format!("agent {name:?}: {e}")))?;
         let txn = db.begin().await?;
         // Insert-or-nothing first, then update: unlike comparing timestamps, this tells
         // "created" from "updated" exactly, also when two PUTs of a new name race (the

@@ -22,12 +22,15 @@ async fn agent_put_creates_then_updates_and_keeps_probe_results() -> Result<()> 
     let first = AgentRegistry::put(
         &t.db,
         "claude",
-        spec(json!({"backend": "claude-code", "config": {"model": "opus"}, "models": ["opus"]}))?,
+        spec(json!({"backend": "command", "config": {"program": "claude", "args": ["--model", "opus"]}, "models": ["opus"]}))?,
         time::now(),
     )
     .await?;
     assert!(first.created);
-    assert_eq!(first.agent.config, json!({"model": "opus"}));
+    assert_eq!(
+        first.agent.config,
+        json!({"program": "claude", "args": ["--model", "opus"]})
+    );
     assert_eq!(first.agent.models, json!(["opus"]));
     assert_eq!(first.agent.version, None);
 
@@ -46,13 +49,16 @@ async fn agent_put_creates_then_updates_and_keeps_probe_results() -> Result<()> 
     let second = AgentRegistry::put(
         &t.db,
         "claude",
-        spec(json!({"backend": "claude-code", "label": "Claude", "config": {"model": "sonnet"}}))?,
+        spec(json!({"backend": "command", "label": "Claude", "config": {"program": "claude", "args": ["--model", "sonnet"]}}))?,
         time::now(),
     )
     .await?;
     assert!(!second.created);
     assert_eq!(second.agent.label.as_deref(), Some("Claude"));
-    assert_eq!(second.agent.config, json!({"model": "sonnet"}));
+    assert_eq!(
+        second.agent.config,
+        json!({"program": "claude", "args": ["--model", "sonnet"]})
+    );
     assert_eq!(
         second.agent.models,
         json!(["opus"]),
@@ -217,19 +223,22 @@ async fn agent_put_over_http_is_201_then_200_and_lists() -> Result<()> {
     let (status, created) = put(
         &app,
         "claude",
-        &json!({"backend": "claude-code", "config": {"permission_mode": "plan"}, "models": ["opus", "sonnet"], "capabilities": {"resume": true}}),
+        &json!({"backend": "command", "config": {"program": "claude", "args": ["--permission-mode", "plan"]}, "models": ["opus", "sonnet"], "capabilities": {"resume": true}}),
     )
     .await?;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["name"], "claude");
-    assert_eq!(created["config"], json!({"permission_mode": "plan"}));
+    assert_eq!(
+        created["config"],
+        json!({"program": "claude", "args": ["--permission-mode", "plan"]})
+    );
     assert_eq!(created["commands"], json!([]));
     assert_eq!(created["last_probed_at"], Value::Null);
 
     let (status, updated) = put(
         &app,
         "claude",
-        &json!({"backend": "claude-code", "label": "Claude"}),
+        &json!({"backend": "script", "label": "Claude"}),
     )
     .await?;
     assert_eq!(status, 200, "{updated}");
@@ -237,7 +246,7 @@ async fn agent_put_over_http_is_201_then_200_and_lists() -> Result<()> {
     assert_eq!(updated["config"], json!({}));
     assert_eq!(updated["models"], json!(["opus", "sonnet"]));
 
-    put(&app, "codex", &json!({"backend": "codex"})).await?;
+    put(&app, "codex", &json!({"backend": "openai", "config": {"base_url": "http://127.0.0.1:9/v1", "model": "codex"}})).await?;
     let (status, list) = app.get("/v1/agents").await?;
     assert_eq!(status, 200);
     let names: Vec<&str> = list["agents"]
@@ -405,6 +414,21 @@ async fn a_closed_agent_session_is_not_resumed_and_its_next_turn_starts_fresh() 
 }
 
 /// `PUT /v1/agents/{name}`, expecting 201 or 200.
+/// An agent as an earlier version registered it, whatever its config (written to the
+/// table directly: the registry now refuses such a config).
+async fn legacy(app: &TestApp, name: &str, backend: &str, config: Value) -> Result<()> {
+    use sea_orm::ConnectionTrait;
+    app.db
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            "INSERT INTO agents (name, backend, config, models, capabilities, commands, created_at, updated_at) \
+             VALUES ($1, $2, $3, '[]', '{}', '[]', now(), now())",
+            [name.into(), backend.into(), config.into()],
+        ))
+        .await?;
+    Ok(())
+}
+
 async fn declare(app: &TestApp, name: &str, spec: Value) -> Result<()> {
     let (status, body) = put(app, name, &spec).await?;
     ensure!(
@@ -431,13 +455,10 @@ async fn the_worker_registry_lists_the_agents_each_worker_runs() -> Result<()> {
         json!({"backend": "command", "config": {"program": "/nonexistent/agent"}}),
     )
     .await?;
-    declare(&app, "claude", json!({"backend": "claude-code"})).await?;
-    declare(
-        &app,
-        "bad-config",
-        json!({"backend": "command", "config": {}}),
-    )
-    .await?;
+    // Registered before configs were checked at registration: still in the registry,
+    // and a worker still refuses to run them.
+    legacy(&app, "claude", "claude-code", json!({})).await?;
+    legacy(&app, "bad-config", "command", json!({})).await?;
     app.start_worker(&[]).await?;
 
     let workers = eventually("the worker registers with its agents", || async {
@@ -551,6 +572,46 @@ async fn a_command_agent_resumes_its_backend_session_until_the_session_is_delete
         "turn 3 starts fresh"
     );
     assert_eq!(resumer_turn(&app, "4").await?, "args:[--resume prov-3]");
+    app.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_whose_config_no_worker_could_run_is_refused_at_put_and_writes_nothing()
+-> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    for (spec, needle) in [
+        (
+            json!({"backend": "claude-code"}),
+            "there is no \"claude-code\" backend",
+        ),
+        (
+            json!({"backend": "command", "config": {}}),
+            "missing field `program`",
+        ),
+        (
+            json!({"backend": "command", "config": {"program": "x", "mode": "xml"}}),
+            "unknown variant `xml`",
+        ),
+        (
+            json!({"backend": "openai", "config": {"base_url": "ftp://h", "model": "m"}}),
+            "not http(s)",
+        ),
+        (
+            json!({"backend": "openai", "config": {"base_url": "http://h/v1"}}),
+            "missing field `model`",
+        ),
+    ] {
+        let (status, body) = put(&app, "candidate", &spec).await?;
+        assert_eq!(status, 400, "{spec}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle) && message.contains("candidate"),
+            "{spec}: {message}"
+        );
+    }
+    let (status, _) = app.get("/v1/agents/candidate").await?;
+    assert_eq!(status, 404, "nothing was registered");
     app.stop().await?;
     Ok(())
 }

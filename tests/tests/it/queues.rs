@@ -242,7 +242,7 @@ async fn tasks_waiting_for_an_agent_no_live_worker_serves_are_shown_in_the_queue
     let response = app
         .http
         .put(app.url("/v1/agents/gpt9"))
-        .json(&json!({"backend": "claude-code"}))
+        .json(&json!({"backend": "command", "config": {"program": "gpt9-cli"}}))
         .send()
         .await?;
     assert_eq!(response.status(), 201, "{}", response.text().await?);

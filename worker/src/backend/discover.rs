@@ -35,7 +35,7 @@ use turnq_core::error::chain as error_chain;
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The backend kinds a worker can build from an agent's config.
-pub const SUPPORTED_BACKENDS: [&str; 3] = ["script", "command", "openai"];
+pub use turnq_core::agent::backend_config::BACKENDS as SUPPORTED_BACKENDS;
 
 /// The name (and backend) of the agent every worker runs, registered or not.
 pub use turnq_core::agent::BUILTIN_AGENT;

@@ -102,9 +102,7 @@ impl fmt::Debug for CommandBackend {
 impl CommandBackend {
     /// A backend for `config`; refuses an empty `program`.
     pub fn new(config: CommandConfig) -> Result<Self, String> {
-        if config.program.trim().is_empty() {
-            return Err("the `command` backend's config has an empty `program`".into());
-        }
+        config.check()?;
         Ok(CommandBackend {
             config: Arc::new(config),
             sessions: None,
@@ -122,9 +120,7 @@ impl CommandBackend {
     /// (a missing `program`, an unknown field, a `mode` that is neither `text` nor
     /// `jsonl`, …).
     pub fn from_config(config: Value) -> Result<Self, String> {
-        let config: CommandConfig = serde_json::from_value(config)
-            .map_err(|e| format!("the `command` backend's config is malformed: {e}"))?;
-        Self::new(config)
+        Self::new(CommandConfig::parse(config)?)
     }
 
     pub fn config(&self) -> &CommandConfig {

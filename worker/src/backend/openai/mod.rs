@@ -31,11 +31,10 @@
 //! are retryable; any other 4xx is fatal, with the body's `error.message`; a malformed
 //! session key is fatal. Cancellation drops the request at once.
 
-use std::{pin::pin, sync::Arc, time::Duration};
+use std::{pin::pin, sync::Arc};
 
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures::{FutureExt, Stream, StreamExt, future::BoxFuture};
-use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until};
 use turnq_core::{
@@ -52,34 +51,7 @@ use super::{
 /// The longest error body quoted in a failure message, in characters.
 const MAX_ERROR_CHARS: usize = 1000;
 
-/// An agent's configuration of the `openai` backend.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpenAiConfig {
-    /// The API root, e.g. `http://localhost:11434/v1`; `/chat/completions` is added.
-    pub base_url: String,
-    /// The model when the task names none.
-    pub model: String,
-    /// The environment variable that holds the API key (never the key itself).
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    /// A system prompt put before the history.
-    #[serde(default)]
-    pub system: Option<String>,
-    /// The longest a request may take, e.g. `"90s"`; unset: only the turn's deadline.
-    #[serde(default, deserialize_with = "humantime_opt")]
-    pub timeout: Option<Duration>,
-}
-
-fn humantime_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    Option::<String>::deserialize(d)?
-        .map(|s| {
-            humantime::parse_duration(&s).map_err(|e| {
-                serde::de::Error::custom(format!("`timeout` {s:?} is not a duration: {e}"))
-            })
-        })
-        .transpose()
-}
+pub use turnq_core::agent::backend_config::OpenAiConfig;
 
 /// Streams a chat completion per turn; see the module documentation.
 #[derive(Clone, Debug)]
@@ -92,21 +64,7 @@ impl OpenAiBackend {
     /// A backend for `config`; refuses a `base_url` that is not http(s) and an empty
     /// `model`.
     pub fn new(config: OpenAiConfig) -> Result<Self, String> {
-        let url = reqwest::Url::parse(&config.base_url).map_err(|e| {
-            format!(
-                "the `openai` backend's `base_url` {:?} is not a URL: {e}",
-                config.base_url
-            )
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "the `openai` backend's `base_url` {:?} is not http(s)",
-                config.base_url
-            ));
-        }
-        if config.model.trim().is_empty() {
-            return Err("the `openai` backend's config has an empty `model`".into());
-        }
+        config.check()?;
         let client = reqwest::Client::builder()
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -118,9 +76,7 @@ impl OpenAiBackend {
 
     /// A backend from an agent's JSON `config` object; the message says what is wrong.
     pub fn from_config(config: Value) -> Result<Self, String> {
-        let config: OpenAiConfig = serde_json::from_value(config)
-            .map_err(|e| format!("the `openai` backend's config is malformed: {e}"))?;
-        Self::new(config)
+        Self::new(OpenAiConfig::parse(config)?)
     }
 
     pub fn config(&self) -> &OpenAiConfig {

@@ -471,6 +471,9 @@ fn a_malformed_config_is_refused_saying_what_is_wrong() {
         json!({"base_url": "http://x/v1", "model": "m", "timeout": "90s"}),
     )
     .unwrap();
-    assert_eq!(backend.config().timeout, Some(Duration::from_secs(90)));
+    assert_eq!(
+        backend.config().timeout,
+        Some(std::time::Duration::from_secs(90))
+    );
     assert_eq!(backend.name(), "openai");
 }
