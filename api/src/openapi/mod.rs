@@ -66,6 +66,7 @@ use crate::routes::{agents, events, health, queues, sessions, stats, tasks, work
         agents::list,
         agents::get,
         agents::put,
+        agents::delete,
         stats::usage,
         sessions::list,
         sessions::summaries,

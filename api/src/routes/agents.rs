@@ -115,3 +115,32 @@ pub(super) async fn put(
     };
     Ok((status, Json(put.agent)))
 }
+
+/// `DELETE /v1/agents/{name}`: 204. Its tasks still waiting stay, shown as unserved.
+#[utoipa::path(
+    delete,
+    path = "/v1/agents/{name}",
+    tag = "agents",
+    operation_id = "delete_agent",
+    summary = "Remove an agent from the registry",
+    description = "Scope `admin`. Workers stop taking its tasks; its tasks still waiting stay (listed as unserved in `/v1/queues` and the inbox) until it is registered again or they are cancelled; new tasks naming it are refused. The built-in `script` cannot be removed.",
+    params(("name" = String, Path, description = "The agent's name.", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 400, response = crate::openapi::responses::BadRequest),
+        (status = 401, response = crate::openapi::responses::Unauthorized),
+        (status = 403, response = crate::openapi::responses::Forbidden),
+        (status = 404, response = crate::openapi::responses::NotFound),
+        (status = 500, response = crate::openapi::responses::Internal),
+        (status = 503, response = crate::openapi::responses::Unavailable),
+    ),
+)]
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let agent = AgentRegistry::delete(state.db(), &name).await?;
+    tracing::info!(agent = %agent.name, backend = %agent.backend, "agent removed from the registry");
+    Ok(StatusCode::NO_CONTENT)
+}

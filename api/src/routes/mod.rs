@@ -86,6 +86,7 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/queues/{name}/resume", post(queues::resume))
         // An agent's config decides what workers run: an operator's act.
         .route("/v1/agents/{name}", put(agents::put))
+        .route("/v1/agents/{name}", delete(agents::delete))
         // Deleting a transcript destroys the only record of a conversation: an operator's
         // act, not an agent's, so it needs `admin` (see docs/sessions.md).
         .route(

@@ -18,7 +18,9 @@ pub mod backend_config;
 mod registry;
 mod sessions;
 
-pub use registry::{Agent, AgentRegistry, AgentSpec, BUILTIN_AGENT, Put, config_hash};
+pub use registry::{
+    Agent, AgentRegistry, AgentSpec, BUILTIN_AGENT, CHANNEL_AGENTS_CHANGED, Put, config_hash,
+};
 pub use sessions::{AgentSession, AgentSessions, AgentStatus, Turn};
 
 #[cfg(test)]

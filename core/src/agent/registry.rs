@@ -240,6 +240,10 @@ impl AgentRegistry {
 /// agent. Its name cannot be registered.
 pub const BUILTIN_AGENT: &str = "script";
 
+/// The channel a change of the registry (an agent put or deleted) is notified on, in
+/// its transaction; the payload is the agent's name.
+pub const CHANNEL_AGENTS_CHANGED: &str = "agents_changed";
+
 impl AgentRegistry {
     /// Every agent, by name.
     pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<Agent>> {
@@ -260,6 +264,30 @@ impl AgentRegistry {
             .one(db)
             .await?
             .map(Agent::from))
+    }
+
+    /// Removes the agent `name` from the registry and returns it, telling the workers
+    /// (`agents_changed`) in the same transaction. Its tasks still waiting stay (they
+    /// show as unserved until it is registered again, or are cancelled); new tasks naming
+    /// it are refused. The built-in `script` is not registered and cannot be removed.
+    pub async fn delete(db: &DatabaseConnection, name: &str) -> Result<Agent> {
+        if name == BUILTIN_AGENT {
+            return Err(Error::Invalid(format!(
+                "`{BUILTIN_AGENT}` is turnq's built-in simulated agent: it is not registered and cannot be removed"
+            )));
+        }
+        crate::storable::no_nul("agent name", name)?;
+        let txn = db.begin().await?;
+        let row = agents::Entity::find_by_id(name.to_owned())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no agent named {name:?} is registered")))?;
+        agents::Entity::delete_by_id(name.to_owned())
+            .exec(&txn)
+            .await?;
+        crate::listen::notify(&txn, CHANNEL_AGENTS_CHANGED, name).await?;
+        txn.commit().await?;
+        Ok(Agent::from(row))
     }
 
     /// Creates the agent `name`, or replaces its label, backend and config (and its
@@ -329,6 +357,7 @@ impl AgentRegistry {
             };
             agents::Entity::update(update).exec(&txn).await?
         };
+        crate::listen::notify(&txn, CHANNEL_AGENTS_CHANGED, name).await?;
         txn.commit().await?;
         Ok(Put {
             agent: model.into(),

@@ -615,3 +615,70 @@ async fn an_agent_whose_config_no_worker_could_run_is_refused_at_put_and_writes_
     app.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_agent_can_be_removed_and_then_takes_no_new_tasks() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    declare(
+        &app,
+        "temp",
+        json!({"backend": "command", "config": {"program": "temp-cli"}}),
+    )
+    .await?;
+    let waiting = app.submit(json!({"input": "x", "agent": "temp"})).await?;
+    let delete = |name: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .delete(app.url(&format!("/v1/agents/{name}")))
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let text = response.text().await?;
+            anyhow::Ok((status, text))
+        }
+    };
+    assert_eq!(delete("temp").await?.0, 204);
+    let (status, _) = app.get("/v1/agents/temp").await?;
+    assert_eq!(status, 404);
+    // Its waiting task stays; a new one is refused, naming the agents that exist.
+    assert_eq!(
+        app.task(waiting["id"].as_str().unwrap()).await?["state"],
+        "pending"
+    );
+    let (status, body) = app
+        .post("/v1/tasks", &json!({"input": "y", "agent": "temp"}))
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    // Gone already, or never there, or built in.
+    let (status, body) = delete("temp").await?;
+    assert!(
+        status == 404 && body.contains("no agent named"),
+        "{status} {body}"
+    );
+    let (status, body) = delete("script").await?;
+    assert!(
+        status == 400 && body.contains("built-in"),
+        "{status} {body}"
+    );
+    // Removing needs admin.
+    let (secret, _) = turnq_core::auth::TokenStore::create(
+        &app.db,
+        "submitter",
+        &[
+            turnq_core::auth::Scope::Submit,
+            turnq_core::auth::Scope::Read,
+        ],
+    )
+    .await?;
+    let status = reqwest::Client::new()
+        .delete(app.url("/v1/agents/anything"))
+        .bearer_auth(secret.expose())
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, 403);
+    app.stop().await?;
+    Ok(())
+}
