@@ -93,6 +93,25 @@ impl Supervisor {
         self.spawn_fallible(name, task.map(Ok::<(), std::convert::Infallible>))
     }
 
+    /// [`Supervisor::spawn`] for a task that may also end once `done` is cancelled (a
+    /// part retired while the process goes on: the consumer of an agent removed from
+    /// the registry). Ending before that, failing or panicking is a death as for any.
+    pub fn spawn_until<F>(
+        &self,
+        name: impl Into<String>,
+        done: CancellationToken,
+        task: F,
+    ) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.supervised(
+            name.into(),
+            Some(done),
+            task.map(Ok::<(), std::convert::Infallible>),
+        )
+    }
+
     /// [`Supervisor::spawn`] for a task that can fail: an error is a death too, whenever
     /// it comes.
     pub fn spawn_fallible<F, E>(&self, name: impl Into<String>, task: F) -> JoinHandle<()>
@@ -100,7 +119,19 @@ impl Supervisor {
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: std::error::Error + 'static,
     {
-        let name = name.into();
+        self.supervised(name.into(), None, task)
+    }
+
+    fn supervised<F, E>(
+        &self,
+        name: String,
+        done: Option<CancellationToken>,
+        task: F,
+    ) -> JoinHandle<()>
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::error::Error + 'static,
+    {
         let inner = self.inner.clone();
         *lock(&inner.running).entry(name.clone()).or_default() += 1;
         self.inner.tracker.spawn(async move {
@@ -113,7 +144,10 @@ impl Supervisor {
             // shared is only read to shut the process down.
             let ended = AssertUnwindSafe(task).catch_unwind().await;
             let cause = match ended {
-                Ok(Ok(())) if inner.stopping.is_cancelled() => {
+                Ok(Ok(()))
+                    if inner.stopping.is_cancelled()
+                        || done.as_ref().is_some_and(CancellationToken::is_cancelled) =>
+                {
                     tracing::debug!(task = %name, "long-lived task stopped");
                     return;
                 }

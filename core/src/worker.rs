@@ -161,6 +161,24 @@ impl WorkerRegistry {
         Ok(())
     }
 
+    /// Records the agents a worker runs now (it reloaded them after a change of the
+    /// agent registry).
+    pub async fn set_agents<C: ConnectionTrait>(
+        db: &C,
+        id: &WorkerId,
+        agents: &[WorkerAgent],
+    ) -> Result<()> {
+        workers::Entity::update_many()
+            .col_expr(
+                Column::Agents,
+                sea_orm::sea_query::Expr::value(serde_json::to_value(agents).unwrap_or_default()),
+            )
+            .filter(Column::Id.eq(id.0.as_str()))
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+
     pub async fn stopped<C: ConnectionTrait>(db: &C, id: &WorkerId) -> Result<()> {
         let row = workers::ActiveModel {
             id: Set(id.0.clone()),

@@ -575,3 +575,78 @@ async fn a_worker_without_the_agent_leaves_its_tasks_alone() -> Result<()> {
     );
     Ok(())
 }
+
+/// The names of the agents the app's (one) worker says it runs.
+async fn worker_agents(app: &TestApp) -> Result<Vec<String>> {
+    let (status, body) = app.get("/v1/workers").await?;
+    anyhow::ensure!(status == 200, "{body}");
+    Ok(body["workers"][0]["agents"]
+        .as_array()
+        .context("agents")?
+        .iter()
+        .filter_map(|a| a["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Runs one task of `agent` to its end and returns its output summary.
+async fn one_turn(app: &TestApp, agent: &str) -> Result<String> {
+    let task = app.submit(json!({"input": "x", "agent": agent})).await?;
+    let done = app
+        .wait_for_state(task["id"].as_str().context("id")?, "completed")
+        .await?;
+    Ok(done["output_summary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_worker_takes_up_a_new_changed_or_removed_agent_without_a_restart() -> Result<()>
+{
+    let app = TestApp::spawn().await?;
+    let echo = |text: &str| json!({"backend": "command", "config": {"program": "bash", "args": ["-c", format!("echo {text}")], "mode": "text"}});
+    let put = |name: &'static str, spec: Value| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .put(app.url(&format!("/v1/agents/{name}")))
+                .json(&spec)
+                .send()
+                .await?;
+            anyhow::ensure!(response.status().is_success(), "{}", response.text().await?);
+            Ok(())
+        }
+    };
+    // Registered after the worker started: probed and run, no restart.
+    put("late", echo("late-v1")).await?;
+    eventually("the worker runs the new agent", || async {
+        let agents = worker_agents(&app).await?;
+        anyhow::ensure!(agents.iter().any(|a| a == "late"), "{agents:?}");
+        Ok(())
+    })
+    .await?;
+    assert_eq!(one_turn(&app, "late").await?, "late-v1");
+
+    // Its config changes: the next turns run the new one.
+    put("late", echo("late-v2")).await?;
+    eventually("a turn runs the changed config", || async {
+        let output = one_turn(&app, "late").await?;
+        anyhow::ensure!(output == "late-v2", "still {output:?}");
+        Ok(())
+    })
+    .await?;
+
+    // Removed: the worker stops consuming its queue.
+    let response = app.http.delete(app.url("/v1/agents/late")).send().await?;
+    assert_eq!(response.status(), 204);
+    eventually("the worker no longer runs it", || async {
+        let agents = worker_agents(&app).await?;
+        anyhow::ensure!(!agents.iter().any(|a| a == "late"), "{agents:?}");
+        Ok(())
+    })
+    .await?;
+    // Its other agents run on.
+    assert!(!one_turn(&app, "script").await?.is_empty());
+    app.stop().await
+}

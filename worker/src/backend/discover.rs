@@ -16,8 +16,8 @@
 //! ([`PgAgentSessions`]).
 //!
 //! A registered agent that passed gets `version` and `last_probed_at` recorded; one that
-//! failed is logged with why and left alone. Agents registered (or changed) after the
-//! worker started are picked up when it restarts.
+//! failed is logged with why and left alone. Agents registered, changed or removed
+//! after the worker started are picked up while it runs (`lifecycle::reload`).
 
 use std::{process::Stdio, sync::Arc, time::Duration};
 

@@ -29,8 +29,9 @@ const HEALTHY_RUN: Duration = Duration::from_secs(30);
 /// applied again.
 const GATE_RETRY: Duration = Duration::from_millis(10);
 
-/// Keeps a consumer running on `delivery` until `stop`, rebuilding it after any failure.
-pub(super) async fn supervise(shared: Arc<Shared>, delivery: Delivery) {
+/// Keeps a consumer running on `delivery` until `stop` (the worker stopping, or the pair
+/// retired), rebuilding it after any failure.
+pub(super) async fn supervise(shared: Arc<Shared>, delivery: Delivery, stop: CancellationToken) {
     let settings = &shared.settings;
     let config = settings.apalis_config(&delivery);
     // `queue:agent`, in logs, the consumer's name and the live map.
@@ -41,7 +42,7 @@ pub(super) async fn supervise(shared: Arc<Shared>, delivery: Delivery) {
     let mut failures: u32 = 0;
     // Consumers that died: retired once Redis answers again.
     let mut dead: Vec<String> = Vec::new();
-    while !shared.stop.is_cancelled() {
+    while !stop.is_cancelled() {
         fail_point!("worker.consumer");
         let mut conn = match connect(&settings.redis_url).await {
             Ok(conn) => conn,
@@ -56,7 +57,7 @@ pub(super) async fn supervise(shared: Arc<Shared>, delivery: Delivery) {
                 } else {
                     tracing::debug!(url = %url, queue = %queue, failures, error = %e, "Redis still unreachable");
                 }
-                if !backoff.wait(&shared.stop).await {
+                if !backoff.wait(&stop).await {
                     break;
                 }
                 continue;
@@ -81,7 +82,7 @@ pub(super) async fn supervise(shared: Arc<Shared>, delivery: Delivery) {
         }
         shared.set_live(&queue, Some(name.clone()));
         let started = Instant::now();
-        let result = consume(&shared, &queue, &name, conn.clone(), config.clone()).await;
+        let result = consume(&shared, &queue, &name, conn.clone(), config.clone(), &stop).await;
         shared.set_live(&queue, None);
         dead.push(name.clone());
         // Keep the list bounded through a long outage: apalis' orphan detection
@@ -90,7 +91,7 @@ pub(super) async fn supervise(shared: Arc<Shared>, delivery: Delivery) {
             dead.remove(0);
         }
 
-        if shared.stop.is_cancelled() {
+        if stop.is_cancelled() {
             if let Err(e) = &result {
                 tracing::warn!(queue = %queue, consumer = %name, error = %error_chain(e),
                     "the Redis consumer failed while stopping; its unacknowledged jobs are re-delivered");
@@ -112,7 +113,7 @@ pub(super) async fn supervise(shared: Arc<Shared>, delivery: Delivery) {
         if started.elapsed() >= HEALTHY_RUN {
             backoff.reset();
         }
-        if !backoff.wait(&shared.stop).await {
+        if !backoff.wait(&stop).await {
             break;
         }
     }
@@ -125,12 +126,14 @@ async fn consume(
     name: &str,
     conn: ConnectionManager,
     config: apalis_redis::Config,
+    stop: &CancellationToken,
 ) -> Result<(), ApalisError> {
     let context = Arc::new(QueueContext {
         shared: shared.clone(),
         queue: queue.to_owned(),
         conn: conn.clone(),
         config: config.clone(),
+        stop: stop.clone(),
     });
     // Fetch when the dispatcher says it pushed, and every poll interval regardless.
     let wake = shared.wakes.get(queue).cloned().unwrap_or_default();
@@ -155,7 +158,7 @@ async fn consume(
             }
         })
         .build(deliver);
-    let stop = shared.stop.clone();
+    let stop = stop.clone();
     let gate = shared.gate.clone();
     worker
         .run_with_ctx(move |ctx| follow_gate(ctx, gate.clone(), stop.clone()))

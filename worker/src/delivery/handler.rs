@@ -2,6 +2,7 @@
 //! back whatever it will not start.
 
 use std::{convert::Infallible, sync::Arc};
+use tokio_util::sync::CancellationToken;
 
 use apalis::prelude::{Data, TaskSink};
 use apalis_redis::{ConnectionManager, RedisStorage};
@@ -33,6 +34,9 @@ pub(crate) struct QueueContext {
     pub(super) queue: String,
     pub(super) conn: ConnectionManager,
     pub(super) config: apalis_redis::Config,
+    /// Cancelled when the worker stops or this queue's consumer is retired: jobs then
+    /// go back to the queue unstarted.
+    pub(super) stop: CancellationToken,
 }
 
 impl QueueContext {
@@ -90,7 +94,7 @@ pub(crate) async fn deliver(job: Job, context: Data<Arc<QueueContext>>) -> Resul
             .min(shared.settings.concurrency.max(1));
         let taken = tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => None,
+            _ = context.stop.cancelled() => None,
             _ = shut => None,
             slots = shared.slots.clone().acquire_many_owned(wanted as u32) => slots.ok(),
         };
@@ -113,7 +117,7 @@ pub(crate) async fn deliver(job: Job, context: Data<Arc<QueueContext>>) -> Resul
             tasks: rest.drain(..slots.len()).collect(),
         };
         let handler = shared.handler.clone();
-        let stop = shared.stop.clone();
+        let stop = context.stop.clone();
         let job_context = context.clone();
         // The turns run on a task of their own: if this consumer dies (and drops this
         // future), they still finish and record their results.

@@ -141,7 +141,8 @@ impl std::fmt::Display for Delivery {
 pub(crate) struct QueueSettings {
     pub(crate) redis_url: String,
     pub(crate) names: RedisNames,
-    /// The (queue, agent) pairs to consume, one consumer each.
+    /// The (queue, agent) pairs consumed at start, one consumer each (the agent
+    /// registry may change them while the worker runs: [`Consumers::set_deliveries`]).
     pub(crate) queues: Vec<Delivery>,
     pub(crate) concurrency: usize,
     pub(crate) poll_interval: Duration,
@@ -181,8 +182,14 @@ pub(crate) struct Shared {
     gate: watch::Receiver<bool>,
     /// The live consumer of each queue, whose metadata the cleanup keeps from expiring.
     live: Mutex<BTreeMap<String, String>>,
-    /// Each queue's wake-up, signalled when the dispatcher pushes to it.
+    /// Each queue's wake-up, signalled when the dispatcher pushes to it. (A pair added
+    /// while the worker runs has none: its consumer polls every `--poll-interval`.)
     wakes: HashMap<String, Wake>,
+    /// The pairs consumed now, each with the token that retires its consumer.
+    consumed: Mutex<BTreeMap<Delivery, CancellationToken>>,
+    /// Where consumers are spawned, and their handles (joined on stop).
+    tasks: Supervisor,
+    supervisors: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -199,11 +206,11 @@ impl Shared {
         };
     }
 
-    /// apalis' settings for each queue.
+    /// apalis' settings for each queue consumed now.
     fn configs(&self) -> Vec<(String, apalis_redis::Config)> {
-        self.settings
-            .queues
-            .iter()
+        let consumed = self.consumed.lock().unwrap_or_else(|p| p.into_inner());
+        consumed
+            .keys()
             .map(|d| (d.to_string(), self.settings.apalis_config(d)))
             .collect()
     }
@@ -217,9 +224,12 @@ impl Shared {
 /// The running consumers of a worker.
 pub(crate) struct Consumers {
     shared: Arc<Shared>,
-    supervisors: Vec<JoinHandle<()>>,
     cleanup: JoinHandle<()>,
 }
+
+/// Changes which (queue, agent) pairs a worker consumes while it runs; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Deliveries(Arc<Shared>);
 
 impl Consumers {
     /// Starts one consumer per queue, the cleanup and the wake-up subscription, as
@@ -248,26 +258,59 @@ impl Consumers {
             stop,
             gate,
             live: Mutex::default(),
+            consumed: Mutex::default(),
+            tasks: tasks.clone(),
+            supervisors: Mutex::default(),
         });
-        let supervisors = shared
-            .settings
-            .queues
-            .iter()
-            .map(|delivery| {
-                tasks.spawn(
-                    format!("worker.consumer {delivery}"),
-                    consumer::supervise(shared.clone(), delivery.clone()),
-                )
-            })
-            .collect();
         let cleanup = tasks.spawn("worker.redis-cleanup", cleanup::clean(shared.clone()));
-        Consumers {
-            shared,
-            supervisors,
-            cleanup,
-        }
+        Deliveries(shared.clone()).set(shared.settings.queues.clone());
+        Consumers { shared, cleanup }
     }
 
+    /// The handle that changes which pairs are consumed.
+    pub(crate) fn deliveries(&self) -> Deliveries {
+        Deliveries(self.shared.clone())
+    }
+}
+
+impl Deliveries {
+    /// Consumes exactly `wanted` from now on: starts a consumer for each pair not
+    /// consumed yet, and retires the consumers of pairs no longer wanted (they take no
+    /// new job; what they fetched and did not start goes back to its queue; turns
+    /// running go on). Returns (added, retired).
+    pub(crate) fn set(&self, wanted: Vec<Delivery>) -> (Vec<Delivery>, Vec<Delivery>) {
+        let shared = &self.0;
+        let mut consumed = shared.consumed.lock().unwrap_or_else(|p| p.into_inner());
+        let retired: Vec<Delivery> = consumed
+            .keys()
+            .filter(|d| !wanted.contains(d))
+            .cloned()
+            .collect();
+        for delivery in &retired {
+            if let Some(token) = consumed.remove(delivery) {
+                token.cancel();
+            }
+        }
+        let mut added = Vec::new();
+        let mut supervisors = shared.supervisors.lock().unwrap_or_else(|p| p.into_inner());
+        for delivery in wanted {
+            if consumed.contains_key(&delivery) || shared.stop.is_cancelled() {
+                continue;
+            }
+            let retire = shared.stop.child_token();
+            consumed.insert(delivery.clone(), retire.clone());
+            supervisors.push(shared.tasks.spawn_until(
+                format!("worker.consumer {delivery}"),
+                retire.clone(),
+                consumer::supervise(shared.clone(), delivery.clone(), retire),
+            ));
+            added.push(delivery);
+        }
+        (added, retired)
+    }
+}
+
+impl Consumers {
     /// Jobs being handled now (claiming or running a turn).
     pub(crate) fn running(&self) -> usize {
         self.shared.jobs.len()
@@ -283,7 +326,14 @@ impl Consumers {
     /// Waits (within limits) for the consumers to acknowledge, hand back and close,
     /// then cleans up once more so a stopped worker leaves no acknowledged jobs behind.
     pub(crate) async fn join(self) {
-        for supervisor in self.supervisors {
+        let supervisors = std::mem::take(
+            &mut *self
+                .shared
+                .supervisors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for supervisor in supervisors {
             let abort = supervisor.abort_handle();
             if timeout(CLOSE_PATIENCE, supervisor).await.is_err() {
                 tracing::warn!(

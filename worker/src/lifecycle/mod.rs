@@ -2,6 +2,7 @@
 //! long-lived tasks, consume), drain (let running turns finish, hand back the rest),
 //! stop (leave the registry).
 
+mod reload;
 #[cfg(test)]
 mod tests;
 
@@ -60,13 +61,16 @@ pub struct Worker {
     config: WorkerConfig,
     queues: Vec<String>,
     backends: Backends,
+    /// Built from the agent registry ([`Worker::build`]): it follows the registry's
+    /// changes while it runs. A worker given its backends does not.
+    follow_registry: bool,
 }
 
 impl Worker {
     /// A worker with the agents of the agent registry it can run (and the built-in
     /// `script`), narrowed by `--agents`: each is probed now and only the ones that pass
-    /// have their work taken (see `docs/agents.md`). The registry is read once: agents
-    /// registered later are picked up on restart.
+    /// have their work taken (see `docs/agents.md`). While it runs, it follows the
+    /// registry's changes (`reload`).
     pub async fn build(
         db: DatabaseConnection,
         redis_url: String,
@@ -77,7 +81,9 @@ impl Worker {
         let backends = discover::discover(&db, &only)
             .await
             .map_err(|source| WorkerError::Agents { source })?;
-        Self::with_backends(db, redis_url, names, config, backends)
+        let mut worker = Self::with_backends(db, redis_url, names, config, backends)?;
+        worker.follow_registry = true;
+        Ok(worker)
     }
 
     /// A worker running the agents of `backends` (narrowed by `--agents`; not probed).
@@ -130,6 +136,7 @@ impl Worker {
             config,
             queues,
             backends,
+            follow_registry: false,
         })
     }
 
@@ -155,6 +162,7 @@ impl Worker {
             config,
             queues,
             backends,
+            follow_registry,
         } = self;
         let deliveries = Delivery::pairs(&queues, &backends.names().collect::<Vec<_>>());
         let host = config.host_name();
@@ -206,7 +214,12 @@ impl Worker {
         );
         let listener = tasks.spawn(
             "worker.cancel-listener",
-            cancel::listen(pool, runner.turns().clone(), renew_now, beating.clone()),
+            cancel::listen(
+                pool.clone(),
+                runner.turns().clone(),
+                renew_now,
+                beating.clone(),
+            ),
         );
         let probe = tasks.spawn(
             "worker.postgres-probe",
@@ -233,6 +246,20 @@ impl Worker {
             tasks,
             shutdown.clone(),
         );
+        if follow_registry {
+            tasks.spawn(
+                "worker.agents-reload",
+                reload::Reload {
+                    db: db.clone(),
+                    worker: worker.clone(),
+                    queues: queues.clone(),
+                    only: config.agent_filter().unwrap_or_default(),
+                    runner: runner.clone(),
+                    deliveries: consumers.deliveries(),
+                }
+                .run(pool, shutdown.clone()),
+            );
+        }
 
         shutdown.cancelled().await;
         tracing::info!(worker_id = %worker, running = consumers.running(),

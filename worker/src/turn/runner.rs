@@ -43,7 +43,9 @@ pub(crate) struct Runner {
     /// Handed to every turn; on the same connection pool as the task writes.
     sessions: Arc<dyn SessionStore>,
     health: Arc<PostgresHealth>,
-    backends: Backends,
+    /// The agents this worker runs; replaced when the agent registry changes (a turn
+    /// keeps the backend it started with).
+    backends: std::sync::RwLock<Arc<Backends>>,
     settings: TurnSettings,
     turns: Turns,
 }
@@ -70,7 +72,7 @@ impl Runner {
             ),
             db,
             health,
-            backends,
+            backends: std::sync::RwLock::new(Arc::new(backends)),
             settings: TurnSettings {
                 worker,
                 output_flush: config.output_flush,
@@ -84,6 +86,19 @@ impl Runner {
 
     pub(crate) fn turns(&self) -> &Turns {
         &self.turns
+    }
+
+    /// The agents this worker runs now.
+    pub(crate) fn backends(&self) -> Arc<Backends> {
+        self.backends
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs `backends` from now on (turns already running keep theirs).
+    pub(crate) fn set_backends(&self, backends: Backends) {
+        *self.backends.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(backends);
     }
 
     /// Handles one delivery: claims its tasks in one statement and runs their turns
@@ -188,8 +203,9 @@ impl Runner {
         };
         // Every log line of the turn, however deep, names the task, attempt and worker.
         let span = tracing::info_span!("turn", task_id = %task.id, attempt, worker_id = %worker);
+        let backends = self.backends();
         let (backend_name, ending, usage) = async {
-            match self.backends.for_task(&task) {
+            match backends.for_task(&task) {
                 Ok(entry) => {
                     // The agent session is active while its turn runs.
                     self.record_agent_session(

@@ -1,0 +1,129 @@
+//! Following the agent registry while the worker runs.
+//!
+//! A change of the registry (`PUT` or `DELETE /v1/agents/{name}`) is notified on
+//! `agents_changed` in its transaction. The worker then reads the registry again and
+//! probes its agents as at start ([`discover`]), narrowed by `--agents`, and if what it
+//! can run changed (an agent added or removed, a config changed) it:
+//! - runs the new set: a turn that starts from now on uses the new backend, a turn
+//!   already running keeps the one it started with;
+//! - consumes the (queue, agent) pairs of the agents that passed their probe, and
+//!   retires the consumers of the others (they take no new job; what they fetched and
+//!   did not start goes back to its queue);
+//! - records the agents it runs in the worker registry.
+//!
+//! A notification sent while the listener was away is covered by reading the registry
+//! again at every reconnection. An agent added this way is polled (`--poll-interval`)
+//! rather than woken by the dispatcher's publish, until the worker restarts.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use sea_orm::{DatabaseConnection, sqlx::PgPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use turnq_core::{
+    WorkerId,
+    agent::{CHANNEL_AGENTS_CHANGED, config_hash},
+    error::chain as error_chain,
+    listen::{Listener, Notice},
+    worker::WorkerRegistry,
+};
+
+use crate::{
+    backend::{Backends, discover},
+    delivery::{Deliveries, Delivery},
+    turn::Runner,
+};
+
+/// What following the registry needs.
+pub(super) struct Reload {
+    pub(super) db: DatabaseConnection,
+    pub(super) worker: WorkerId,
+    pub(super) queues: Vec<String>,
+    /// `--agents` (empty: every agent the worker can run).
+    pub(super) only: Vec<String>,
+    pub(super) runner: Arc<Runner>,
+    pub(super) deliveries: Deliveries,
+}
+
+/// An agent set by name, with each agent's config fingerprint.
+fn fingerprint(backends: &Backends) -> BTreeMap<String, String> {
+    backends
+        .names()
+        .filter_map(|name| backends.agent(name))
+        .map(|entry| (entry.agent.name.clone(), config_hash(&entry.agent)))
+        .collect()
+}
+
+impl Reload {
+    /// Reloads on every change of the registry (and every reconnection of the
+    /// listener after the first), until `stop`.
+    pub(super) async fn run(self, pool: PgPool, stop: CancellationToken) {
+        let changed = Arc::new(Notify::new());
+        let listening = {
+            let changed = changed.clone();
+            let stop = stop.clone();
+            async move {
+                let mut first = true;
+                Listener {
+                    what: "the agent registry listener",
+                    meanwhile: "registry changes are read at its reconnection",
+                }
+                .run(&pool, &[CHANNEL_AGENTS_CHANGED], &stop, |notice| {
+                    // The first connection comes right after the start, which read the
+                    // registry already.
+                    if !(first && matches!(notice, Notice::Connected)) {
+                        changed.notify_one();
+                    }
+                    first = false;
+                })
+                .await;
+            }
+        };
+        let reloading = async {
+            loop {
+                tokio::select! {
+                    _ = changed.notified() => self.reload().await,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        tokio::join!(listening, reloading);
+    }
+
+    /// Reads and probes the registry's agents, and runs them if they changed.
+    async fn reload(&self) {
+        let mut fresh = match discover::discover(&self.db, &self.only).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::warn!(worker_id = %self.worker, error = %error_chain(&e),
+                    "could not read the agent registry after it changed; running the agents as they were");
+                return;
+            }
+        };
+        if !self.only.is_empty() {
+            fresh.retain(|name| self.only.iter().any(|a| a == name));
+        }
+        let (before, after) = (fingerprint(&self.runner.backends()), fingerprint(&fresh));
+        if before == after {
+            return;
+        }
+        let changed: Vec<&String> = after
+            .iter()
+            .filter(|(name, hash)| before.get(*name).is_some_and(|h| h != *hash))
+            .map(|(name, _)| name)
+            .collect();
+        let names: Vec<&str> = fresh.names().collect();
+        let (added, retired) = self.deliveries.set(Delivery::pairs(&self.queues, &names));
+        let agents = fresh.worker_agents();
+        self.runner.set_backends(fresh);
+        tracing::info!(worker_id = %self.worker,
+            added = ?added.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            retired = ?retired.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            changed = ?changed,
+            "the agent registry changed: running its agents as they are now");
+        if let Err(e) = WorkerRegistry::set_agents(&self.db, &self.worker, &agents).await {
+            tracing::warn!(worker_id = %self.worker, error = %error_chain(&e),
+                "could not record the agents this worker runs now in the worker registry");
+        }
+    }
+}
