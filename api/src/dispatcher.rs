@@ -569,6 +569,58 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dead_workers_tasks_are_recovered_while_redis_hangs() {
+        let test = TestDb::new().await.unwrap();
+        // A "Redis" that accepts connections and never answers: every dispatch round
+        // waits on it.
+        let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", hanging.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((socket, _)) = hanging.accept().await {
+                sockets.push(socket);
+            }
+        });
+        // A worker claimed a task and died: its lease runs out at once.
+        let id = submit(&test.db, "orphan").await;
+        let worker = WorkerId("dead".into());
+        TaskStore::claim(&test.db, id, 0, &worker, Duration::ZERO, &json!({}))
+            .await
+            .unwrap()
+            .unwrap();
+
+        let stop = CancellationToken::new();
+        let tasks = Supervisor::new(stop.clone());
+        let names = RedisNames::new("turnq-test-hanging");
+        tasks.spawn(
+            "dispatcher",
+            run(
+                test.db.clone(),
+                url,
+                names,
+                settings(),
+                tasks.clone(),
+                stop.clone(),
+            ),
+        );
+        eventually("the expired lease is recovered without Redis", || {
+            let db = test.db.clone();
+            async move {
+                let task = TaskStore::get(&db, id).await.map_err(|e| e.to_string())?;
+                if task.state == turnq_core::task::TaskState::Pending && task.attempt == 1 {
+                    Ok(())
+                } else {
+                    Err(format!("{:?} at attempt {}", task.state, task.attempt))
+                }
+            }
+        })
+        .await
+        .unwrap();
+        stop.cancel();
+        held.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_task_handed_back_goes_to_the_front_of_its_queue() {
         let test = TestDb::new().await.unwrap();
         let redis = TestRedis::new();
