@@ -88,7 +88,7 @@ pub struct ApiConfig {
     pub header_read_timeout: Duration,
 
     /// How long a request body may stall (no byte arriving) before the request fails
-    /// with 400 (a duration). Default: 30s.
+    /// with 408 `request_timeout` (a duration). Default: 30s.
     #[arg(long, env = "TURNQ_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
 

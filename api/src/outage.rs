@@ -5,9 +5,9 @@
 //! every call, and pile up meanwhile. Once one request has found the database
 //! unreachable, the API knows it is down: other requests under `/v1/` are answered 503
 //! at once (with `Retry-After`), and one request at a time, at most every
-//! [`PROBE_EVERY`], is let through as a probe. The first probe that is not answered
-//! "unavailable" ends the outage. Health probes, metrics and the API document are not
-//! behind this: they answer without Postgres, or check it themselves.
+//! [`PROBE_EVERY`], is a probe: it asks Postgres (`SELECT 1`) before it goes on, and
+//! the first probe Postgres answers ends the outage. Health probes, metrics and the API
+//! document are not behind this: they answer without Postgres, or check it themselves.
 //!
 //! The outage is logged at WARN once when it starts and at INFO when it ends; requests
 //! refused meanwhile are logged at DEBUG only.
@@ -100,6 +100,11 @@ impl Outage {
         }
     }
 
+    /// Since when Postgres is known down, if it is.
+    fn since(&self) -> Option<Timestamp> {
+        self.lock().map(|(since, _)| since)
+    }
+
     /// A probe got through.
     fn came_back(&self) {
         if let Some((since, _)) = self.lock().take() {
@@ -116,25 +121,39 @@ pub(crate) async fn fail_fast(
     next: Next,
 ) -> Response {
     let outage = state.outage();
-    let probe = match outage.admit() {
-        Admit::Go => None,
-        Admit::Probe(guard) => Some(guard),
+    let refuse = |since: Timestamp| {
+        ApiError::unavailable(format!(
+            "the database has been unreachable since {}; retry shortly",
+            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))
+        .into_response()
+    };
+    match outage.admit() {
+        Admit::Go => {}
+        // The probe asks Postgres itself (the request might not need it, or be
+        // answered before reaching it), then the request goes on.
+        Admit::Probe(guard) => {
+            let answered = state.db().ping().await;
+            drop(guard);
+            match answered {
+                Ok(()) => outage.came_back(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "Postgres is still unreachable");
+                    if let Some(since) = outage.since() {
+                        return refuse(since);
+                    }
+                }
+            }
+        }
         Admit::Refuse(since) => {
             tracing::debug!(uri = %request.uri(), "refused at once: Postgres is unreachable");
-            return ApiError::unavailable(format!(
-                "the database has been unreachable since {}; retry shortly",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ))
-            .into_response();
+            return refuse(since);
         }
-    };
+    }
     let response = next.run(request).await;
     if response.extensions().get::<Unreachable>().is_some() {
         outage.went_down();
-    } else if probe.is_some() {
-        outage.came_back();
     }
-    drop(probe);
     response
 }
 

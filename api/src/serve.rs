@@ -9,7 +9,7 @@
 //!   arrive within it, or the connection is closed;
 //! - a header size limit (`--max-header-bytes`): a larger head is answered 431;
 //! - a body read timeout (`--body-read-timeout`, a layer of the router): a body that
-//!   stops arriving for that long fails the request with a 400 that says so.
+//!   stops arriving for that long fails the request with a 408 that says so.
 //!
 //! Shutdown stops accepting, asks every open connection to finish its request in flight
 //! and close, and waits for them.

@@ -157,6 +157,9 @@ pub struct TokenStore;
 pub struct TokenCache {
     ttl: Duration,
     seen: Mutex<HashMap<String, (TokenInfo, Instant)>>,
+    /// Bumped by every [`TokenCache::clear`]: a token read from Postgres before a
+    /// revocation cleared the cache is not put back into it after.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl TokenCache {
@@ -166,6 +169,7 @@ impl TokenCache {
         TokenCache {
             ttl,
             seen: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -186,10 +190,13 @@ impl TokenCache {
         {
             return Ok(Some(token.clone()));
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let token = TokenStore::authenticate(db, presented).await?;
         let mut seen = self.seen();
+        let cleared_meanwhile =
+            self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation;
         match &token {
-            Some(token) if !self.ttl.is_zero() => {
+            Some(token) if !self.ttl.is_zero() && !cleared_meanwhile => {
                 seen.insert(key, (token.clone(), Instant::now()));
             }
             _ => {
@@ -206,7 +213,10 @@ impl TokenCache {
 
     /// Forgets every token: the next request of each asks Postgres.
     pub fn clear(&self) {
-        self.seen().clear();
+        let mut seen = self.seen();
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        seen.clear();
     }
 
     /// Clears the cache on every revocation (and whenever the listener (re)connects,

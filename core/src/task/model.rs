@@ -118,8 +118,11 @@ impl From<tasks::Model> for Task {
 
 impl Task {
     /// The task as lists show it: an input over [`LISTED_INPUT_BYTES`] and an output
-    /// summary over [`PREVIEW_CHARS`] replaced by previews (the same rule the list query
-    /// applies in Postgres, so a list never reads whole inputs).
+    /// summary over [`PREVIEW_CHARS`] replaced by previews. The list query applies the
+    /// same rule in Postgres (so a list never reads whole inputs), measuring Postgres'
+    /// text of the jsonb (`{"a": 1}`, keys in jsonb's order) where this measures
+    /// compact JSON: an input within a few bytes of the limit may be whole in one and a
+    /// preview in the other.
     pub fn listed(mut self) -> Task {
         let text = self.input.to_string();
         if text.len() > LISTED_INPUT_BYTES {

@@ -93,7 +93,6 @@ fn metadata_key(config: &apalis_redis::Config, name: &str) -> String {
 /// Every [`CLEANUP_EVERY`] until `stop`: removes acknowledged jobs and keeps the live
 /// consumers' metadata from expiring.
 pub(super) async fn clean(shared: Arc<Shared>) {
-    let configs = shared.configs();
     let mut conn: Option<ConnectionManager> = None;
     loop {
         fail_point!("worker.redis-cleanup");
@@ -106,7 +105,8 @@ pub(super) async fn clean(shared: Arc<Shared>) {
             conn = connect(&shared.settings.redis_url).await.ok();
         }
         let Some(c) = conn.as_mut() else { continue };
-        let live = shared.live();
+        // Read each round: the queues consumed change with the agent registry.
+        let (configs, live) = (shared.configs(), shared.live());
         if let Err(e) = clean_once(c, &configs, &live).await {
             tracing::debug!(error = %e, "cleaning Redis failed; trying again later");
             conn = None;

@@ -80,10 +80,10 @@ pub(super) async fn supervise(shared: Arc<Shared>, delivery: Delivery, stop: Can
         if let Err(e) = named {
             tracing::debug!(consumer = %name, error = %e, "could not name the Redis connection");
         }
-        shared.set_live(&queue, Some(name.clone()));
+        shared.set_live(&queue, &name);
         let started = Instant::now();
         let result = consume(&shared, &queue, &name, conn.clone(), config.clone(), &stop).await;
-        shared.set_live(&queue, None);
+        shared.clear_live(&queue, &name);
         dead.push(name.clone());
         // Keep the list bounded through a long outage: apalis' orphan detection
         // re-enqueues the jobs of any consumer left in it.

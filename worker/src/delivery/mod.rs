@@ -197,13 +197,19 @@ impl Shared {
         *self.gate.borrow()
     }
 
-    fn set_live(&self, queue: &str, name: Option<String>) {
+    fn set_live(&self, queue: &str, name: &str) {
         // A poisoned lock only means a panic elsewhere; the map is still consistent.
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        match name {
-            Some(name) => live.insert(queue.to_owned(), name),
-            None => live.remove(queue),
-        };
+        live.insert(queue.to_owned(), name.to_owned());
+    }
+
+    /// Forgets `name` as the live consumer of `queue`, unless another has taken its
+    /// place (the queue was retired and consumed again meanwhile).
+    fn clear_live(&self, queue: &str, name: &str) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if live.get(queue).is_some_and(|n| n == name) {
+            live.remove(queue);
+        }
     }
 
     /// apalis' settings for each queue consumed now.

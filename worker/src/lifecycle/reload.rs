@@ -34,6 +34,9 @@ use crate::{
     turn::Runner,
 };
 
+/// The wait before reading a registry that could not be read again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What following the registry needs.
 pub(super) struct Reload {
     pub(super) db: DatabaseConnection,
@@ -63,18 +66,15 @@ impl Reload {
             let changed = changed.clone();
             let stop = stop.clone();
             async move {
-                let mut first = true;
+                // Every connection too, the first included: a change made between the
+                // start's reading of the registry and this LISTEN is caught then (a
+                // reload that finds nothing changed does nothing).
                 Listener {
                     what: "the agent registry listener",
                     meanwhile: "registry changes are read at its reconnection",
                 }
-                .run(&pool, &[CHANNEL_AGENTS_CHANGED], &stop, |notice| {
-                    // The first connection comes right after the start, which read the
-                    // registry already.
-                    if !(first && matches!(notice, Notice::Connected)) {
-                        changed.notify_one();
-                    }
-                    first = false;
+                .run(&pool, &[CHANNEL_AGENTS_CHANGED], &stop, |_: Notice<'_>| {
+                    changed.notify_one();
                 })
                 .await;
             }
@@ -82,22 +82,30 @@ impl Reload {
         let reloading = async {
             loop {
                 tokio::select! {
-                    _ = changed.notified() => self.reload().await,
+                    _ = changed.notified() => {}
                     _ = stop.cancelled() => return,
+                }
+                // A registry that cannot be read now is read again shortly.
+                while !self.reload().await {
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY) => {}
+                        _ = stop.cancelled() => return,
+                    }
                 }
             }
         };
         tokio::join!(listening, reloading);
     }
 
-    /// Reads and probes the registry's agents, and runs them if they changed.
-    async fn reload(&self) {
+    /// Reads and probes the registry's agents, and runs them if they changed; false
+    /// when the registry could not be read (then it is tried again).
+    async fn reload(&self) -> bool {
         let mut fresh = match discover::discover(&self.db, &self.only).await {
             Ok(fresh) => fresh,
             Err(e) => {
                 tracing::warn!(worker_id = %self.worker, error = %error_chain(&e),
-                    "could not read the agent registry after it changed; running the agents as they were");
-                return;
+                    "could not read the agent registry after it changed; running the agents as they were, and trying again");
+                return false;
             }
         };
         if !self.only.is_empty() {
@@ -105,17 +113,20 @@ impl Reload {
         }
         let (before, after) = (fingerprint(&self.runner.backends()), fingerprint(&fresh));
         if before == after {
-            return;
+            return true;
         }
         let changed: Vec<&String> = after
             .iter()
             .filter(|(name, hash)| before.get(*name).is_some_and(|h| h != *hash))
             .map(|(name, _)| name)
             .collect();
-        let names: Vec<&str> = fresh.names().collect();
-        let (added, retired) = self.deliveries.set(Delivery::pairs(&self.queues, &names));
+        let names: Vec<String> = fresh.names().map(str::to_owned).collect();
         let agents = fresh.worker_agents();
+        // The new set first: a job of a pair retired below that is already past its
+        // consumer finds its agent gone and hands its task back.
         self.runner.set_backends(fresh);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (added, retired) = self.deliveries.set(Delivery::pairs(&self.queues, &names));
         tracing::info!(worker_id = %self.worker,
             added = ?added.iter().map(ToString::to_string).collect::<Vec<_>>(),
             retired = ?retired.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -125,5 +136,6 @@ impl Reload {
             tracing::warn!(worker_id = %self.worker, error = %error_chain(&e),
                 "could not record the agents this worker runs now in the worker registry");
         }
+        true
     }
 }

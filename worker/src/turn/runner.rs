@@ -13,7 +13,7 @@ use turnq_core::{
     agent::{AgentSessions, AgentStatus, Turn as AgentTurn, config_hash},
     delivery::Job,
     error::chain as error_chain,
-    event::{ErrorClass, Failed, TaskEvent, TaskFailure, Usage},
+    event::{Released, TaskEvent, Usage},
     metrics as names,
     session::{PgSessionStore, SessionStore},
     supervise::Supervisor,
@@ -232,17 +232,17 @@ impl Runner {
                     let usage = report.result.map(|(_, usage)| usage).unwrap_or_default();
                     (entry.backend.name(), report.outcome, usage)
                 }
+                // The job's agent is not among the ones this worker runs now: it was
+                // removed (the registry changed) after the job was fetched. The task goes
+                // back to wait for a worker that runs it; it has not failed.
                 Err(message) => {
-                    let event = TaskEvent::Failed(Failed {
+                    let event = TaskEvent::Released(Released {
                         attempt,
-                        error: TaskFailure {
-                            class: ErrorClass::Fatal,
-                            message,
-                        },
-                        usage: Usage::default(),
+                        worker_id: worker.0.clone(),
+                        reason: message,
                     });
                     guard.control().mark_ending();
-                    let outcome = write_end(&recorder, event, "failed", &self.settings).await;
+                    let outcome = write_end(&recorder, event, "released", &self.settings).await;
                     ("none", outcome, Usage::default())
                 }
             }
@@ -355,5 +355,47 @@ mod tests {
         );
         assert!(!health.is_up());
         assert!(runner.turns().snapshot().is_empty(), "nothing was started");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_whose_agent_this_worker_no_longer_runs_hands_its_task_back() {
+        use turnq_core::task::{NewTaskRequest, TaskState, TaskStore};
+        let test = turnq_testkit::TestDb::new().await.unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks = Supervisor::new(stop.clone());
+        let runner = Runner::new(
+            test.db.clone(),
+            WorkerId("w-1".into()),
+            &WorkerConfig::default(),
+            Backends::builtin(),
+            Arc::new(PostgresHealth::default()),
+            &tasks,
+        );
+        // Fetched while `gone` was still run here; then the registry changed.
+        let new = NewTaskRequest {
+            input: json!("x"),
+            agent: Some("gone".into()),
+            ..Default::default()
+        }
+        .validate(time::now())
+        .unwrap();
+        let task = TaskStore::submit(&test.db, new, &json!({"actor": "test"}))
+            .await
+            .unwrap()
+            .task;
+        assert_eq!(
+            runner.run_job(Job::one(task.id, 0), Vec::new()).await,
+            Handled::Done
+        );
+        let after = TaskStore::get(&test.db, task.id).await.unwrap();
+        assert_eq!(after.state, TaskState::Pending, "handed back, not failed");
+        let events = TaskStore::events(&test.db, task.id, turnq_core::StreamVersion::NEW, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            events.last().map(|e| e.kind.as_str()),
+            Some("task.released")
+        );
+        stop.cancel();
     }
 }

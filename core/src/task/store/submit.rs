@@ -219,7 +219,10 @@ impl TaskStore {
             // its tasks' keys are taken, some are new).
             let more_before = existing
                 .iter()
-                .find(|m| m.idempotency_key.as_deref() == beyond.as_deref())
+                .find(|m| {
+                    m.idempotency_key.as_deref() == beyond.as_deref()
+                        && batch.iter().any(|t| t.project == m.project)
+                })
                 .map(|m| m.id);
             let mut sent_before = None;
             let mut any_new = false;
