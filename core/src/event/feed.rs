@@ -4,12 +4,20 @@
 //! `position` is taken at insert, not at commit, so positions become visible out of
 //! order, and a reader that followed `position` alone could skip an event for good. So
 //! a reader passes only events of transactions older than every transaction still
-//! running (`xid < pg_snapshot_xmin(pg_current_snapshot())`, evaluated in the same
+//! running that could write to this database's log ([`HORIZON`], evaluated in the same
 //! statement as the read, so the two agree): those transactions are finished, their
 //! events all visible, and no event can appear later below them. It orders what it
 //! passes by (xid, position), and its [`Cursor`] is that pair. Every event is passed
 //! exactly once, in an order that never goes back; an event waits for the transactions
 //! that started before its own (a long transaction holds the stream back while it runs).
+//!
+//! Transaction ids are cluster-wide: `pg_snapshot_xmin(pg_current_snapshot())` is the
+//! oldest transaction running in any database of the cluster, and one long transaction
+//! in another database (an analytics query sharing the server) held this log's stream
+//! back. The horizon leaves out the running transactions Postgres shows as another
+//! database's (`pg_stat_activity`): they cannot write here. One it cannot place (a
+//! prepared transaction, another role's session it may not see) still counts, so the
+//! horizon errs on the side of waiting, never of passing an event too early.
 //!
 //! [`EventFeed`] is the one reader of a process: it polls the log every
 //! `--stream-poll-interval` and whenever a LISTEN wake-up says tasks moved, and hands
@@ -172,6 +180,17 @@ type TaskLabels = HashMap<Uuid, (String, String, Option<String>)>;
 /// The most task labels the feed remembers; past it, it starts over.
 const LABEL_CACHE: usize = 100_000;
 
+/// The oldest transaction still running that could write to this database's log, as a
+/// SQL expression (an `xid8`): the snapshot's oldest running transaction, leaving out
+/// those `pg_stat_activity` shows in another database; the snapshot's `xmax` when none
+/// is left. Events of transactions below it are all committed or rolled back.
+/// (`backend_xid` is the 32-bit form of the `xid8`: its value modulo 2^32.)
+pub const HORIZON: &str = "(SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot())) \
+     FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
+     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a \
+       WHERE a.datname <> current_database() \
+         AND a.backend_xid::text = (x::text::numeric % 4294967296)::text))";
+
 /// Reads the log in commit order.
 pub struct LiveLog;
 
@@ -181,9 +200,10 @@ impl LiveLog {
         let row = db
             .query_one_raw(Statement::from_string(
                 DbBackend::Postgres,
-                "SELECT xid::text AS xid, position FROM events \
-                 WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY xid DESC, position DESC LIMIT 1",
+                format!(
+                    "SELECT xid::text AS xid, position FROM events WHERE xid < {HORIZON} \
+                     ORDER BY xid DESC, position DESC LIMIT 1"
+                ),
             ))
             .await?;
         match row {
@@ -207,11 +227,11 @@ impl LiveLog {
         stream: Option<&StreamRef>,
         limit: u64,
     ) -> Result<Vec<LiveEvent>> {
-        let mut sql = String::from(
+        let mut sql = format!(
             "SELECT xid::text AS xid, position, stream_type, stream_id, version, kind, data, \
              metadata, recorded_at FROM events \
              WHERE (xid, position) > ($1::text::xid8, $2) \
-             AND xid < pg_snapshot_xmin(pg_current_snapshot())",
+             AND xid < {HORIZON}"
         );
         let mut values: Vec<sea_orm::Value> =
             vec![after.xid.to_string().into(), after.position.into()];

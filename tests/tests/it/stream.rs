@@ -439,3 +439,30 @@ async fn a_client_sees_every_event_once_through_random_reconnects_and_a_kill_9_o
     drop(worker);
     app.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_in_another_database_does_not_hold_the_stream_back() -> Result<()> {
+    let app = TestApp::spawn_without_workers().await?;
+    // Another database on the same server (an analytics job, another application):
+    // a transaction there takes a transaction id and stays open for the whole test.
+    let other = turnq_tests::TestDb::new().await?;
+    let long = other.db.begin().await?;
+    long.execute_unprepared("SELECT pg_current_xact_id()")
+        .await?;
+
+    let start = LiveLog::head(&app.db).await?.to_string();
+    let task = app
+        .submit(json!({"input": "while another database is busy"}))
+        .await?;
+    let id = task["id"].as_str().context("id")?.to_owned();
+    let http = reqwest::Client::new();
+    let mut events = client(&app, &[("task", id.as_str())])
+        .connect(&http, Some(&start))
+        .await?;
+    let first = within("the task's events reach the client", events.next())
+        .await?
+        .context("the stream ended")??;
+    ensure!(first.kind == "task.submitted", "{first:?}");
+    long.rollback().await?;
+    app.stop().await
+}
