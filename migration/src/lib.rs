@@ -42,6 +42,10 @@ mod m20261203_000024_tasks_ui_indexes;
 mod m20261203_000025_agent_sessions_per_project;
 mod m20261203_000026_events_checks;
 
+/// A fingerprint of the migrations' source (see `build.rs`): it changes when any
+/// migration is added or edited.
+pub const SOURCE_HASH: &str = env!("TURNQ_MIGRATIONS_HASH");
+
 /// Runs the turnq migrations, in the order they must be applied.
 pub struct Migrator;
 

@@ -122,19 +122,10 @@ fn redacted(url: &url::Url) -> String {
     url.into()
 }
 
-/// The template's name changes with the set of migrations, so a new migration gets a
-/// new template instead of a stale one. (FNV-1a: stable across Rust releases, unlike
-/// the standard library's hasher.)
+/// The template's name changes with the migrations' source ([`migration::SOURCE_HASH`]),
+/// so a new or edited migration gets a new template instead of a stale one.
 fn template_name() -> String {
-    let names: Vec<String> = migration::Migrator::migrations()
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect();
-    let mut hash: u64 = 0xcbf29ce484222325;
-    for byte in names.join(",").bytes() {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3);
-    }
-    format!("turnq_template_{hash:016x}")
+    format!("turnq_template_{}", migration::SOURCE_HASH)
 }
 
 /// Creates the migrated template once per server and migration set. nextest runs every
