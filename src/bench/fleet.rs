@@ -25,6 +25,8 @@ pub struct Throughput {
     pub tasks_per_sec: f64,
     /// The submissions alone (the workers run meanwhile).
     pub submit_tasks_per_sec: f64,
+    /// CPU time per task of Postgres, Redis and turnq's processes over the run.
+    pub cpu: super::cpu::CpuPerTask,
 }
 
 #[derive(Debug, Serialize)]
@@ -44,6 +46,7 @@ fn no_op() -> Value {
 /// every one is completed.
 pub async fn throughput(stack: &Stack, n: usize) -> Result<Throughput> {
     let before = completed(stack).await?;
+    let cpu_before = super::cpu::CpuSample::take(&stack.turnq_pids());
     let started = Instant::now();
     let mut left = n;
     while left > 0 {
@@ -66,11 +69,13 @@ pub async fn throughput(stack: &Stack, n: usize) -> Result<Throughput> {
     let submitted = started.elapsed().as_secs_f64();
     wait_completed(stack, before + n as u64, n).await?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_before.per_task(&super::cpu::CpuSample::take(&stack.turnq_pids()), n);
     Ok(Throughput {
         tasks: n,
         seconds,
         tasks_per_sec: n as f64 / seconds,
         submit_tasks_per_sec: n as f64 / submitted,
+        cpu,
     })
 }
 

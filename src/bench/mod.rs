@@ -16,6 +16,7 @@
 //!   with a history of `--scale-tasks` tasks and `--scale-events` events.
 
 mod baseline;
+mod cpu;
 mod fleet;
 mod scale;
 mod stack;
@@ -272,6 +273,13 @@ fn print_table(r: &Report) {
         row(
             "e2e: submit alone (batch API)",
             format!("{:>10.0} tasks/s", e.submit_tasks_per_sec),
+        );
+        row(
+            "e2e: CPU per task",
+            format!(
+                "{:>10.0} µs (Postgres {:.0}, turnq {:.0}, Redis {:.0})",
+                e.cpu.total_us, e.cpu.postgres_us, e.cpu.turnq_us, e.cpu.redis_us
+            ),
         );
     }
     if let Some(ratio) = r.ratio_to_baseline {

@@ -170,6 +170,15 @@ impl Stack {
     }
 
     /// Stops everything and, unless `keep`, drops the database and deletes the keys.
+    /// The turnq processes of the stack: this one (API, dispatcher, the bench's client)
+    /// and the worker processes.
+    pub fn turnq_pids(&self) -> Vec<u32> {
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        std::iter::once(std::process::id())
+            .chain(workers.iter().filter_map(Child::id))
+            .collect()
+    }
+
     pub async fn stop(mut self, keep: bool) {
         let children: Vec<Child> =
             std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
