@@ -66,28 +66,28 @@ pub struct TaskPage {
 /// in Postgres, so a page of tasks with 1 MiB inputs reads a few KiB each, not the
 /// inputs (six pages of 500 such tasks once took the API to 2.5 GB).
 async fn listed<C: ConnectionTrait>(query: Select<tasks::Entity>, db: &C) -> Result<Vec<Task>> {
-    let input_bytes = "octet_length(input::text)";
-    let output_chars = "char_length(output_summary)";
+    // The input's text is made once per row (`OFFSET 0` keeps Postgres from inlining
+    // the subquery, which would serialize it again for each use): measuring it, cutting
+    // it and testing it separately made a page of 200 KB inputs 5.7 times slower. The
+    // answer is `{"preview": …}` or `{"input": …}`, unwrapped below.
+    let listed_input = format!(
+        "(SELECT CASE WHEN octet_length(t) > {LISTED_INPUT_BYTES} \
+           THEN jsonb_build_object('preview', left(t, {PREVIEW_CHARS})) \
+           ELSE jsonb_build_object('input', i) END \
+         FROM (SELECT input AS i, input::text AS t OFFSET 0) AS listed)"
+    );
     let query = query
         .select_only()
         .columns(Column::iter().filter(|c| !matches!(c, Column::Input | Column::OutputSummary)))
-        .column_as(
-            Expr::cust(format!(
-                "CASE WHEN {input_bytes} > {LISTED_INPUT_BYTES} \
-                 THEN to_jsonb(left(input::text, {PREVIEW_CHARS})) ELSE input END"
-            )),
-            "input",
-        )
+        .column_as(Expr::cust(listed_input), "input")
         .column_as(
             Expr::cust(format!("left(output_summary, {PREVIEW_CHARS})")),
             "output_summary",
         )
         .column_as(
-            Expr::cust(format!("{input_bytes} > {LISTED_INPUT_BYTES}")),
-            "input_truncated",
-        )
-        .column_as(
-            Expr::cust(format!("coalesce({output_chars} > {PREVIEW_CHARS}, false)")),
+            Expr::cust(format!(
+                "coalesce(char_length(output_summary) > {PREVIEW_CHARS}, false)"
+            )),
             "output_truncated",
         );
     let statement = query.build(db.get_database_backend());
@@ -96,7 +96,16 @@ async fn listed<C: ConnectionTrait>(query: Select<tasks::Entity>, db: &C) -> Res
         .iter()
         .map(|row| {
             let mut task = Task::from(tasks::Model::from_query_result(row, "")?);
-            task.input_truncated = row.try_get("", "input_truncated")?;
+            let serde_json::Value::Object(mut listed) = std::mem::take(&mut task.input) else {
+                return Err(Error::Corrupt(format!(
+                    "the listed input of task {} is not an object",
+                    task.id
+                )));
+            };
+            (task.input, task.input_truncated) = match listed.remove("preview") {
+                Some(preview) => (preview, true),
+                None => (listed.remove("input").unwrap_or_default(), false),
+            };
             task.output_truncated = row.try_get("", "output_truncated")?;
             Ok(task)
         })
