@@ -14,10 +14,7 @@ use turnq_core::{
     event::RecordedEvent,
     metrics as names,
     queue::UnservedAgent,
-    task::{
-        MAX_BATCH, MAX_BATCH_KEY_BYTES, NewTask, NewTaskRequest, Task, TaskFilter, TaskPage,
-        TaskState, TaskStore,
-    },
+    task::{MAX_BATCH, NewTask, NewTaskRequest, Task, TaskFilter, TaskPage, TaskState, TaskStore},
     time,
 };
 use utoipa::{IntoParams, ToSchema};
@@ -48,16 +45,24 @@ pub(crate) fn count(name: &'static str, task: &Task) {
         .increment(1);
 }
 
+/// The `Idempotency-Key` header, if given; it must be visible ASCII.
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_HEADER)
+        .map(|value| {
+            value.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::bad_request("the Idempotency-Key header is not visible ASCII")
+            })
+        })
+        .transpose()
+}
+
 /// The `Idempotency-Key` header, which names the task like the body's
 /// `idempotency_key`; giving both with different values is an error.
 fn idempotency_key(headers: &HeaderMap, body: &mut NewTaskRequest) -> Result<(), ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+    let Some(header) = idempotency_header(headers)? else {
         return Ok(());
     };
-    let header = value
-        .to_str()
-        .map_err(|_| ApiError::bad_request("the Idempotency-Key header is not visible ASCII"))?
-        .to_owned();
     match &body.idempotency_key {
         Some(key) if *key != header => Err(ApiError::bad_request(
             "the Idempotency-Key header and the body's idempotency_key differ",
@@ -170,21 +175,8 @@ pub(super) async fn submit_batch(
     headers: HeaderMap,
     extract::Json(body): extract::Json<BatchRequest>,
 ) -> Result<(StatusCode, Json<BatchSubmitted>), ApiError> {
-    let batch_key = match headers.get(IDEMPOTENCY_HEADER) {
-        None => None,
-        Some(value) => {
-            let key = value
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= MAX_BATCH_KEY_BYTES)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "the Idempotency-Key header of a batch must be 1 to {MAX_BATCH_KEY_BYTES} visible ASCII characters"
-                    ))
-                })?;
-            Some(key.to_owned())
-        }
-    };
+    // Its length is checked with the batch (`TaskStore::submit_batch_once`).
+    let batch_key = idempotency_header(&headers)?;
     if body.tasks.is_empty() {
         return Err(ApiError::bad_request("the batch has no tasks"));
     }
