@@ -110,7 +110,7 @@ pub async fn run(
     );
     let mut redis: Option<ConnectionManager> = None;
     let mut epoch: Option<String> = None;
-    let mut served_cache: Option<(std::time::Instant, BTreeSet<(String, String)>)> = None;
+    let mut served = Served::every(config.dispatch_poll_interval);
     let mut failures = 0u32;
     // Short: a round that failed because Redis or Postgres was away is tried again
     // within half a second, so dispatching resumes as soon as they answer.
@@ -140,25 +140,12 @@ pub async fn run(
                     // Re-deliveries go only to pairs some live worker serves: a task
                     // no worker takes is pushed once and waits in Redis. After a loss,
                     // everything queued is pushed again, served or not.
-                    // (Read at most once per poll interval: a round runs on every
-                    // submission.)
-                    let served = if lost {
+                    match if lost {
                         Ok(None)
                     } else {
-                        match &served_cache {
-                            Some((at, pairs)) if at.elapsed() < config.dispatch_poll_interval => {
-                                Ok(Some(pairs.clone()))
-                            }
-                            _ => WorkerRegistry::served_pairs(&db).await.map(|pairs| {
-                                served_cache = Some((std::time::Instant::now(), pairs.clone()));
-                                Some(pairs)
-                            }),
-                        }
-                    };
-                    match served {
-                        Ok(served) => {
-                            drain(&db, conn, &names, &config, stale, served.as_ref()).await
-                        }
+                        served.get(&db).await.map(Some)
+                    } {
+                        Ok(pairs) => drain(&db, conn, &names, &config, stale, pairs).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -189,6 +176,33 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => {}
         }
+    }
+}
+
+/// The (queue, agent) pairs some live worker serves, read from the worker registry at
+/// most once per interval: a round runs on every submission.
+struct Served {
+    every: Duration,
+    read: Option<(std::time::Instant, BTreeSet<(String, String)>)>,
+}
+
+impl Served {
+    fn every(every: Duration) -> Self {
+        Served { every, read: None }
+    }
+
+    async fn get(
+        &mut self,
+        db: &DatabaseConnection,
+    ) -> Result<&BTreeSet<(String, String)>, turnq_core::Error> {
+        let read = match self.read.take() {
+            Some(read) if read.0.elapsed() < self.every => read,
+            _ => (
+                std::time::Instant::now(),
+                WorkerRegistry::served_pairs(db).await?,
+            ),
+        };
+        Ok(&self.read.insert(read).1)
     }
 }
 

@@ -120,13 +120,12 @@ impl Reload {
             .filter(|(name, hash)| before.get(*name).is_some_and(|h| h != *hash))
             .map(|(name, _)| name)
             .collect();
-        let names: Vec<String> = fresh.names().map(str::to_owned).collect();
+        let wanted = Delivery::pairs(&self.queues, &fresh.names().collect::<Vec<_>>());
         let agents = fresh.worker_agents();
         // The new set first: a job of a pair retired below that is already past its
         // consumer finds its agent gone and hands its task back.
         self.runner.set_backends(fresh);
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let (added, retired) = self.deliveries.set(Delivery::pairs(&self.queues, &names));
+        let (added, retired) = self.deliveries.set(wanted);
         tracing::info!(worker_id = %self.worker,
             added = ?added.iter().map(ToString::to_string).collect::<Vec<_>>(),
             retired = ?retired.iter().map(ToString::to_string).collect::<Vec<_>>(),

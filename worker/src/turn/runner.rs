@@ -48,6 +48,8 @@ pub(crate) struct Runner {
     backends: std::sync::RwLock<Arc<Backends>>,
     settings: TurnSettings,
     turns: Turns,
+    /// The metadata of every event this worker writes.
+    metadata: serde_json::Value,
 }
 
 impl Runner {
@@ -70,6 +72,7 @@ impl Runner {
                 metadata.clone(),
                 tasks,
             ),
+            metadata,
             db,
             health,
             backends: std::sync::RwLock::new(Arc::new(backends)),
@@ -154,7 +157,6 @@ impl Runner {
     /// again forever; the others are claimed and run.
     async fn claim_each(&self, wanted: &[(TaskId, i32)]) -> Vec<Task> {
         let worker = &self.settings.worker;
-        let metadata = json!({"actor": "worker", "worker_id": worker.0});
         let mut claimed = Vec::new();
         for &(task, attempt) in wanted {
             match self.claimer.claim(vec![(task, attempt)]).await {
@@ -163,9 +165,14 @@ impl Runner {
                     let reason = error_chain(&e);
                     tracing::error!(task_id = %task, attempt, worker_id = %worker, error = %reason,
                         "Postgres refuses to start the task for good: failing it");
-                    if let Err(e) =
-                        TaskStore::fail_unstartable(&self.db, task, attempt, &reason, &metadata)
-                            .await
+                    if let Err(e) = TaskStore::fail_unstartable(
+                        &self.db,
+                        task,
+                        attempt,
+                        &reason,
+                        &self.metadata,
+                    )
+                    .await
                     {
                         tracing::warn!(task_id = %task, error = %error_chain(&e),
                             "could not record that the task cannot start; it is delivered again");
