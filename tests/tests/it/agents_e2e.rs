@@ -605,21 +605,8 @@ async fn a_running_worker_takes_up_a_new_changed_or_removed_agent_without_a_rest
 {
     let app = TestApp::spawn().await?;
     let echo = |text: &str| json!({"backend": "command", "config": {"program": "bash", "args": ["-c", format!("echo {text}")], "mode": "text"}});
-    let put = |name: &'static str, spec: Value| {
-        let app = &app;
-        async move {
-            let response = app
-                .http
-                .put(app.url(&format!("/v1/agents/{name}")))
-                .json(&spec)
-                .send()
-                .await?;
-            anyhow::ensure!(response.status().is_success(), "{}", response.text().await?);
-            Ok(())
-        }
-    };
     // Registered after the worker started: probed and run, no restart.
-    put("late", echo("late-v1")).await?;
+    put_agent(&app, "late", echo("late-v1")).await?;
     eventually("the worker runs the new agent", || async {
         let agents = worker_agents(&app).await?;
         anyhow::ensure!(agents.iter().any(|a| a == "late"), "{agents:?}");
@@ -629,7 +616,7 @@ async fn a_running_worker_takes_up_a_new_changed_or_removed_agent_without_a_rest
     assert_eq!(one_turn(&app, "late").await?, "late-v1");
 
     // Its config changes: the next turns run the new one.
-    put("late", echo("late-v2")).await?;
+    put_agent(&app, "late", echo("late-v2")).await?;
     eventually("a turn runs the changed config", || async {
         let output = one_turn(&app, "late").await?;
         anyhow::ensure!(output == "late-v2", "still {output:?}");
