@@ -15,7 +15,7 @@ use crate::{ApiError, AppState};
 /// 401 without a valid token, 403 with one that lacks the scope.
 pub(crate) async fn require(
     State((state, scope)): State<(AppState, Scope)>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let bearer = request
@@ -40,7 +40,10 @@ pub(crate) async fn require(
         );
     };
     match state.tokens().authenticate(state.db(), presented).await {
-        Ok(Some(token)) if token.allows(scope) => next.run(request).await,
+        Ok(Some(token)) if token.allows(scope) => {
+            request.extensions_mut().insert(Caller(token.name.clone()));
+            next.run(request).await
+        }
         Ok(Some(token)) => ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -54,6 +57,11 @@ pub(crate) async fn require(
         Err(e) => ApiError::from(e).into_response(),
     }
 }
+
+/// Who sent the request: the name of its token. Handlers that record a person's
+/// decision (an answer to a request) take it from the request's extensions.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller(pub(crate) String);
 
 fn unauthorized(message: &str) -> Response {
     let mut response =

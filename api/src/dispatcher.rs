@@ -210,8 +210,9 @@ impl Served {
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MOST: Duration = Duration::from_millis(500);
 
-/// Recovers the tasks whose lease expired (their worker died), every `every`, until
-/// `shutdown`.
+/// Every `every`, until `shutdown`: recovers the tasks whose lease expired (their
+/// worker died), ends requests whose deadline passed, and re-opens parents whose
+/// sub-tasks have all ended.
 async fn sweep(db: DatabaseConnection, every: Duration, shutdown: CancellationToken) {
     let metadata = json!({"actor": "dispatcher"});
     while !shutdown.is_cancelled() {
@@ -223,6 +224,23 @@ async fn sweep(db: DatabaseConnection, every: Duration, shutdown: CancellationTo
             ),
             Err(e) => {
                 tracing::warn!(error = %turnq_core::error::chain(&e), "lease sweep failed")
+            }
+        }
+        match TaskStore::expire_requests(&db, SWEEP_BATCH, &metadata).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                ended = n,
+                "ended requests nobody answered by their deadline"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %turnq_core::error::chain(&e), "request deadline sweep failed")
+            }
+        }
+        match TaskStore::resume_parents(&db, SWEEP_BATCH, &metadata).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(resumed = n, "re-opened parents whose sub-tasks all ended"),
+            Err(e) => {
+                tracing::warn!(error = %turnq_core::error::chain(&e), "sub-task sweep failed")
             }
         }
         tokio::select! {

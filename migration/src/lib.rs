@@ -41,6 +41,7 @@ mod m20261203_000023_tasks_queue_stats_indexes;
 mod m20261203_000024_tasks_ui_indexes;
 mod m20261203_000025_agent_sessions_per_project;
 mod m20261203_000026_events_checks;
+mod m20261203_000027_task_requests;
 
 /// A fingerprint of the migrations' source (see `build.rs`): it changes when any
 /// migration is added or edited.
@@ -79,6 +80,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000024_tasks_ui_indexes::Migration),
             Box::new(m20261203_000025_agent_sessions_per_project::Migration),
             Box::new(m20261203_000026_events_checks::Migration),
+            Box::new(m20261203_000027_task_requests::Migration),
         ]
     }
 }

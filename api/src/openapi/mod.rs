@@ -56,6 +56,7 @@ use crate::routes::{agents, events, health, queues, sessions, stats, tasks, work
         tasks::cancel,
         tasks::retry,
         tasks::approve,
+        tasks::respond,
         tasks::inbox,
         events::stream,
         workers::list,

@@ -74,6 +74,8 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
             post(tasks::submit_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
         )
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        // The person a turn asks answers with the same token that submits its tasks.
+        .route("/v1/tasks/{id}/respond", post(tasks::respond))
         .route(
             "/v1/sessions/{project_key}/{session_id}/entries",
             post(sessions::append).layer(DefaultBodyLimit::max(state.config().session_body_limit)),

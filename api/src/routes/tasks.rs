@@ -14,7 +14,10 @@ use turnq_core::{
     event::RecordedEvent,
     metrics as names,
     queue::UnservedAgent,
-    task::{MAX_BATCH, NewTask, NewTaskRequest, Task, TaskFilter, TaskPage, TaskState, TaskStore},
+    task::{
+        MAX_BATCH, NewTask, NewTaskRequest, ResponseRequest, Task, TaskFilter, TaskPage, TaskState,
+        TaskStore,
+    },
     time,
 };
 use utoipa::{IntoParams, ToSchema};
@@ -564,3 +567,43 @@ transition_path!(
         ))
     }
 );
+
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/respond",
+    tag = "tasks",
+    operation_id = "respond_to_task",
+    summary = "Answer what a blocked task asks",
+    description = "Scope `submit`. Answers the task's open request (see the task's \
+        `request`: its kind, options and deadline): `choice` one of its options, `text` a \
+        free-text answer or comment, `input` an edited tool input (permission requests \
+        only). The answer is recorded as `task.responded` and the task runs again; its \
+        next turn resumes with the answer. 400 when the answer does not fit the request, \
+        409 when the task waits on no request a person answers.",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    request_body(content = ResponseRequest, content_type = "application/json"),
+    security(("bearer" = ["submit"])),
+    responses(
+        (status = 200, description = "The task after the answer.", body = Task),
+        (status = 400, response = crate::openapi::responses::BadRequest),
+        (status = 401, response = crate::openapi::responses::Unauthorized),
+        (status = 403, response = crate::openapi::responses::Forbidden),
+        (status = 404, response = crate::openapi::responses::NotFound),
+        (status = 409, response = crate::openapi::responses::Conflict),
+        (status = 413, response = crate::openapi::responses::PayloadTooLarge),
+        (status = 500, response = crate::openapi::responses::Internal),
+        (status = 503, response = crate::openapi::responses::Unavailable),
+    ),
+)]
+/// `POST /v1/tasks/{id}/respond`: a person answers a blocked task's request.
+pub(super) async fn respond(
+    State(state): State<AppState>,
+    TaskPath(id): TaskPath,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    extract::Json(body): extract::Json<ResponseRequest>,
+) -> Result<Json<Task>, ApiError> {
+    let by = caller.map(|axum::Extension(c)| c.0);
+    Ok(Json(
+        TaskStore::respond(state.db(), id, body, by, &metadata()).await?,
+    ))
+}

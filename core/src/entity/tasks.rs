@@ -42,6 +42,9 @@ pub struct Model {
     pub started_at: Option<DateTimeUtc>,
     pub ended_at: Option<DateTimeUtc>,
     pub updated_at: DateTimeUtc,
+    pub request: Option<Json>,
+    pub response: Option<Json>,
+    pub request_deadline: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

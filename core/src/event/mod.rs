@@ -13,7 +13,10 @@ pub use store::{EventStore, NewEvent, RecordedEvent, StreamRef};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{task::NewTask, time::Timestamp};
+use crate::{
+    task::{HumanRequest, NewTask, Response},
+    time::Timestamp,
+};
 
 /// Token counts and money spent by one attempt of a turn.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -97,9 +100,23 @@ pub struct Failed {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Blocked {
     pub attempt: i32,
-    /// What the agent asks of a person.
+    /// What the agent asks of a person, in words.
     pub reason: String,
     pub usage: Usage,
+    /// The request a person answers with `POST /v1/tasks/{id}/respond` (its kind,
+    /// options and deadline); absent for a bare block, which is approved instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<HumanRequest>,
+}
+
+/// The answer to a blocked task's request: by a person, by turnq for a person once the
+/// deadline passed (`expired`), or by turnq when every sub-task ended. The task runs
+/// again, at least one more attempt in its budget, and its turn resumes with the
+/// answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Responded {
+    pub response: Response,
+    pub max_attempts: i32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -172,6 +189,8 @@ pub enum TaskEvent {
     Approved(Approved),
     #[serde(rename = "task.retried")]
     Retried(Retried),
+    #[serde(rename = "task.responded")]
+    Responded(Responded),
 }
 
 impl TaskEvent {
@@ -180,7 +199,7 @@ impl TaskEvent {
     /// Every kind of task event, as `kind()` names them. The `events_kind_known` check
     /// of the database (migration 26) allows exactly these: a new kind needs a migration
     /// that widens it (a test compares the two).
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 14] = [
         "task.submitted",
         "task.queued",
         "task.started",
@@ -194,6 +213,7 @@ impl TaskEvent {
         "task.cancelled",
         "task.approved",
         "task.retried",
+        "task.responded",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -211,6 +231,7 @@ impl TaskEvent {
             TaskEvent::Cancelled(_) => "task.cancelled",
             TaskEvent::Approved(_) => "task.approved",
             TaskEvent::Retried(_) => "task.retried",
+            TaskEvent::Responded(_) => "task.responded",
         }
     }
 
@@ -297,6 +318,7 @@ pub(crate) mod tests {
                 attempt: 1,
                 reason: "why".into(),
                 usage,
+                request: None,
             }),
             TaskEvent::LeaseLost(LeaseLost {
                 attempt: 1,
@@ -314,6 +336,10 @@ pub(crate) mod tests {
                 max_attempts: 2,
             }),
             TaskEvent::Retried(Retried { max_attempts: 2 }),
+            TaskEvent::Responded(Responded {
+                response: Response::default(),
+                max_attempts: 2,
+            }),
         ]
     }
 

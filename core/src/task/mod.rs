@@ -2,11 +2,15 @@
 
 mod model;
 pub(crate) mod projection;
+mod request;
 mod spec;
 mod state;
 mod store;
 
 pub use model::Task;
+pub use request::{
+    ChildOutcome, HumanRequest, MAX_REQUEST_TEXT, OnTimeout, RequestKind, Response, ResponseRequest,
+};
 pub use spec::{MAX_BATCH, MAX_INPUT_BYTES, NewTask, NewTaskRequest, TaskDetails, check_name};
 pub use state::TaskState;
 pub use store::{

@@ -4,7 +4,13 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{StreamVersion, TaskId, entity::tasks, event::Usage, task::TaskState, time::Timestamp};
+use crate::{
+    StreamVersion, TaskId,
+    entity::tasks,
+    event::Usage,
+    task::{HumanRequest, Response, TaskState},
+    time::Timestamp,
+};
 
 /// An input larger than this (its JSON text, in bytes) is shown as a preview in lists.
 pub const LISTED_INPUT_BYTES: usize = 1024;
@@ -68,6 +74,13 @@ pub struct Task {
     pub ended_at: Option<Timestamp>,
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at: Timestamp,
+    /// What the task's latest turn asked of a person (kept after the answer, so the
+    /// next turn knows what was answered). Absent when no turn asked anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<HumanRequest>,
+    /// The answer to `request`, which the next turn resumes with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<Response>,
 }
 
 impl From<tasks::Model> for Task {
@@ -112,11 +125,25 @@ impl From<tasks::Model> for Task {
             started_at: m.started_at,
             ended_at: m.ended_at,
             updated_at: m.updated_at,
+            // Written only from the typed values of events, so they read back; a row
+            // edited by hand into another shape shows as no request rather than failing
+            // every read of the task.
+            request: m.request.and_then(|v| serde_json::from_value(v).ok()),
+            response: m.response.and_then(|v| serde_json::from_value(v).ok()),
         }
     }
 }
 
 impl Task {
+    /// The request the task waits on: blocked with a request not answered yet.
+    pub fn open_request(&self) -> Option<&HumanRequest> {
+        if self.state == TaskState::Blocked {
+            self.request.as_ref()
+        } else {
+            None
+        }
+    }
+
     /// The task as lists show it: an input over [`LISTED_INPUT_BYTES`] and an output
     /// summary over [`PREVIEW_CHARS`] replaced by previews. The list query applies the
     /// same rule in Postgres (so a list never reads whole inputs), measuring Postgres'

@@ -47,6 +47,10 @@ fn usage(usage: &Usage) -> [(Column, Change); 3] {
     ]
 }
 
+fn json(value: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_else(|e| unreachable!("requests always serialise: {e}"))
+}
+
 /// The row a submission creates (stream version 1).
 pub(crate) fn new_row(id: TaskId, task: &NewTask, at: Timestamp) -> tasks::ActiveModel {
     let details = task.details.clone();
@@ -85,6 +89,9 @@ pub(crate) fn new_row(id: TaskId, task: &NewTask, at: Timestamp) -> tasks::Activ
         started_at: Set(None),
         ended_at: Set(None),
         updated_at: Set(at),
+        request: Set(None),
+        response: Set(None),
+        request_deadline: Set(None),
     }
 }
 
@@ -132,6 +139,8 @@ pub(crate) fn changes(event: &TaskEvent, at: Timestamp) -> Vec<(Column, Change)>
                 null_time(Column::LeaseUntil),
                 // A pending task that cannot start fails while handed to Redis.
                 null_time(Column::QueuedAt),
+                // A blocked one whose request's deadline passed.
+                null_time(Column::RequestDeadline),
             ]);
             out.extend(usage(&e.usage));
         }
@@ -140,6 +149,12 @@ pub(crate) fn changes(event: &TaskEvent, at: Timestamp) -> Vec<(Column, Change)>
                 state(TaskState::Blocked),
                 set(Column::OutputSummary, Some(e.reason.clone())),
                 null_time(Column::LeaseUntil),
+                set(Column::Request, e.request.as_ref().map(json)),
+                set(Column::Response, None::<serde_json::Value>),
+                set(
+                    Column::RequestDeadline,
+                    e.request.as_ref().and_then(|r| r.deadline),
+                ),
             ]);
             out.extend(usage(&e.usage));
         }
@@ -168,12 +183,21 @@ pub(crate) fn changes(event: &TaskEvent, at: Timestamp) -> Vec<(Column, Change)>
             set(Column::EndedAt, Some(at)),
             null_time(Column::LeaseUntil),
             null_time(Column::QueuedAt),
+            null_time(Column::RequestDeadline),
         ]),
         E::Approved(e) => out.extend([
             state(TaskState::Pending),
             set(Column::MaxAttempts, e.max_attempts),
             set(Column::RunAt, at),
             null_time(Column::QueuedAt),
+        ]),
+        E::Responded(e) => out.extend([
+            state(TaskState::Pending),
+            set(Column::MaxAttempts, e.max_attempts),
+            set(Column::RunAt, at),
+            null_time(Column::QueuedAt),
+            null_time(Column::RequestDeadline),
+            set(Column::Response, Some(json(&e.response))),
         ]),
         E::Retried(e) => out.extend([
             state(TaskState::Pending),

@@ -76,14 +76,16 @@ impl TaskState {
             (Running, E::Output(_)) => Some(Running),
             (Running, E::Completed(_)) => Some(Completed),
             (Running, E::Retrying(_)) => Some(Pending),
-            // Running: the turn failed. Pending: it can never start (its claim is
-            // refused by Postgres for a reason that will not go away).
-            (Pending | Running, E::Failed(_)) => Some(Failed),
+            // Running: the turn failed.
+            // Pending: it can never start (its claim is refused by Postgres for a
+            // reason that will not go away). Blocked: its request's deadline passed
+            // and the request says to fail.
+            (Pending | Running | Blocked, E::Failed(_)) => Some(Failed),
             (Running, E::Blocked(_)) => Some(Blocked),
             (Running, E::LeaseLost(e)) => Some(if e.failed { Failed } else { Pending }),
             (Running, E::Released(_)) => Some(Pending),
             (Pending | Running | Blocked, E::Cancelled(_)) => Some(Cancelled),
-            (Blocked, E::Approved(_)) => Some(Pending),
+            (Blocked, E::Approved(_) | E::Responded(_)) => Some(Pending),
             (Failed, E::Retried(_)) => Some(Pending),
             _ => None,
         }
@@ -128,12 +130,12 @@ mod tests {
                     (Running, "task.output") => Some(Running),
                     (Running, "task.completed") => Some(Completed),
                     (Running, "task.retrying") => Some(Pending),
-                    (Pending | Running, "task.failed") => Some(Failed),
+                    (Pending | Running | Blocked, "task.failed") => Some(Failed),
                     (Running, "task.blocked") => Some(Blocked),
                     (Running, "task.lease_lost") => Some(Pending),
                     (Running, "task.released") => Some(Pending),
                     (Pending | Running | Blocked, "task.cancelled") => Some(Cancelled),
-                    (Blocked, "task.approved") => Some(Pending),
+                    (Blocked, "task.approved" | "task.responded") => Some(Pending),
                     (Failed, "task.retried") => Some(Pending),
                     _ => None,
                 };

@@ -19,12 +19,14 @@
 //! - `script`, `command/`, `openai`: the backends.
 //! - `discover`: which agents of the registry a worker runs, built and probed at start.
 //! - `lookup`: the agent sessions a resuming backend reads.
+//! - `subtasks`: the Postgres [`SubTasks`], creating a turn's sub-tasks.
 
 pub mod command;
 pub(crate) mod discover;
 mod lookup;
 pub mod openai;
 pub mod script;
+mod subtasks;
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
@@ -33,10 +35,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use turnq_core::{
+    TaskId,
     agent::Agent,
     event::{OutputChunk, Usage},
     session::SessionStore,
-    task::Task,
+    task::{HumanRequest, NewTaskRequest, Task},
     worker::WorkerAgent,
 };
 
@@ -44,6 +47,7 @@ pub use command::{CommandBackend, CommandConfig, CommandMode};
 pub use lookup::PgAgentSessions;
 pub use openai::{OpenAiBackend, OpenAiConfig};
 pub use script::ScriptBackend;
+pub use subtasks::PgSubTasks;
 
 /// Something that can run an agent turn. Dyn-compatible: a worker keeps its backends as
 /// `Arc<dyn AgentBackend>` and picks one per task.
@@ -92,6 +96,22 @@ pub struct Turn {
     // tests run on an in-memory store. The runner hands every turn the worker's
     // `PgSessionStore`.
     pub sessions: Arc<dyn SessionStore>,
+    /// Creates sub-tasks of this task, the tool a backend is given for splitting its
+    /// work; the turn then ends with a [`turnq_core::task::RequestKind::Children`]
+    /// request to wait for them.
+    pub subtasks: Arc<dyn SubTasks>,
+}
+
+/// Creates sub-tasks of a running task. Dyn-compatible, so backends stay free of
+/// Postgres (the worker hands every turn the Postgres one, [`PgSubTasks`]).
+pub trait SubTasks: Send + Sync + fmt::Debug {
+    /// Creates `children` under `parent` (idempotent per parent and content) and returns
+    /// their ids; a child that breaks a rule is a fatal error of the turn.
+    fn spawn<'a>(
+        &'a self,
+        parent: &'a Task,
+        children: Vec<NewTaskRequest>,
+    ) -> BoxFuture<'a, Result<Vec<TaskId>, TurnError>>;
 }
 
 impl fmt::Debug for Turn {
@@ -136,8 +156,14 @@ impl OutputSink {
 pub enum TurnOutcome {
     /// The agent finished; `summary` becomes the task's output summary.
     Completed { summary: String, usage: Usage },
-    /// The agent waits for a person; `reason` says what it asks.
-    Blocked { reason: String, usage: Usage },
+    /// The agent waits for a person; `reason` says what it asks, `request` (when
+    /// present) what kind of answer it wants, its options and deadline. A bare block
+    /// (no request) is approved by a person; a request is answered.
+    Blocked {
+        reason: String,
+        usage: Usage,
+        request: Option<HumanRequest>,
+    },
 }
 
 /// How a turn failed. The variant picks the next state; the message is for people.
@@ -173,10 +199,15 @@ impl TurnError {
     }
 }
 
-/// The task's input as the text an agent is given: a JSON string as it is, anything
-/// else as its compact JSON.
-pub(crate) fn input_text(input: &Value) -> String {
-    match input {
+/// What an agent is told this turn: the answer it waited for, when a person (or turnq,
+/// for its sub-tasks) answered the task's request, which resumes its conversation;
+/// otherwise the task's input (a JSON string as it is, anything else as its compact
+/// JSON).
+pub(crate) fn prompt_text(task: &Task) -> String {
+    if let Some(answer) = &task.response {
+        return answer.as_prompt(task.request.as_ref());
+    }
+    match &task.input {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
@@ -331,7 +362,7 @@ pub(crate) mod tests {
     use serde_json::json;
     use std::sync::Mutex;
     use turnq_core::{
-        StreamVersion, TaskId,
+        StreamVersion,
         session::{
             Appended, BoxFuture as StoreFuture, Entries, ProjectKey, SessionId, SessionKey,
             SessionListing, SessionSummary, Subpath,
@@ -469,6 +500,34 @@ pub(crate) mod tests {
             started_at: Some(at),
             ended_at: None,
             updated_at: at,
+            request: None,
+            response: None,
+        }
+    }
+
+    /// A [`SubTasks`] for backend and runner tests: records what it was asked to create
+    /// and gives each child a fresh id.
+    #[derive(Debug, Default)]
+    pub(crate) struct MemorySubTasks {
+        pub(crate) spawned: Mutex<Vec<NewTaskRequest>>,
+    }
+
+    pub(crate) fn no_subtasks() -> Arc<dyn SubTasks> {
+        Arc::new(MemorySubTasks::default())
+    }
+
+    impl SubTasks for MemorySubTasks {
+        fn spawn<'a>(
+            &'a self,
+            _parent: &'a Task,
+            children: Vec<NewTaskRequest>,
+        ) -> BoxFuture<'a, Result<Vec<TaskId>, TurnError>> {
+            let ids = children
+                .iter()
+                .map(|_| TaskId(uuid::Uuid::new_v4()))
+                .collect();
+            self.spawned.lock().unwrap().extend(children);
+            Box::pin(async move { Ok(ids) })
         }
     }
 

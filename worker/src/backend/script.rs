@@ -10,6 +10,12 @@
 //!   the attempt is at most this, then take `outcome`). The summary is the chunks
 //!   joined. A malformed script (wrong type, unknown field or outcome) fails fatally
 //!   with a message that says what is wrong: running it again cannot help.
+//!   People in the loop: `request` (`{kind, prompt, options, tool, tool_input,
+//!   timeout_ms, on_timeout}`) makes a turn that would succeed ask a person instead;
+//!   the next turn (once answered) says the answer and completes with its JSON as the
+//!   summary. `spawn` (a list of task submissions) creates sub-tasks and waits for
+//!   them; the next turn completes with their summaries joined by `; `, or fails when
+//!   one did not complete, unless `on_child_failure` is `continue`.
 //! - Input a JSON string: echoed as one `text` chunk; usage counts its words.
 //! - Any other input: its compact JSON text, echoed the same way.
 //!
@@ -22,7 +28,11 @@ use futures::{FutureExt, future::BoxFuture};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use turnq_core::event::Usage;
+use turnq_core::{
+    event::Usage,
+    task::{HumanRequest, NewTaskRequest, OnTimeout, RequestKind, Response},
+    time,
+};
 
 use super::{AgentBackend, OutputSink, Turn, TurnError, TurnOutcome};
 
@@ -68,6 +78,44 @@ struct Script {
     message: Option<String>,
     #[serde(default)]
     fail_attempts: Option<u32>,
+    /// Ask a person (after the chunks), unless the task already holds the answer:
+    /// then say the answer and complete with it (its JSON) as the summary.
+    #[serde(default)]
+    request: Option<ScriptRequest>,
+    /// Create these sub-tasks and wait for them, unless the task already holds their
+    /// outcomes: then complete with their summaries, or fail when one did not
+    /// complete and `on_child_failure` is `fail` (the default).
+    #[serde(default)]
+    spawn: Option<Vec<NewTaskRequest>>,
+    #[serde(default)]
+    on_child_failure: OnChildFailure,
+}
+
+/// A request as a script states it: a [`HumanRequest`] with its deadline given as a
+/// timeout from the moment the turn blocks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptRequest {
+    kind: RequestKind,
+    prompt: String,
+    #[serde(default)]
+    options: Vec<String>,
+    #[serde(default)]
+    tool: Option<String>,
+    #[serde(default)]
+    tool_input: Option<Value>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    on_timeout: OnTimeout,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum OnChildFailure {
+    #[default]
+    Fail,
+    Continue,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -94,6 +142,13 @@ impl Script {
                 ));
             }
         }
+        if script.request.is_some() && script.spawn.is_some() {
+            return Err(
+                "the task's input has a malformed `script`: it may ask a person (`request`) \
+                 or create sub-tasks (`spawn`), not both"
+                    .into(),
+            );
+        }
         if !script.cost_usd.is_finite() || script.cost_usd < 0.0 {
             return Err(format!(
                 "the task's input has a malformed `script`: cost_usd is {}; it must be a non-negative number",
@@ -115,8 +170,28 @@ impl Script {
 async fn run(turn: Turn) -> Result<TurnOutcome, TurnError> {
     match turn.task.input.get("script") {
         Some(script) if turn.task.input.is_object() => {
-            let script = Script::parse(script).map_err(TurnError::fatal)?;
-            play(script, turn.task.attempt, &turn.output, &turn.cancel).await
+            let mut script = Script::parse(script).map_err(TurnError::fatal)?;
+            if let Some(answer) = &turn.task.response {
+                if script.request.is_some() || script.spawn.is_some() {
+                    return resume(script, answer, &turn).await;
+                }
+            }
+            let request = script.request.take();
+            let spawn = script.spawn.take();
+            let outcome = play(script, turn.task.attempt, &turn.output, &turn.cancel).await?;
+            match (outcome, request, spawn) {
+                (TurnOutcome::Completed { usage, .. }, Some(request), _) => ask(request, usage),
+                (TurnOutcome::Completed { usage, .. }, _, Some(children)) => {
+                    let n = children.len();
+                    turn.subtasks.spawn(&turn.task, children).await?;
+                    Ok(TurnOutcome::Blocked {
+                        reason: format!("waits for its {n} sub-tasks"),
+                        usage,
+                        request: Some(children_request(n)),
+                    })
+                }
+                (outcome, _, _) => Ok(outcome),
+            }
         }
         _ => {
             let text = match &turn.task.input {
@@ -203,6 +278,7 @@ async fn play(
                 .message
                 .unwrap_or_else(|| "the script asks for a person".into()),
             usage,
+            request: None,
         }),
         ScriptOutcome::Fail => Err(TurnError::Fatal {
             message: script
@@ -217,6 +293,85 @@ async fn play(
             usage,
         }),
     }
+}
+
+/// Blocks the turn on `request`.
+fn ask(request: ScriptRequest, usage: Usage) -> Result<TurnOutcome, TurnError> {
+    let deadline = request.timeout_ms.map(|ms| {
+        time::truncate(
+            time::now() + chrono::TimeDelta::milliseconds(ms.min(i64::MAX as u64) as i64),
+        )
+    });
+    let request = HumanRequest {
+        kind: request.kind,
+        prompt: request.prompt,
+        options: request.options,
+        tool: request.tool,
+        tool_input: request.tool_input,
+        deadline,
+        on_timeout: request.on_timeout,
+    }
+    .validated()
+    .map_err(|e| TurnError::fatal(format!("the task's input has a malformed `script`: {e}")))?;
+    Ok(TurnOutcome::Blocked {
+        reason: request.prompt.clone(),
+        usage,
+        request: Some(request),
+    })
+}
+
+fn children_request(n: usize) -> HumanRequest {
+    HumanRequest {
+        kind: RequestKind::Children,
+        prompt: format!("waits for its {n} sub-tasks"),
+        options: Vec::new(),
+        tool: None,
+        tool_input: None,
+        deadline: None,
+        on_timeout: OnTimeout::Fail,
+    }
+}
+
+/// The turn after an answer: says the answer, then completes with it (a request) or
+/// with the children's summaries (a wait on sub-tasks).
+async fn resume(script: Script, answer: &Response, turn: &Turn) -> Result<TurnOutcome, TurnError> {
+    let usage = script.usage();
+    let said = answer.as_prompt(turn.task.request.as_ref());
+    turn.output.send(STREAM, said).await;
+    if turn.cancel.is_cancelled() {
+        return Err(TurnError::Cancelled);
+    }
+    if script.spawn.is_none() {
+        let summary = serde_json::to_string(answer).unwrap_or_default();
+        return Ok(TurnOutcome::Completed {
+            summary: truncate(summary, MAX_SUMMARY_CHARS),
+            usage,
+        });
+    }
+    let unfinished = answer
+        .children
+        .iter()
+        .find(|c| c.state != turnq_core::task::TaskState::Completed);
+    if let (Some(child), OnChildFailure::Fail) = (unfinished, script.on_child_failure) {
+        return Err(TurnError::Fatal {
+            message: format!(
+                "sub-task {} ended {}: {}",
+                child.id,
+                child.state,
+                child.error.as_deref().unwrap_or("no error recorded")
+            ),
+            usage,
+        });
+    }
+    let summaries: Vec<&str> = answer
+        .children
+        .iter()
+        .map(|c| c.output_summary.as_deref().unwrap_or(""))
+        .collect();
+    Ok(TurnOutcome::Completed {
+        summary: truncate(summaries.join("; "), MAX_SUMMARY_CHARS),
+        usage,
+    })
 }
 
 /// Waits `wait`, or returns `Cancelled` as soon as the token fires.
@@ -264,6 +419,7 @@ mod tests {
             cancel,
             deadline: Instant::now() + Duration::from_secs(60),
             sessions: sessions(),
+            subtasks: crate::backend::tests::no_subtasks(),
         };
         let result = ScriptBackend.run(turn).await;
         let mut chunks = Vec::new();
@@ -402,7 +558,8 @@ mod tests {
             run_input(script("block")).await.result,
             Ok(TurnOutcome::Blocked {
                 reason: "why".into(),
-                usage
+                usage,
+                request: None,
             })
         );
         let run = run_input(json!({"script": {"outcome": "block"}})).await;
@@ -482,6 +639,7 @@ mod tests {
             cancel: CancellationToken::new(),
             deadline: Instant::now() + Duration::from_secs(60),
             sessions: sessions(),
+            subtasks: crate::backend::tests::no_subtasks(),
         };
         let running = tokio::spawn(ScriptBackend.run(turn));
         let mut arrivals = Vec::new();

@@ -102,6 +102,7 @@ pub(crate) async fn drive_turn_reporting<'a>(
         cancel: control.token().clone(),
         deadline,
         sessions,
+        subtasks: settings.subtasks.clone(),
     };
     let mut running = tokio::spawn(backend.run(turn));
     let mut output = OutputWriter::new(task.attempt, settings.output_flush);
@@ -289,6 +290,7 @@ mod tests {
             turn_timeout: Duration::from_secs(60),
             cancel_grace: Duration::from_secs(5),
             write_patience: Duration::from_secs(30),
+            subtasks: crate::backend::tests::no_subtasks(),
         }
     }
 

@@ -83,11 +83,16 @@ pub(crate) fn ending_event(
             }),
             "completed",
         ),
-        Ok(TurnOutcome::Blocked { reason, usage }) => (
+        Ok(TurnOutcome::Blocked {
+            reason,
+            usage,
+            request,
+        }) => (
             TaskEvent::Blocked(Blocked {
                 attempt,
                 reason,
                 usage,
+                request,
             }),
             "blocked",
         ),
@@ -201,6 +206,7 @@ mod tests {
             Ok(TurnOutcome::Blocked {
                 reason: "r".into(),
                 usage,
+                request: None,
             }),
             None,
         )
@@ -210,7 +216,8 @@ mod tests {
             TaskEvent::Blocked(Blocked {
                 attempt: 1,
                 reason: "r".into(),
-                usage
+                usage,
+                request: None,
             })
         );
 

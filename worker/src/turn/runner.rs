@@ -23,7 +23,7 @@ use turnq_core::{
 
 use crate::{
     WorkerConfig,
-    backend::{AgentEntry, Backends},
+    backend::{AgentEntry, Backends, PgSubTasks},
     delivery::Handled,
     record::{GroupClaimer, GroupWriter, PostgresHealth},
     turn::{
@@ -62,6 +62,7 @@ impl Runner {
         tasks: &Supervisor,
     ) -> Self {
         let metadata = json!({"actor": "worker", "worker_id": worker.0});
+        let subtasks = Arc::new(PgSubTasks::new(db.clone()));
         Runner {
             sessions: Arc::new(PgSessionStore::new(db.clone())),
             writer: GroupWriter::start(db.clone(), worker.clone(), metadata.clone(), tasks),
@@ -82,6 +83,7 @@ impl Runner {
                 turn_timeout: config.turn_timeout,
                 cancel_grace: CANCEL_GRACE,
                 write_patience: WRITE_PATIENCE,
+                subtasks,
             },
             turns: Turns::default(),
         }

@@ -2,7 +2,7 @@
 //! group commit, or a list in tests), and how its last writes wait out a short Postgres
 //! outage. Both the drive of a turn and its output batching write through here.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures::{FutureExt, future::BoxFuture};
 use tokio::time::{Instant, sleep};
@@ -10,7 +10,7 @@ use turnq_core::{
     Error, TaskId, WorkerId, error::chain as error_chain, event::TaskEvent, retry::Backoff,
 };
 
-use crate::record::GroupWriter;
+use crate::{backend::SubTasks, record::GroupWriter};
 
 /// How long the last writes of a turn are retried while Postgres is unreachable. The
 /// lease is not renewed meanwhile either, so waiting much longer gains nothing.
@@ -29,6 +29,8 @@ pub(crate) struct TurnSettings {
     pub(crate) turn_timeout: Duration,
     pub(crate) cancel_grace: Duration,
     pub(crate) write_patience: Duration,
+    /// The sub-task tool every turn is handed.
+    pub(crate) subtasks: Arc<dyn SubTasks>,
 }
 
 /// Writes one attempt's events through the process' group commit ([`GroupWriter`]).

@@ -76,6 +76,17 @@ pub(super) fn blocked(attempt: i32) -> TaskEvent {
         attempt,
         reason: "may I?".into(),
         usage: usage(),
+        request: None,
+    })
+}
+
+/// A block on `request`.
+pub(super) fn asking(attempt: i32, request: crate::task::HumanRequest) -> TaskEvent {
+    TaskEvent::Blocked(Blocked {
+        attempt,
+        reason: request.prompt.clone(),
+        usage: usage(),
+        request: Some(request),
     })
 }
 

@@ -13,14 +13,17 @@
 //! The methods of [`TaskStore`] live by who calls them:
 //! - `submit`: [`TaskStore::submit`] and [`TaskStore::submit_batch`] (the API).
 //! - `read`: [`TaskStore::get`], [`TaskStore::list`] and [`TaskStore::events`].
-//! - `transition`: a person's transitions, [`TaskStore::cancel`], [`TaskStore::retry`] and
-//!   [`TaskStore::approve`], fenced by the stream version.
+//! - `transition`: a person's transitions, [`TaskStore::cancel`], [`TaskStore::retry`],
+//!   [`TaskStore::approve`] and [`TaskStore::respond`], fenced by the stream version.
 //! - `dispatch`: handing due tasks to Redis ([`TaskStore::dispatch_due`]) and counting
 //!   what waits there ([`TaskStore::queued_by_pair`]).
 //! - `attempt`: a worker's writes to the attempt it runs: claims, records and lease
 //!   renewals, fenced by state, attempt and worker.
 //! - `recovery`: re-queueing or failing tasks whose lease expired
 //!   ([`TaskStore::expire_leases`]).
+//! - `waiting`: blocked tasks turnq answers itself: requests past their deadline
+//!   ([`TaskStore::expire_requests`]), parents whose sub-tasks all ended
+//!   ([`TaskStore::resume_parents`]), and the sub-tasks of a cancelled parent.
 //!
 //! This file holds what they share: the guarded write, the event row, the lease end and
 //! the `NOTIFY` channels.
@@ -31,6 +34,7 @@ mod read;
 mod recovery;
 mod submit;
 mod transition;
+mod waiting;
 
 use std::time::Duration;
 

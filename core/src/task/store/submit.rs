@@ -12,7 +12,7 @@ use crate::{
     entity::tasks::{self, Column},
     error::Result,
     event::{EventStore, TaskEvent},
-    task::{NewTask, Task, projection},
+    task::{NewTask, NewTaskRequest, Task, projection},
     time,
 };
 
@@ -92,6 +92,50 @@ impl TaskStore {
             }
             other => other,
         }
+    }
+
+    /// Submits sub-tasks of `parent` (a backend's tool, through its worker): each in
+    /// the parent's project, on the parent's queue and agent unless it names its own,
+    /// with `parent_task_id` set. Idempotent per parent and content: a turn that runs
+    /// again after a crash and asks for the same children gets the same tasks back,
+    /// while a later turn asking for other children gets new ones.
+    pub async fn submit_children(
+        db: &DatabaseConnection,
+        parent: &Task,
+        children: Vec<NewTaskRequest>,
+        metadata: &Value,
+    ) -> Result<Vec<Task>> {
+        use sha2::Digest;
+        if children.is_empty() || children.len() > crate::task::MAX_BATCH {
+            return Err(Error::Invalid(format!(
+                "a turn may create 1 to {} sub-tasks at once, not {}",
+                crate::task::MAX_BATCH,
+                children.len()
+            )));
+        }
+        let mut digest = sha2::Sha256::new();
+        let now = time::now();
+        let mut batch = Vec::with_capacity(children.len());
+        for (i, mut child) in children.into_iter().enumerate() {
+            digest.update(serde_json::to_vec(&child).unwrap_or_default());
+            child.project.get_or_insert_with(|| parent.project.clone());
+            child.queue.get_or_insert_with(|| parent.queue.clone());
+            child.agent.get_or_insert_with(|| parent.agent.clone());
+            child.details.parent_task_id = Some(parent.id.0);
+            let task = child
+                .validate(now)
+                .map_err(|e| Error::Invalid(format!("sub-task {i}: {e}")))?;
+            batch.push(task);
+        }
+        crate::agent::AgentRegistry::ensure_known(db, batch.iter().map(|t| t.agent.as_str()))
+            .await?;
+        let key = format!(
+            "subtasks:{}:{}",
+            parent.id,
+            hex::encode(&digest.finalize()[..8])
+        );
+        let submitted = Self::submit_batch_once(db, &key, batch, metadata).await?;
+        Ok(submitted.into_iter().map(|s| s.task).collect())
     }
 
     /// Submits a batch under one idempotency key, so that sending it again (a client's

@@ -9,8 +9,10 @@ use crate::{
     Error, TaskId,
     entity::tasks::Column,
     error::Result,
-    event::{Approved, Cancelled, ErrorClass, Failed, Retried, TaskEvent, TaskFailure, Usage},
-    task::{Task, TaskState},
+    event::{
+        Approved, Cancelled, ErrorClass, Failed, Responded, Retried, TaskEvent, TaskFailure, Usage,
+    },
+    task::{ResponseRequest, Task, TaskState},
     time,
 };
 
@@ -86,8 +88,20 @@ impl TaskStore {
         Ok(written.map(Task::from))
     }
 
-    /// Cancels a pending, running or blocked task.
+    /// Cancels a pending, running or blocked task, and then its unfinished sub-tasks.
     pub async fn cancel(
+        db: &DatabaseConnection,
+        id: TaskId,
+        reason: Option<String>,
+        metadata: &Value,
+    ) -> Result<Task> {
+        let task = Self::cancel_one(db, id, reason, metadata).await?;
+        Self::cancel_children(db, id, metadata).await?;
+        Ok(task)
+    }
+
+    /// Cancels one task, leaving its sub-tasks alone.
+    pub(super) async fn cancel_one(
         db: &DatabaseConnection,
         id: TaskId,
         reason: Option<String>,
@@ -114,6 +128,51 @@ impl TaskStore {
         .await
     }
 
+    /// Records a person's answer to a blocked task's request and re-opens the task: its
+    /// next turn resumes with the answer. Refused (and nothing written) when the task
+    /// is not blocked on a request a person answers, or the answer does not fit it.
+    pub async fn respond(
+        db: &DatabaseConnection,
+        id: TaskId,
+        answer: ResponseRequest,
+        by: Option<String>,
+        metadata: &Value,
+    ) -> Result<Task> {
+        let task = Self::get(db, id).await?;
+        let Some(request) = task.open_request() else {
+            return Err(Error::IllegalTransition {
+                task: id,
+                from: task.state,
+                action: if task.state == TaskState::Blocked {
+                    "answered: it asks nothing (approve it instead)"
+                } else {
+                    "answered"
+                },
+            });
+        };
+        let response = request.answer(answer, by)?;
+        let event = TaskEvent::Responded(Responded {
+            response,
+            max_attempts: task.max_attempts.max(task.attempt + 1),
+        });
+        // On the version read: the answer is to the request read above, never to a
+        // newer one (a block that came in between is answered by its own request).
+        let txn = db.begin().await?;
+        let guard = Condition::all().add(Column::Version.eq(task.version.0));
+        let Some(row) = write(&txn, id, guard, &event, metadata, time::now()).await? else {
+            let now = Self::get(db, id).await?;
+            return Err(Error::VersionConflict {
+                stream: stream_of(id).to_string(),
+                expected: task.version,
+                actual: now.version,
+            });
+        };
+        // The dispatcher hands it to a worker now, not at its next poll.
+        notify(&txn, CHANNEL_TASKS_NEW, "").await?;
+        txn.commit().await?;
+        Ok(Task::from(row))
+    }
+
     /// Re-opens a blocked task after a person answered it.
     pub async fn approve(
         db: &DatabaseConnection,
@@ -123,6 +182,13 @@ impl TaskStore {
     ) -> Result<Task> {
         if let Some(note) = &note {
             crate::storable::no_nul("note", note)?;
+        }
+        let task = Self::get(db, id).await?;
+        if let Some(request) = task.open_request() {
+            return Err(Error::Invalid(format!(
+                "task {id} waits on a {} request: answer it with POST /v1/tasks/{id}/respond",
+                request.kind.as_str()
+            )));
         }
         Self::transition(db, id, "approved", metadata, |task| {
             TaskEvent::Approved(Approved {

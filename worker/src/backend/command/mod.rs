@@ -78,7 +78,7 @@ pub use process::STDERR_TAIL_BYTES;
 
 use self::{process::AgentProcess, transcript::Transcript};
 use super::{
-    AgentBackend, AgentSessionLookup, Turn, TurnError, TurnOutcome, input_text,
+    AgentBackend, AgentSessionLookup, Turn, TurnError, TurnOutcome, prompt_text,
     script::{MAX_SUMMARY_CHARS, truncate},
 };
 
@@ -175,7 +175,7 @@ async fn run(
     }
     let resumed = backend_session_id(&config, sessions.as_deref(), &turn).await?;
     let task = &turn.task;
-    let input = input_text(&task.input);
+    let input = prompt_text(task);
     let task_id = task.id.to_string();
     let values = [
         ("input", input.as_str()),
@@ -275,6 +275,7 @@ pub(super) mod tests {
             cancel,
             deadline: Instant::now() + deadline_in,
             sessions: sessions(),
+            subtasks: crate::backend::tests::no_subtasks(),
         };
         (tokio::spawn(backend.run(turn)), rx)
     }

@@ -44,7 +44,7 @@ use turnq_core::{
 };
 
 use super::{
-    AgentBackend, OutputSink, Turn, TurnError, TurnOutcome, input_text,
+    AgentBackend, OutputSink, Turn, TurnError, TurnOutcome, prompt_text,
     script::{MAX_SUMMARY_CHARS, truncate},
 };
 
@@ -132,7 +132,7 @@ async fn run(
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let input = input_text(&task.input);
+    let input = prompt_text(task);
     let mut messages = Vec::new();
     if let Some(system) = &config.system {
         messages.push(json!({"role": "system", "content": system}));

@@ -141,6 +141,7 @@ async fn run_turn(
         // The test's patience: a turn that hangs fails the test.
         deadline: Instant::now() + patience(),
         sessions,
+        subtasks: crate::backend::tests::no_subtasks(),
     };
     let result = backend.run(turn).await;
     let mut chunks = Vec::new();
