@@ -8,6 +8,8 @@
 //!   ([`RepoRoots::check`]).
 //! - `guard.rs`: whether a path a change names may be touched inside a worktree
 //!   ([`guard()`]).
+//! - `worktree.rs`: [`create_worktree`], [`remove_worktree`].
+//! - `checkpoint.rs`: [`checkpoint()`] and [`restore`], through a temporary index.
 //! - `git.rs`: running the `git` CLI.
 //!
 //! # Rules
@@ -20,12 +22,16 @@
 //! - A branch is only ever moved by a compare-and-swap (`git update-ref new old`).
 //! - This module knows no HTTP, no Redis and no database: callers record what it did.
 
+mod checkpoint;
 mod git;
 mod guard;
 mod roots;
+mod worktree;
 
+pub use checkpoint::{checkpoint, restore};
 pub use guard::{guard, secret};
 pub use roots::RepoRoots;
+pub use worktree::{WorktreeInfo, create_worktree, remove_worktree};
 
 /// What went wrong in a workspace operation; each message says what and, where it can,
 /// what to do.
