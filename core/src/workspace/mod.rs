@@ -10,6 +10,7 @@
 //!   ([`guard()`]).
 //! - `worktree.rs`: [`create_worktree`], [`remove_worktree`].
 //! - `checkpoint.rs`: [`checkpoint()`] and [`restore`], through a temporary index.
+//! - `changes.rs`: [`changes()`], [`apply`], [`revert`].
 //! - `git.rs`: running the `git` CLI.
 //!
 //! # Rules
@@ -22,12 +23,14 @@
 //! - A branch is only ever moved by a compare-and-swap (`git update-ref new old`).
 //! - This module knows no HTTP, no Redis and no database: callers record what it did.
 
+mod changes;
 mod checkpoint;
 mod git;
 mod guard;
 mod roots;
 mod worktree;
 
+pub use changes::{Changes, FileChange, Operation, apply, changes, revert};
 pub use checkpoint::{checkpoint, restore};
 pub use guard::{guard, secret};
 pub use roots::RepoRoots;
