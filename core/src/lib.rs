@@ -22,6 +22,10 @@
 //! - [`auth`]: API tokens with scopes, stored hashed.
 //! - [`delivery`]: the job the dispatcher pushes to Redis and the names of its keys.
 //! - [`db`]: connecting to Postgres, creating the database when it is missing.
+//! - [`workspace`]: the git operations behind agent workspaces: a worktree per session,
+//!   checkpoints of its files, its pending changes (listed per file, applied onto a
+//!   branch, reverted), the path guard and the allow-list of repository roots. It runs
+//!   the `git` CLI.
 //! - [`storable`]: what Postgres can store (no NUL in text or jsonb, index keys within a
 //!   btree row, counted in bytes), checked by every validation before a write.
 //! - [`entity`]: sea-orm entities. They stay inside this crate: stores return domain
@@ -51,6 +55,7 @@ pub mod supervise;
 pub mod task;
 pub mod time;
 pub mod worker;
+pub mod workspace;
 
 pub use error::Error;
 pub use ids::{LogPosition, StreamVersion, TaskId, WorkerId};
