@@ -29,18 +29,23 @@ struct DispatcherFlags {
 }
 
 /// Worker settings for tests: fast polling and flushing.
+/// `extra` may set `--concurrency` (default 32 here).
 pub fn worker_config(extra: &[&str]) -> turnq_worker::WorkerConfig {
-    let mut args = vec![
-        "worker",
-        "--concurrency",
-        "32",
+    let concurrency = if extra.contains(&"--concurrency") {
+        &[][..]
+    } else {
+        &["--concurrency", "32"][..]
+    };
+    let mut args = vec!["worker"];
+    args.extend_from_slice(concurrency);
+    args.extend_from_slice(&[
         "--poll-interval",
         "20ms",
         "--output-flush",
         "50ms",
         "--shutdown-grace",
         "5s",
-    ];
+    ]);
     args.extend_from_slice(extra);
     WorkerFlags::try_parse_from(args)
         .expect("the test worker flags parse")

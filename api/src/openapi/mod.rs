@@ -57,6 +57,7 @@ use crate::routes::{agents, events, health, queues, sessions, stats, tasks, work
         tasks::retry,
         tasks::approve,
         tasks::respond,
+        tasks::tree,
         tasks::inbox,
         events::stream,
         workers::list,

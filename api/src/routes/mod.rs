@@ -43,6 +43,7 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/tasks", get(tasks::list))
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/events", get(tasks::events))
+        .route("/v1/tasks/{id}/tree", get(tasks::tree))
         .route("/v1/events/stream", get(events::stream))
         .route("/v1/inbox", get(tasks::inbox))
         .route("/v1/workers", get(workers::list))

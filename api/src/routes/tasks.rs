@@ -390,6 +390,47 @@ pub(super) async fn get(
     Ok(Json(TaskStore::get(state.db(), id).await?))
 }
 
+/// The most tasks below the root that `GET /v1/tasks/{id}/tree` returns.
+const MAX_TREE: usize = 1000;
+
+/// A task and everything under it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct TaskTree {
+    /// The root first, then its sub-tasks and theirs, level by level; each names its
+    /// parent (`parent_task_id`). Inputs and outputs are previews, as in lists.
+    tasks: Vec<Task>,
+    /// More than 1,000 tasks lie below the root; the deepest were left out.
+    truncated: bool,
+}
+
+/// `GET /v1/tasks/{id}/tree`
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/tree",
+    tag = "tasks",
+    operation_id = "get_task_tree",
+    summary = "A task and its sub-tasks, and theirs",
+    description = "Scope `read`. At most 1,000 tasks below the root.",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The tree, flat.", body = TaskTree),
+        (status = 400, response = crate::openapi::responses::BadRequest),
+        (status = 401, response = crate::openapi::responses::Unauthorized),
+        (status = 403, response = crate::openapi::responses::Forbidden),
+        (status = 404, response = crate::openapi::responses::NotFound),
+        (status = 500, response = crate::openapi::responses::Internal),
+        (status = 503, response = crate::openapi::responses::Unavailable),
+    ),
+)]
+pub(super) async fn tree(
+    State(state): State<AppState>,
+    TaskPath(id): TaskPath,
+) -> Result<Json<TaskTree>, ApiError> {
+    let (tasks, truncated) = TaskStore::tree(state.db(), id, MAX_TREE).await?;
+    Ok(Json(TaskTree { tasks, truncated }))
+}
+
 #[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

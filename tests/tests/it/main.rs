@@ -9,6 +9,7 @@ mod batching;
 mod cli;
 mod event_log;
 mod fleet;
+mod r#loop;
 mod metrics;
 mod migrations;
 mod openapi;

@@ -161,6 +161,48 @@ impl TaskStore {
         .await
     }
 
+    /// The tree under `root`: the root, then its sub-tasks and theirs, level by level
+    /// (oldest first within a parent). At most `max` tasks below the root; the flag
+    /// says whether more were left out. Each task names its parent, so a client can
+    /// rebuild the tree.
+    pub async fn tree<C: ConnectionTrait>(
+        db: &C,
+        root: TaskId,
+        max: usize,
+    ) -> Result<(Vec<Task>, bool)> {
+        let mut out = vec![Self::get(db, root).await?.listed()];
+        let mut frontier = vec![root.0];
+        while !frontier.is_empty() {
+            let room = max.saturating_sub(out.len() - 1);
+            if room == 0 {
+                let more = tasks::Entity::find()
+                    .select_only()
+                    .column(Column::Id)
+                    .filter(Column::ParentTaskId.is_in(frontier))
+                    .into_tuple::<uuid::Uuid>()
+                    .one(db)
+                    .await?;
+                return Ok((out, more.is_some()));
+            }
+            let level = listed(
+                tasks::Entity::find()
+                    .filter(Column::ParentTaskId.is_in(frontier))
+                    .order_by_asc(Column::ParentTaskId)
+                    .order_by_asc(Column::Id)
+                    .limit(room as u64 + 1),
+                db,
+            )
+            .await?;
+            let truncated = level.len() > room;
+            frontier = level.iter().take(room).map(|t| t.id.0).collect();
+            out.extend(level.into_iter().take(room));
+            if truncated {
+                return Ok((out, true));
+            }
+        }
+        Ok((out, false))
+    }
+
     /// How many tasks match `filter`, counting no further than `cap` (so a count over
     /// millions of tasks stops early); `cap` when there are at least that many.
     pub async fn count_up_to<C: ConnectionTrait>(
