@@ -69,6 +69,20 @@ pub struct WorkerConfig {
     /// The host name this worker registers under. Default: the machine's host name.
     #[arg(long, env = "TURNQ_HOST")]
     pub host: Option<String>,
+
+    /// Directories the project repositories of tasks (`repo`) may live under,
+    /// comma-separated. A task naming a repository outside them fails. Default: none
+    /// (this worker runs no task with a repository).
+    #[arg(long, env = "TURNQ_REPO_ROOTS", value_delimiter = ',')]
+    pub repo_roots: Vec<std::path::PathBuf>,
+
+    /// Where this worker makes the git worktrees of sessions.
+    #[arg(
+        long,
+        env = "TURNQ_WORKTREE_DIR",
+        default_value = "/var/tmp/turnq-worktrees"
+    )]
+    pub worktree_dir: std::path::PathBuf,
 }
 
 impl Default for WorkerConfig {
@@ -85,6 +99,8 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             heartbeat: Duration::from_secs(2),
             host: None,
+            repo_roots: Vec::new(),
+            worktree_dir: "/var/tmp/turnq-worktrees".into(),
         }
     }
 }

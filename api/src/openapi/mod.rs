@@ -29,7 +29,7 @@ use responses::{
 };
 
 use crate::error::{ErrorDetail, ErrorEnvelope};
-use crate::routes::{agents, events, health, queues, sessions, stats, tasks, workers};
+use crate::routes::{agents, events, health, queues, sessions, stats, tasks, workers, workspaces};
 
 /// The whole document. `paths` names every handler; the schemas they use are collected
 /// from them.
@@ -58,6 +58,14 @@ use crate::routes::{agents, events, health, queues, sessions, stats, tasks, work
         tasks::approve,
         tasks::respond,
         tasks::tree,
+        workspaces::worktree,
+        workspaces::archive,
+        workspaces::changes,
+        workspaces::apply,
+        workspaces::reject,
+        workspaces::revert,
+        workspaces::checkpoints,
+        workspaces::restore,
         tasks::inbox,
         events::stream,
         workers::list,
@@ -104,6 +112,7 @@ use crate::routes::{agents, events, health, queues, sessions, stats, tasks, work
         (name = "workers", description = "The worker registry."),
         (name = "stats", description = "Usage statistics."),
         (name = "sessions", description = "The session store (agent transcripts)."),
+        (name = "workspaces", description = "A session's git worktree, its pending changes and checkpoints."),
     ),
 )]
 pub struct ApiDoc;

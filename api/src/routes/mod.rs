@@ -13,6 +13,7 @@ pub(crate) mod sessions;
 pub(crate) mod stats;
 pub(crate) mod tasks;
 pub(crate) mod workers;
+pub(crate) mod workspaces;
 
 use axum::{
     Router,
@@ -44,6 +45,18 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/events", get(tasks::events))
         .route("/v1/tasks/{id}/tree", get(tasks::tree))
+        .route(
+            "/v1/sessions/{project_key}/{session_id}/worktree",
+            get(workspaces::worktree),
+        )
+        .route(
+            "/v1/sessions/{project_key}/{session_id}/changes",
+            get(workspaces::changes),
+        )
+        .route(
+            "/v1/sessions/{project_key}/{session_id}/checkpoints",
+            get(workspaces::checkpoints),
+        )
         .route("/v1/events/stream", get(events::stream))
         .route("/v1/inbox", get(tasks::inbox))
         .route("/v1/workers", get(workers::list))
@@ -77,6 +90,24 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         // The person a turn asks answers with the same token that submits its tasks.
         .route("/v1/tasks/{id}/respond", post(tasks::respond))
+        // A person reviewing an agent's work uses the token that submits its tasks.
+        .route(
+            "/v1/sessions/{project_key}/{session_id}/worktree/archive",
+            post(workspaces::archive),
+        )
+        .route(
+            "/v1/sessions/{project_key}/{session_id}/changes/apply",
+            post(workspaces::apply),
+        )
+        .route(
+            "/v1/sessions/{project_key}/{session_id}/changes/reject",
+            post(workspaces::reject),
+        )
+        .route(
+            "/v1/sessions/{project_key}/{session_id}/changes/revert",
+            post(workspaces::revert),
+        )
+        .route("/v1/checkpoints/{id}/restore", post(workspaces::restore))
         .route(
             "/v1/sessions/{project_key}/{session_id}/entries",
             post(sessions::append).layer(DefaultBodyLimit::max(state.config().session_body_limit)),

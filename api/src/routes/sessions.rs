@@ -37,7 +37,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ProjectPath {
 }
 
 /// `{project_key}/{session_id}` of a route, validated.
-pub(super) struct SessionPath(ProjectKey, SessionId);
+pub(super) struct SessionPath(pub(super) ProjectKey, pub(super) SessionId);
 
 impl<S: Send + Sync> FromRequestParts<S> for SessionPath {
     type Rejection = ApiError;

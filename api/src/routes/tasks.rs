@@ -488,7 +488,9 @@ pub(super) async fn events(
 }
 
 /// An optional JSON body: empty (or `null`) is fine, anything else must parse.
-fn optional_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn optional_body<T: for<'de> Deserialize<'de> + Default>(
+    body: &Bytes,
+) -> Result<T, ApiError> {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() || trimmed == b"null" {
         return Ok(T::default());

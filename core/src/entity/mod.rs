@@ -4,9 +4,13 @@
 pub mod agent_sessions;
 pub mod agents;
 pub mod api_tokens;
+pub mod checkpoints;
 pub mod events;
+pub mod pending_changes;
 pub mod queues;
 pub mod session_entries;
+pub mod session_rewinds;
 pub mod session_summaries;
 pub mod tasks;
 pub mod workers;
+pub mod worktrees;

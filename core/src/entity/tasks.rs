@@ -45,6 +45,7 @@ pub struct Model {
     pub request: Option<Json>,
     pub response: Option<Json>,
     pub request_deadline: Option<DateTimeUtc>,
+    pub repo: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

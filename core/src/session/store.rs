@@ -100,6 +100,14 @@ impl PgSessionStore {
             .filter(E::ProjectKey.eq(key.project.as_str()))
             .filter(E::SessionId.eq(key.session.as_str()))
             .filter(E::Subpath.eq(key.subpath_column()))
+            // A checkpoint restore rewound the transcript: the entries written between
+            // the checkpoint and the restore are hidden, never deleted.
+            .filter(sea_orm::sea_query::Expr::cust(
+                "NOT EXISTS (SELECT 1 FROM session_rewinds r \
+                 WHERE r.project_key = session_entries.project_key \
+                 AND r.session_id = session_entries.session_id \
+                 AND session_entries.id > r.hide_after AND session_entries.id <= r.hide_through)",
+            ))
             .order_by_asc(E::Id)
             .into_tuple()
             .all(&self.db)

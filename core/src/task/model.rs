@@ -52,6 +52,8 @@ pub struct Task {
     pub feature_values: Option<Value>,
     pub parent_task_id: Option<Uuid>,
     pub arena_id: Option<Uuid>,
+    /// The project repository whose worktree the task's turns run in.
+    pub repo: Option<String>,
     pub usage: Usage,
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub run_at: Timestamp,
@@ -107,6 +109,7 @@ impl From<tasks::Model> for Task {
             feature_values: m.feature_values,
             parent_task_id: m.parent_task_id,
             arena_id: m.arena_id,
+            repo: m.repo,
             usage: Usage {
                 input_tokens: m.input_tokens,
                 output_tokens: m.output_tokens,

@@ -92,6 +92,7 @@ pub(crate) fn new_row(id: TaskId, task: &NewTask, at: Timestamp) -> tasks::Activ
         request: Set(None),
         response: Set(None),
         request_deadline: Set(None),
+        repo: Set(details.repo),
     }
 }
 

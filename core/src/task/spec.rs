@@ -128,7 +128,16 @@ pub struct TaskDetails {
     pub parent_task_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arena_id: Option<Uuid>,
+    /// A project repository (an absolute path of a git repository on the worker host,
+    /// under one of the worker's `--repo-roots`): the task's session gets a git
+    /// worktree of it, its turns run there, and their changes become pending changes.
+    /// Needs a `session_id` (the worktree belongs to the session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
 }
+
+/// The longest repository path, in bytes.
+const MAX_REPO_BYTES: usize = 4096;
 
 impl TaskDetails {
     /// Checks every rule; the message names the field.
@@ -146,7 +155,23 @@ impl TaskDetails {
         if let Some(session_id) = &session_id {
             storable::within_bytes("session_id", session_id, MAX_KEY_BYTES)?;
         }
+        let repo = check_text("repo", self.repo)?;
+        if let Some(repo) = &repo {
+            storable::within_bytes("repo", repo, MAX_REPO_BYTES)?;
+            if !repo.starts_with('/') {
+                return Err(invalid(format!(
+                    "repo {repo:?} must be an absolute path of a git repository on the worker host"
+                )));
+            }
+            if session_id.is_none() {
+                return Err(invalid(
+                    "a task with a repo needs a session_id: its worktree belongs to the session"
+                        .into(),
+                ));
+            }
+        }
         Ok(TaskDetails {
+            repo,
             model: check_text("model", self.model)?,
             backend: self.backend,
             worktree_path: check_text("worktree_path", self.worktree_path)?,

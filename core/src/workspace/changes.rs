@@ -274,6 +274,54 @@ pub async fn apply(
     Ok(commit)
 }
 
+/// The commit `branch` of `repo` points at.
+pub async fn branch_tip(repo: &Path, branch: &str) -> Result<String, WorkspaceError> {
+    check_branch_name(repo, branch).await?;
+    resolve_commit(repo, &format!("refs/heads/{branch}")).await
+}
+
+/// The branch checked out in `repo` (`None` on a detached HEAD).
+pub async fn current_branch(repo: &Path) -> Result<Option<String>, WorkspaceError> {
+    let out = Git::new(repo)
+        .output(&["symbolic-ref", "--quiet", "--short", "HEAD"])
+        .await?;
+    Ok(out
+        .success
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|b| !b.is_empty()))
+}
+
+/// After [`apply`] moved `branch` from `old` to `new`: when `branch` is checked out in
+/// `repo`, brings its files and index along (a two-tree `read-tree -m -u`, which refuses
+/// to overwrite local changes). `Ok(false)` when the branch is not checked out there;
+/// an error when the checkout holds local changes that the move would overwrite (the
+/// branch has moved anyway: the error says how to catch up).
+pub async fn sync_checkout(
+    repo: &Path,
+    branch: &str,
+    old: &str,
+    new: &str,
+) -> Result<bool, WorkspaceError> {
+    if current_branch(repo).await?.as_deref() != Some(branch) {
+        return Ok(false);
+    }
+    let out = Git::new(repo)
+        .output(&["read-tree", "-m", "-u", old, new])
+        .await?;
+    if out.success {
+        Ok(true)
+    } else {
+        Err(WorkspaceError::Conflict {
+            path: repo.display().to_string(),
+            detail: format!(
+                "{branch} now holds the applied changes, but its checkout has local changes \
+                 in the way ({}); commit or stash them, then run `git reset --keep {new}` there",
+                out.stderr.trim()
+            ),
+        })
+    }
+}
+
 /// Undoes the change to one file of `worktree`: `path` gets its content (and mode) at
 /// `base_commit` back, or is deleted if it did not exist there. The worktree's index is
 /// not touched. The path passes the [`guard`](super::guard()), except that the file

@@ -36,6 +36,31 @@ pub async fn checkpoint(worktree: &Path, name: &str) -> Result<String, Workspace
     Ok(sha)
 }
 
+/// Commits every file of `worktree` (as a checkpoint sees them) onto its branch, so the
+/// branch carries the session's work and a worktree re-created from it on another host
+/// starts where this one stopped. `None` when nothing changed since HEAD. The branch
+/// moves by compare-and-swap from the HEAD read here; the worktree's index is then reset
+/// to the new HEAD (the files are already as it holds them).
+pub async fn commit_all(worktree: &Path, message: &str) -> Result<Option<String>, WorkspaceError> {
+    let head = resolve_commit(worktree, "HEAD").await?;
+    let (_index, tree) = snapshot(worktree).await?;
+    let head_tree = Git::new(worktree)
+        .text(&["rev-parse", &format!("{head}^{{tree}}")])
+        .await?;
+    if tree == head_tree {
+        return Ok(None);
+    }
+    let sha = Git::new(worktree)
+        .stdin(message.as_bytes())
+        .text(&["commit-tree", &tree, "-p", &head, "-F", "-"])
+        .await?;
+    Git::new(worktree)
+        .run(&["update-ref", "-m", "turnq turn", "HEAD", &sha, &head])
+        .await?;
+    Git::new(worktree).run(&["reset", "--quiet"]).await?;
+    Ok(Some(sha))
+}
+
 /// Puts the files of `worktree` back as checkpoint `sha` holds them: every file of the
 /// checkpoint is written back, and every file git sees that it does not hold (tracked,
 /// or untracked and not ignored) is removed. Ignored files are left alone, unless the

@@ -12,6 +12,8 @@
 //! - `checkpoint.rs`: [`checkpoint()`] and [`restore`], through a temporary index.
 //! - `changes.rs`: [`changes()`], [`apply`], [`revert`].
 //! - `git.rs`: running the `git` CLI.
+//! - `store.rs`: [`WorkspaceStore`], the records: worktrees, checkpoints, pending
+//!   changes and transcript rewinds, each step an event.
 //!
 //! # Rules
 //!
@@ -21,19 +23,25 @@
 //! - The agent's own index, HEAD and branch are never moved by a checkpoint or a
 //!   listing of changes: those work on a temporary index (`GIT_INDEX_FILE`).
 //! - A branch is only ever moved by a compare-and-swap (`git update-ref new old`).
-//! - This module knows no HTTP, no Redis and no database: callers record what it did.
+//! - The git operations know no HTTP, no Redis and no database; `store.rs` records what
+//!   they did (rows and events on the worktree's stream).
 
 mod changes;
 mod checkpoint;
 mod git;
 mod guard;
 mod roots;
+mod store;
 mod worktree;
 
-pub use changes::{Changes, FileChange, Operation, apply, changes, revert};
-pub use checkpoint::{checkpoint, restore};
+pub use changes::{
+    Changes, FileChange, Operation, apply, branch_tip, changes, current_branch, revert,
+    sync_checkout,
+};
+pub use checkpoint::{checkpoint, commit_all, restore};
 pub use guard::{guard, secret};
 pub use roots::RepoRoots;
+pub use store::{Checkpoint, Decision, PendingChange, WorkspaceStore, Worktree};
 pub use worktree::{WorktreeInfo, create_worktree, remove_worktree};
 
 /// What went wrong in a workspace operation; each message says what and, where it can,

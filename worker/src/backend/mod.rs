@@ -486,6 +486,7 @@ pub(crate) mod tests {
             feature_values: None,
             parent_task_id: None,
             arena_id: None,
+            repo: None,
             usage: Usage::default(),
             run_at: at,
             attempt: 1,

@@ -15,7 +15,9 @@
 //!   the next turn (once answered) says the answer and completes with its JSON as the
 //!   summary. `spawn` (a list of task submissions) creates sub-tasks and waits for
 //!   them; the next turn completes with their summaries joined by `; `, or fails when
-//!   one did not complete, unless `on_child_failure` is `continue`.
+//!   one did not complete, unless `on_child_failure` is `continue`. `files` (`{path:
+//!   text | null}`) writes or deletes files in the task's worktree first, each path
+//!   through the workspace's path guard.
 //! - Input a JSON string: echoed as one `text` chunk; usage counts its words.
 //! - Any other input: its compact JSON text, echoed the same way.
 //!
@@ -89,6 +91,11 @@ struct Script {
     spawn: Option<Vec<NewTaskRequest>>,
     #[serde(default)]
     on_child_failure: OnChildFailure,
+    /// Files to write (a text) or delete (`null`) in the task's worktree, by path
+    /// relative to it, before anything else; every path passes the workspace's path
+    /// guard, and a refused one fails the turn fatally with the guard's reason.
+    #[serde(default)]
+    files: Option<std::collections::BTreeMap<String, Option<String>>>,
 }
 
 /// A request as a script states it: a [`HumanRequest`] with its deadline given as a
@@ -171,6 +178,9 @@ async fn run(turn: Turn) -> Result<TurnOutcome, TurnError> {
     match turn.task.input.get("script") {
         Some(script) if turn.task.input.is_object() => {
             let mut script = Script::parse(script).map_err(TurnError::fatal)?;
+            if let Some(files) = script.files.take() {
+                write_files(&turn, files).await?;
+            }
             if let Some(answer) = &turn.task.response {
                 if script.request.is_some() || script.spawn.is_some() {
                     return resume(script, answer, &turn).await;
@@ -293,6 +303,39 @@ async fn play(
             usage,
         }),
     }
+}
+
+/// Writes (or deletes) `files` in the task's worktree.
+async fn write_files(
+    turn: &Turn,
+    files: std::collections::BTreeMap<String, Option<String>>,
+) -> Result<(), TurnError> {
+    let Some(root) = &turn.task.worktree_path else {
+        return Err(TurnError::fatal(
+            "the script writes `files`, but the task has no worktree (give it a `repo` and a `session_id`)",
+        ));
+    };
+    let root = std::path::Path::new(root);
+    for (path, content) in files {
+        let target = turnq_core::workspace::guard(root, &path)
+            .map_err(|e| TurnError::fatal(format!("the script's file: {e}")))?;
+        let written = match content {
+            Some(text) => {
+                if let Some(parent) = target.parent() {
+                    tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                        TurnError::retryable(format!("creating {}: {e}", parent.display()))
+                    })?;
+                }
+                tokio::fs::write(&target, text).await
+            }
+            None => match tokio::fs::remove_file(&target).await {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+        };
+        written.map_err(|e| TurnError::retryable(format!("writing {}: {e}", target.display())))?;
+    }
+    Ok(())
 }
 
 /// Blocks the turn on `request`.

@@ -36,6 +36,8 @@
 //! - `control`: the registry of running turns and why each was stopped.
 //! - `heartbeat`: lease renewal of every running turn, and stopping the lost ones.
 //! - `cancel`: cancellations pushed from Postgres, stopping a turn within a second.
+//! - `workspace`: the git worktree of a task with a repository: made or re-created
+//!   and checkpointed before its turn, committed and turned into pending changes after.
 
 pub(crate) mod cancel;
 pub(crate) mod control;
@@ -44,6 +46,7 @@ pub(crate) mod heartbeat;
 pub(crate) mod outcome;
 pub(crate) mod output;
 pub(crate) mod runner;
+pub(crate) mod workspace;
 pub(crate) mod write;
 
 pub(crate) use control::StopReason;

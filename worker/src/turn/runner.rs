@@ -29,6 +29,7 @@ use crate::{
     turn::{
         control::Turns,
         drive::{CANCEL_GRACE, drive_turn_reporting},
+        workspace::Workspaces,
         write::{DbRecorder, TurnSettings, WRITE_PATIENCE, write_end},
     },
 };
@@ -50,6 +51,8 @@ pub(crate) struct Runner {
     turns: Turns,
     /// The metadata of every event this worker writes.
     metadata: serde_json::Value,
+    /// The git worktrees of tasks that name a repository.
+    workspaces: Workspaces,
 }
 
 impl Runner {
@@ -63,7 +66,14 @@ impl Runner {
     ) -> Self {
         let metadata = json!({"actor": "worker", "worker_id": worker.0});
         let subtasks = Arc::new(PgSubTasks::new(db.clone()));
+        let workspaces = Workspaces::new(
+            db.clone(),
+            config.repo_roots.clone(),
+            config.worktree_dir.clone(),
+            config.host_name(),
+        );
         Runner {
+            workspaces,
             sessions: Arc::new(PgSessionStore::new(db.clone())),
             writer: GroupWriter::start(db.clone(), worker.clone(), metadata.clone(), tasks),
             claimer: GroupClaimer::start(
@@ -224,17 +234,39 @@ impl Runner {
                         (AgentStatus::Active, Usage::default()),
                     )
                     .await;
+                    let prepared = match self.workspaces.prepare(&task).await {
+                        Ok(prepared) => prepared,
+                        Err(e) => {
+                            let outcome = self
+                                .end_unstarted(&recorder, &task, e, guard.control())
+                                .await;
+                            return (entry.backend.name(), outcome, Usage::default());
+                        }
+                    };
+                    // The backend runs in the worktree (the `command` backend's working
+                    // directory; the `script` backend writes its `files` there).
+                    let mut turn_task = task.clone();
+                    if let Some(prepared) = &prepared {
+                        turn_task.worktree_path = Some(prepared.worktree.path.clone());
+                    }
                     let report = drive_turn_reporting(
                         &recorder,
                         entry.backend.clone(),
-                        task.clone(),
+                        turn_task,
                         self.sessions.clone(),
                         guard.control(),
                         &self.settings,
                         slot,
                         |result, backend_session_id| {
-                            self.record_agent_session(&task, entry, backend_session_id, result)
-                                .boxed()
+                            let (task, prepared) = (&task, &prepared);
+                            async move {
+                                if let Some(prepared) = prepared {
+                                    self.workspaces.finish(prepared, task).await;
+                                }
+                                self.record_agent_session(task, entry, backend_session_id, result)
+                                    .await;
+                            }
+                            .boxed()
                         },
                     )
                     .await;
@@ -269,6 +301,35 @@ impl Runner {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "turn ended"
         );
+    }
+
+    /// Ends a turn that could not start (its worktree could not be prepared) the way
+    /// its error's class says: fatal fails it, retryable retries it with backoff.
+    async fn end_unstarted(
+        &self,
+        recorder: &DbRecorder<'_>,
+        task: &Task,
+        error: crate::backend::TurnError,
+        control: &crate::turn::control::TurnControl,
+    ) -> &'static str {
+        tracing::warn!(task_id = %task.id, error = %error, "the turn's workspace could not be prepared");
+        let Some((event, outcome)) = crate::turn::outcome::ending_event(
+            task,
+            &self.settings.worker,
+            Err(error),
+            None,
+            self.settings.turn_timeout,
+            "workspace",
+            time::now(),
+            {
+                use rand::RngExt;
+                rand::rng().random::<f64>()
+            },
+        ) else {
+            return "stopped";
+        };
+        control.mark_ending();
+        write_end(recorder, event, outcome, &self.settings).await
     }
 
     /// Records the turn in the agent session of (`task.session_id`, `task.agent`) when the

@@ -1,0 +1,696 @@
+//! What the git operations did, recorded: worktrees, checkpoints and pending changes as
+//! rows, each step an event on the worktree's stream (`worktree/{id}`), written in the
+//! same transaction as its row, so a session's workspace history reads back from the
+//! log and shows in the live stream.
+//!
+//! Event kinds (docs/events.md): `worktree.created`, `worktree.archived`,
+//! `checkpoint.created`, `checkpoint.restored`, `change.proposed`, `change.superseded`,
+//! `change.applied`, `change.rejected`, `change.reverted`.
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Changes, FileChange, Operation, WorktreeInfo};
+use crate::{
+    Error,
+    agent::AgentSessions,
+    entity::{checkpoints, pending_changes, session_entries, session_rewinds, worktrees},
+    error::Result,
+    event::{EventStore, NewEvent, StreamRef},
+    task::Task,
+    time::{self, Timestamp},
+};
+
+/// The stream type of a worktree's events.
+pub const STREAM_TYPE: &str = "worktree";
+
+/// A session's worktree, as the API shows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Worktree {
+    pub id: Uuid,
+    pub project: String,
+    pub session_id: String,
+    /// The project repository, on `host`.
+    pub repo: String,
+    pub path: String,
+    pub branch: String,
+    /// The commit the session started from; pending changes are diffs against it.
+    pub base_commit: String,
+    /// The branch pending changes are applied onto.
+    pub target_branch: String,
+    /// The host (worker) the worktree lives on.
+    pub host: String,
+    /// `active` or `archived`.
+    pub status: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub archived_at: Option<Timestamp>,
+}
+
+impl From<worktrees::Model> for Worktree {
+    fn from(m: worktrees::Model) -> Self {
+        Worktree {
+            id: m.id,
+            project: m.project.unwrap_or_default(),
+            session_id: m.session_id.unwrap_or_default(),
+            repo: m.repo.unwrap_or_default(),
+            path: m.path,
+            branch: m.branch.unwrap_or_default(),
+            base_commit: m.base_commit.unwrap_or_default(),
+            target_branch: m.slug.unwrap_or_default(),
+            host: m.host.unwrap_or_default(),
+            status: m.status,
+            created_at: m.created_at,
+            archived_at: m.archived_at,
+        }
+    }
+}
+
+/// A checkpoint: the worktree's files before a turn, and where the transcript was.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Checkpoint {
+    pub id: Uuid,
+    pub worktree_id: Option<Uuid>,
+    pub project: String,
+    pub session_id: String,
+    /// The turn it was taken before.
+    pub task_id: Option<Uuid>,
+    pub commit_sha: String,
+    pub label: Option<String>,
+    /// The session transcript's last entry then (absent: the transcript was empty).
+    pub entry_id: Option<i64>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: Timestamp,
+}
+
+impl From<checkpoints::Model> for Checkpoint {
+    fn from(m: checkpoints::Model) -> Self {
+        Checkpoint {
+            id: m.id,
+            worktree_id: m.worktree_id,
+            project: m.project.unwrap_or_default(),
+            session_id: m.session_id.unwrap_or(m.chat_id),
+            task_id: m.task_id,
+            commit_sha: m.commit_sha,
+            label: m.label,
+            entry_id: m.entry_id,
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// One file's change, waiting for a person or decided.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PendingChange {
+    pub id: Uuid,
+    pub worktree_id: Option<Uuid>,
+    pub project: String,
+    pub session_id: String,
+    /// The turn that made it.
+    pub task_id: Option<Uuid>,
+    pub agent: Option<String>,
+    pub path: String,
+    /// `create`, `edit` or `delete`.
+    pub operation: String,
+    /// The unified diff of the file against the worktree's base commit.
+    pub diff: String,
+    /// `pending`, `applied`, `rejected`, `reverted`, or `superseded` (a later turn
+    /// changed the file again; its change is the pending one).
+    pub status: String,
+    pub decided_by: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub decided_at: Option<Timestamp>,
+    /// The commit an applied change landed in.
+    pub commit_sha: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: Timestamp,
+}
+
+impl From<pending_changes::Model> for PendingChange {
+    fn from(m: pending_changes::Model) -> Self {
+        PendingChange {
+            id: m.id,
+            worktree_id: m.worktree_id,
+            project: m.project.unwrap_or_default(),
+            session_id: m.session_id,
+            task_id: m.task_id,
+            agent: m.agent,
+            path: m.file_path,
+            operation: m.operation,
+            diff: m.diff,
+            status: m.status,
+            decided_by: m.decided_by,
+            decided_at: m.decided_at,
+            commit_sha: m.commit_sha,
+            created_at: m.created_at,
+        }
+    }
+}
+
+impl PendingChange {
+    /// The change as the git operations take it.
+    pub fn file_change(&self) -> FileChange {
+        FileChange {
+            path: self.path.clone(),
+            operation: match self.operation.as_str() {
+                "create" => Operation::Create,
+                "delete" => Operation::Delete,
+                _ => Operation::Edit,
+            },
+            diff: self.diff.clone(),
+        }
+    }
+}
+
+/// How a person decided a pending change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Committed onto the target branch.
+    Applied,
+    /// Not wanted; the worktree keeps the file as it is.
+    Rejected,
+    /// Undone in the worktree.
+    Reverted,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Applied => "applied",
+            Decision::Rejected => "rejected",
+            Decision::Reverted => "reverted",
+        }
+    }
+}
+
+/// Reads and records workspaces. Stateless: each method takes the connection.
+pub struct WorkspaceStore;
+
+impl WorkspaceStore {
+    /// The active worktree of (`project`, `session_id`), if any.
+    pub async fn active<C: ConnectionTrait>(
+        db: &C,
+        project: &str,
+        session_id: &str,
+    ) -> Result<Option<Worktree>> {
+        Ok(worktrees::Entity::find()
+            .filter(worktrees::Column::Project.eq(project))
+            .filter(worktrees::Column::SessionId.eq(session_id))
+            .filter(worktrees::Column::Status.eq("active"))
+            .one(db)
+            .await?
+            .map(Worktree::from))
+    }
+
+    /// The worktrees of a session, newest first (the active one and archived ones).
+    pub async fn of_session<C: ConnectionTrait>(
+        db: &C,
+        project: &str,
+        session_id: &str,
+    ) -> Result<Vec<Worktree>> {
+        Ok(worktrees::Entity::find()
+            .filter(worktrees::Column::Project.eq(project))
+            .filter(worktrees::Column::SessionId.eq(session_id))
+            .order_by_desc(worktrees::Column::CreatedAt)
+            .limit(100)
+            .all(db)
+            .await?
+            .into_iter()
+            .map(Worktree::from)
+            .collect())
+    }
+
+    /// Records a worktree made for a session on `host`. `replaces` is the session's
+    /// previous active worktree (on a host that is gone), archived in the same
+    /// transaction; the new one starts from its branch.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_created(
+        db: &DatabaseConnection,
+        project: &str,
+        session_id: &str,
+        repo: &str,
+        info: &WorktreeInfo,
+        target_branch: &str,
+        host: &str,
+        replaces: Option<&Worktree>,
+    ) -> Result<Worktree> {
+        let txn = db.begin().await?;
+        let at = time::now();
+        if let Some(old) = replaces {
+            Self::archive_in(
+                &txn,
+                old.id,
+                json!({"reason": format!("re-created on host {host}: {} is gone", old.host)}),
+                at,
+            )
+            .await?;
+        }
+        let id = Uuid::new_v4();
+        let row = worktrees::ActiveModel {
+            id: Set(id),
+            session_id: Set(Some(session_id.to_owned())),
+            project: Set(Some(project.to_owned())),
+            path: Set(info.path.display().to_string()),
+            branch: Set(Some(info.branch.clone())),
+            base_commit: Set(Some(info.base_commit.clone())),
+            slug: Set(Some(target_branch.to_owned())),
+            status: Set("active".into()),
+            created_at: Set(at),
+            repo: Set(Some(repo.to_owned())),
+            host: Set(Some(host.to_owned())),
+            archived_at: Set(None),
+        };
+        let row = worktrees::Entity::insert(row)
+            .exec_with_returning(&txn)
+            .await?;
+        let worktree = Worktree::from(row);
+        append(
+            &txn,
+            id,
+            "worktree.created",
+            json!({
+                "project": project, "session_id": session_id, "repo": repo,
+                "path": worktree.path, "branch": worktree.branch,
+                "base_commit": worktree.base_commit, "target_branch": target_branch,
+                "host": host, "replaces": replaces.map(|w| w.id),
+            }),
+            at,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(worktree)
+    }
+
+    /// Archives a worktree (its directory is removed by the caller). Idempotent.
+    pub async fn archive(db: &DatabaseConnection, id: Uuid, by: Option<&str>) -> Result<Worktree> {
+        let txn = db.begin().await?;
+        Self::archive_in(&txn, id, json!({"by": by}), time::now()).await?;
+        let row = worktrees::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("worktree {id} does not exist")))?;
+        txn.commit().await?;
+        Ok(Worktree::from(row))
+    }
+
+    async fn archive_in<C: ConnectionTrait>(
+        db: &C,
+        id: Uuid,
+        data: Value,
+        at: Timestamp,
+    ) -> Result<()> {
+        let archived = worktrees::Entity::update_many()
+            .col_expr(worktrees::Column::Status, "archived".into())
+            .col_expr(worktrees::Column::ArchivedAt, Some(at).into())
+            .filter(worktrees::Column::Id.eq(id))
+            .filter(worktrees::Column::Status.eq("active"))
+            .exec(db)
+            .await?;
+        if archived.rows_affected > 0 {
+            append(db, id, "worktree.archived", data, at).await?;
+        }
+        Ok(())
+    }
+
+    /// Records a checkpoint taken before `task`'s turn, with the session transcript's
+    /// last entry then.
+    pub async fn record_checkpoint(
+        db: &DatabaseConnection,
+        worktree: &Worktree,
+        task: &Task,
+        commit_sha: &str,
+    ) -> Result<Checkpoint> {
+        let txn = db.begin().await?;
+        let at = time::now();
+        let entry_id = last_entry(&txn, &worktree.project, &worktree.session_id).await?;
+        let label = format!("before attempt {} of task {}", task.attempt, task.id);
+        let row = checkpoints::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            chat_id: Set(worktree.session_id.clone()),
+            session_id: Set(Some(worktree.session_id.clone())),
+            worktree_id: Set(Some(worktree.id)),
+            message_id: Set(None),
+            commit_sha: Set(commit_sha.to_owned()),
+            label: Set(Some(label)),
+            created_at: Set(at),
+            project: Set(Some(worktree.project.clone())),
+            task_id: Set(Some(task.id.0)),
+            entry_id: Set(entry_id),
+        };
+        let row = checkpoints::Entity::insert(row)
+            .exec_with_returning(&txn)
+            .await?;
+        let checkpoint = Checkpoint::from(row);
+        append(
+            &txn,
+            worktree.id,
+            "checkpoint.created",
+            json!({"checkpoint_id": checkpoint.id, "commit_sha": commit_sha,
+                   "task_id": task.id, "entry_id": entry_id}),
+            at,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(checkpoint)
+    }
+
+    /// The checkpoints of a session, newest first.
+    pub async fn checkpoints<C: ConnectionTrait>(
+        db: &C,
+        project: &str,
+        session_id: &str,
+    ) -> Result<Vec<Checkpoint>> {
+        Ok(checkpoints::Entity::find()
+            .filter(checkpoints::Column::Project.eq(project))
+            .filter(checkpoints::Column::SessionId.eq(session_id))
+            .order_by_desc(checkpoints::Column::CreatedAt)
+            .limit(1000)
+            .all(db)
+            .await?
+            .into_iter()
+            .map(Checkpoint::from)
+            .collect())
+    }
+
+    pub async fn checkpoint<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Checkpoint> {
+        checkpoints::Entity::find_by_id(id)
+            .one(db)
+            .await?
+            .map(Checkpoint::from)
+            .ok_or_else(|| Error::NotFound(format!("checkpoint {id} does not exist")))
+    }
+
+    /// Records a restore of `checkpoint` (its files are already back): the session
+    /// transcript is rewound to the checkpoint (the entries written since are hidden
+    /// from `load`, never deleted), the session's agent sessions are closed (the next
+    /// turn starts a fresh backend conversation from the rewound transcript), and
+    /// `checkpoint.restored` is recorded. Returns how many entries were hidden.
+    pub async fn record_restore(
+        db: &DatabaseConnection,
+        checkpoint: &Checkpoint,
+        by: Option<&str>,
+    ) -> Result<u64> {
+        let txn = db.begin().await?;
+        let at = time::now();
+        let project = &checkpoint.project;
+        let session = &checkpoint.session_id;
+        let last = last_entry(&txn, project, session).await?;
+        let after = checkpoint.entry_id.unwrap_or(0);
+        let mut hidden = 0;
+        if let Some(last) = last.filter(|last| *last > after) {
+            hidden = session_entries::Entity::find()
+                .select_only()
+                .column(session_entries::Column::Id)
+                .filter(session_entries::Column::ProjectKey.eq(project.as_str()))
+                .filter(session_entries::Column::SessionId.eq(session.as_str()))
+                .filter(session_entries::Column::Id.gt(after))
+                .filter(session_entries::Column::Id.lte(last))
+                .into_tuple::<i64>()
+                .all(&txn)
+                .await?
+                .len() as u64;
+            session_rewinds::Entity::insert(session_rewinds::ActiveModel {
+                project_key: Set(project.clone()),
+                session_id: Set(session.clone()),
+                hide_after: Set(after),
+                hide_through: Set(last),
+                checkpoint_id: Set(Some(checkpoint.id)),
+                created_at: Set(at),
+                ..Default::default()
+            })
+            .exec(&txn)
+            .await?;
+        }
+        AgentSessions::close_session(&txn, project, session).await?;
+        if let Some(worktree) = checkpoint.worktree_id {
+            append(
+                &txn,
+                worktree,
+                "checkpoint.restored",
+                json!({"checkpoint_id": checkpoint.id, "commit_sha": checkpoint.commit_sha,
+                       "entries_hidden": hidden, "by": by}),
+                at,
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(hidden)
+    }
+
+    /// Records the changes a turn of `task` left in `worktree` (all of the worktree's
+    /// changes against its base): a file whose diff is new or differs from its pending
+    /// change becomes a new pending change, superseding the earlier one; a file no
+    /// longer changed supersedes its pending change with nothing. Returns the new
+    /// pending changes.
+    pub async fn record_changes(
+        db: &DatabaseConnection,
+        worktree: &Worktree,
+        task: &Task,
+        changes: &Changes,
+    ) -> Result<Vec<PendingChange>> {
+        let txn = db.begin().await?;
+        let at = time::now();
+        let pending = pending_changes::Entity::find()
+            .filter(pending_changes::Column::WorktreeId.eq(worktree.id))
+            .filter(pending_changes::Column::Status.eq("pending"))
+            .all(&txn)
+            .await?;
+        let mut proposed = Vec::new();
+        for old in &pending {
+            let now = changes.files.iter().find(|f| f.path == old.file_path);
+            if now.is_none_or(|f| f.diff != old.diff) {
+                supersede(&txn, worktree.id, old, at).await?;
+            }
+        }
+        for file in &changes.files {
+            let same = pending
+                .iter()
+                .any(|old| old.file_path == file.path && old.diff == file.diff);
+            if same {
+                continue;
+            }
+            let row = pending_changes::ActiveModel {
+                id: Set(Uuid::new_v4()),
+                session_id: Set(worktree.session_id.clone()),
+                task_id: Set(Some(task.id.0)),
+                file_path: Set(file.path.clone()),
+                operation: Set(file.operation.as_str().to_owned()),
+                diff: Set(file.diff.clone()),
+                status: Set("pending".into()),
+                agent: Set(Some(task.agent.clone())),
+                created_at: Set(at),
+                project: Set(Some(worktree.project.clone())),
+                worktree_id: Set(Some(worktree.id)),
+                decided_by: Set(None),
+                decided_at: Set(None),
+                commit_sha: Set(None),
+            };
+            let row = pending_changes::Entity::insert(row)
+                .exec_with_returning(&txn)
+                .await?;
+            append(
+                &txn,
+                worktree.id,
+                "change.proposed",
+                json!({"change_id": row.id, "path": row.file_path, "operation": row.operation,
+                       "task_id": task.id, "agent": task.agent}),
+                at,
+            )
+            .await?;
+            proposed.push(PendingChange::from(row));
+        }
+        for (path, why) in &changes.refused {
+            append(
+                &txn,
+                worktree.id,
+                "change.refused",
+                json!({"path": path, "why": why, "task_id": task.id}),
+                at,
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(proposed)
+    }
+
+    /// The changes of a session, oldest first; `status` narrows them (`pending`, …).
+    pub async fn changes<C: ConnectionTrait>(
+        db: &C,
+        project: &str,
+        session_id: &str,
+        status: Option<&str>,
+    ) -> Result<Vec<PendingChange>> {
+        let mut query = pending_changes::Entity::find()
+            .filter(pending_changes::Column::Project.eq(project))
+            .filter(pending_changes::Column::SessionId.eq(session_id));
+        if let Some(status) = status {
+            query = query.filter(pending_changes::Column::Status.eq(status));
+        }
+        Ok(query
+            .order_by_asc(pending_changes::Column::CreatedAt)
+            .order_by_asc(pending_changes::Column::FilePath)
+            .limit(10_000)
+            .all(db)
+            .await?
+            .into_iter()
+            .map(PendingChange::from)
+            .collect())
+    }
+
+    /// The changes made by `task`'s turns (for an arena's comparison).
+    pub async fn changes_of_task<C: ConnectionTrait>(
+        db: &C,
+        task: Uuid,
+    ) -> Result<Vec<PendingChange>> {
+        Ok(pending_changes::Entity::find()
+            .filter(pending_changes::Column::TaskId.eq(task))
+            .order_by_asc(pending_changes::Column::FilePath)
+            .all(db)
+            .await?
+            .into_iter()
+            .map(PendingChange::from)
+            .collect())
+    }
+
+    pub async fn change<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<PendingChange> {
+        pending_changes::Entity::find_by_id(id)
+            .one(db)
+            .await?
+            .map(PendingChange::from)
+            .ok_or_else(|| Error::NotFound(format!("change {id} does not exist")))
+    }
+
+    pub async fn worktree<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Worktree> {
+        worktrees::Entity::find_by_id(id)
+            .one(db)
+            .await?
+            .map(Worktree::from)
+            .ok_or_else(|| Error::NotFound(format!("worktree {id} does not exist")))
+    }
+
+    /// Records a person's decision on pending changes, all or none: each must still be
+    /// pending (a change decided or superseded meanwhile refuses the whole decision).
+    pub async fn decide(
+        db: &DatabaseConnection,
+        ids: &[Uuid],
+        decision: Decision,
+        by: Option<&str>,
+        commit_sha: Option<&str>,
+    ) -> Result<Vec<PendingChange>> {
+        let txn = db.begin().await?;
+        let at = time::now();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let updated = pending_changes::Entity::update_many()
+                .col_expr(pending_changes::Column::Status, decision.as_str().into())
+                .col_expr(
+                    pending_changes::Column::DecidedBy,
+                    by.map(str::to_owned).into(),
+                )
+                .col_expr(pending_changes::Column::DecidedAt, Some(at).into())
+                .col_expr(
+                    pending_changes::Column::CommitSha,
+                    commit_sha.map(str::to_owned).into(),
+                )
+                .filter(pending_changes::Column::Id.eq(*id))
+                .filter(pending_changes::Column::Status.eq("pending"))
+                .exec_with_returning(&txn)
+                .await?;
+            let Some(row) = updated.into_iter().next() else {
+                let now = Self::change(&txn, *id).await?;
+                return Err(Error::Invalid(format!(
+                    "change {id} to {} is {}, not pending: nothing was {}",
+                    now.path,
+                    now.status,
+                    decision.as_str()
+                )));
+            };
+            if let Some(worktree) = row.worktree_id {
+                append(
+                    &txn,
+                    worktree,
+                    &format!("change.{}", decision.as_str()),
+                    json!({"change_id": row.id, "path": row.file_path, "by": by,
+                           "commit_sha": commit_sha}),
+                    at,
+                )
+                .await?;
+            }
+            out.push(PendingChange::from(row));
+        }
+        txn.commit().await?;
+        Ok(out)
+    }
+}
+
+async fn supersede<C: ConnectionTrait>(
+    db: &C,
+    worktree: Uuid,
+    old: &pending_changes::Model,
+    at: Timestamp,
+) -> Result<()> {
+    pending_changes::Entity::update_many()
+        .col_expr(pending_changes::Column::Status, "superseded".into())
+        .col_expr(pending_changes::Column::DecidedAt, Some(at).into())
+        .filter(pending_changes::Column::Id.eq(old.id))
+        .filter(pending_changes::Column::Status.eq("pending"))
+        .exec(db)
+        .await?;
+    append(
+        db,
+        worktree,
+        "change.superseded",
+        json!({"change_id": old.id, "path": old.file_path}),
+        at,
+    )
+    .await
+}
+
+/// The id of the session's last transcript entry (any subpath).
+async fn last_entry<C: ConnectionTrait>(
+    db: &C,
+    project: &str,
+    session: &str,
+) -> Result<Option<i64>> {
+    Ok(session_entries::Entity::find()
+        .select_only()
+        .column(session_entries::Column::Id)
+        .filter(session_entries::Column::ProjectKey.eq(project))
+        .filter(session_entries::Column::SessionId.eq(session))
+        .order_by_desc(session_entries::Column::Id)
+        .into_tuple::<i64>()
+        .one(db)
+        .await?)
+}
+
+/// Appends one event to the worktree's stream, at its next version.
+async fn append<C: ConnectionTrait>(
+    db: &C,
+    worktree: Uuid,
+    kind: &str,
+    data: Value,
+    at: Timestamp,
+) -> Result<()> {
+    let stream = StreamRef::new(STREAM_TYPE, worktree.to_string());
+    let version = EventStore::stream_version(db, &stream).await?;
+    let row = EventStore::row(
+        &stream,
+        crate::StreamVersion(version.0 + 1),
+        NewEvent {
+            kind: kind.to_owned(),
+            data,
+            metadata: json!({}),
+        },
+        at,
+    );
+    EventStore::insert(db, vec![row]).await
+}
