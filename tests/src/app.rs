@@ -222,6 +222,20 @@ impl TestApp {
         Ok(())
     }
 
+    /// Starts another in-process worker pool that the test can stop on its own (a host
+    /// that goes away), while the rest of the app runs on.
+    pub async fn start_stoppable_worker(&mut self, extra: &[&str]) -> Result<StoppableWorker> {
+        let app = App::build(AppConfig {
+            worker: Some(worker_config(extra)),
+            ..config(&self.test_db, &self.redis, false)
+        })
+        .await
+        .context("building a worker pool")?;
+        let token = self.shutdown.child_token();
+        let task = tokio::spawn(app.run(token.clone()));
+        Ok(StoppableWorker { token, task })
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -322,6 +336,23 @@ impl TestApp {
                 .context("the app stopped with an error")?;
         }
         Ok(())
+    }
+}
+
+/// A worker pool started with [`TestApp::start_stoppable_worker`].
+pub struct StoppableWorker {
+    token: CancellationToken,
+    task: JoinHandle<Result<(), AppError>>,
+}
+
+impl StoppableWorker {
+    /// Stops it gracefully and waits until it has.
+    pub async fn stop(self) -> Result<()> {
+        self.token.cancel();
+        within("the worker pool stops", self.task)
+            .await?
+            .context("the worker pool panicked")?
+            .context("the worker pool stopped with an error")
     }
 }
 

@@ -18,7 +18,7 @@ pub mod app;
 pub mod browser;
 pub mod process;
 
-pub use app::{TestApp, count, dispatcher_config, worker_config};
+pub use app::{StoppableWorker, TestApp, count, dispatcher_config, worker_config};
 pub use process::{ChildProcess, PrivateRedis, WorkerProcess, free_port, turnq_bin};
 pub use turnq_testkit::{
     TestDb, TestRedis, env::admin_database_url as admin_url, eventually, patience, redis_url,

@@ -273,6 +273,16 @@ impl WorkspaceStore {
             .exec_with_returning(&txn)
             .await?;
         let worktree = Worktree::from(row);
+        if let Some(old) = replaces {
+            // The pending changes carry over: the new worktree holds the same work (its
+            // branch), so its first turn supersedes them file by file, not twice over.
+            pending_changes::Entity::update_many()
+                .col_expr(pending_changes::Column::WorktreeId, Some(id).into())
+                .filter(pending_changes::Column::WorktreeId.eq(old.id))
+                .filter(pending_changes::Column::Status.eq("pending"))
+                .exec(&txn)
+                .await?;
+        }
         append(
             &txn,
             id,

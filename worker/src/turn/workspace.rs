@@ -89,6 +89,15 @@ impl Workspaces {
                 worktree
             }
             Some(elsewhere) => {
+                // Its work is on its branch (every turn commits there). Where the old
+                // worktree is visible from here too (one machine, shared storage), it
+                // holds the branch checked out: remove it first, or git refuses to
+                // check the branch out again. No turn of the session runs meanwhile.
+                if Path::new(&elsewhere.path).exists() {
+                    workspace::remove_worktree(&repo_path, Path::new(&elsewhere.path))
+                        .await
+                        .map_err(classify)?;
+                }
                 let path = self.dir.join(Uuid::new_v4().to_string());
                 let info = create_worktree(
                     &repo_path,

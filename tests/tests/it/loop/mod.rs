@@ -4,3 +4,4 @@
 
 mod requests;
 mod subtasks;
+mod workspaces;

@@ -1,0 +1,491 @@
+//! Coding-agent tasks in real git repositories made by the tests: worktrees, pending
+//! changes (apply, reject, revert, supersede), the path guard, checkpoints, and a
+//! session moving hosts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use turnq_tests::TestApp;
+
+/// A scratch directory holding a repository root (`repos/`) and worktrees (`wt-*`).
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("turnq-ws-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("repos"))?;
+        // Canonical, as the worker compares repositories with their real paths.
+        let dir = dir.canonicalize()?;
+        Ok(Scratch { dir })
+    }
+
+    fn roots(&self) -> String {
+        self.dir.join("repos").display().to_string()
+    }
+
+    fn worktrees(&self, host: &str) -> String {
+        self.dir.join(format!("wt-{host}")).display().to_string()
+    }
+
+    /// A repository on `main` with `README.md` and `src/lib.rs` committed.
+    fn repo(&self, name: &str) -> Result<PathBuf> {
+        let repo = self.dir.join("repos").join(name);
+        std::fs::create_dir_all(repo.join("src"))?;
+        git(&repo, &["init", "-q", "-b", "main"])?;
+        std::fs::write(repo.join("README.md"), "# demo\n")?;
+        std::fs::write(repo.join("src/lib.rs"), "pub fn answer() -> u32 { 41 }\n")?;
+        git(&repo, &["add", "-A"])?;
+        git(&repo, &["commit", "-q", "-m", "start"])?;
+        Ok(repo)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+async fn app_with_worker(scratch: &Scratch, host: &str) -> Result<TestApp> {
+    let mut app = TestApp::spawn_without_workers().await?;
+    let (roots, worktrees) = (scratch.roots(), scratch.worktrees(host));
+    app.start_worker(&[
+        "--host",
+        host,
+        "--repo-roots",
+        &roots,
+        "--worktree-dir",
+        &worktrees,
+    ])
+    .await?;
+    Ok(app)
+}
+
+/// A task writing (or deleting, `null`) `files` in session `session`'s worktree.
+fn coding(repo: &Path, session: &str, files: Value) -> Value {
+    json!({"repo": repo.display().to_string(), "session_id": session,
+           "input": {"script": {"files": files, "chunks": ["edited"]}}})
+}
+
+async fn run(app: &TestApp, body: Value, state: &str) -> Result<Value> {
+    let task = app.submit(body).await?;
+    app.wait_for_state(task["id"].as_str().context("id")?, state)
+        .await
+}
+
+async fn changes(app: &TestApp, session: &str, status: &str) -> Result<Vec<Value>> {
+    let (code, body) = app
+        .get(&format!(
+            "/v1/sessions/default/{session}/changes?status={status}"
+        ))
+        .await?;
+    ensure!(code == 200, "{code} {body}");
+    Ok(body["changes"].as_array().context("changes")?.clone())
+}
+
+fn by_path<'a>(changes: &'a [Value], path: &str) -> Result<&'a Value> {
+    changes
+        .iter()
+        .find(|c| c["path"] == path)
+        .with_context(|| format!("no change to {path}: {changes:?}"))
+}
+
+#[tokio::test]
+async fn a_coding_turn_proposes_changes_that_a_person_applies_rejects_or_reverts() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let repo = scratch.repo("demo")?;
+    let app = app_with_worker(&scratch, "box-a").await?;
+    run(
+        &app,
+        coding(
+            &repo,
+            "s1",
+            json!({"src/lib.rs": "pub fn answer() -> u32 { 42 }\n", "NOTES.md": "hi\n",
+                   "README.md": null, "docs/plan.md": "plan\n"}),
+        ),
+        "completed",
+    )
+    .await?;
+
+    let (_, worktrees) = app.get("/v1/sessions/default/s1/worktree").await?;
+    let active = &worktrees["active"];
+    ensure!(
+        active["host"] == "box-a" && active["target_branch"] == "main",
+        "{worktrees}"
+    );
+    let path = PathBuf::from(active["path"].as_str().context("path")?);
+    ensure!(path.starts_with(scratch.worktrees("box-a")), "{path:?}");
+    // The repository's own checkout is untouched by the turn.
+    ensure!(!repo.join("NOTES.md").exists() && repo.join("README.md").exists());
+
+    let pending = changes(&app, "s1", "pending").await?;
+    ensure!(pending.len() == 4, "{pending:?}");
+    ensure!(by_path(&pending, "NOTES.md")?["operation"] == "create");
+    ensure!(by_path(&pending, "README.md")?["operation"] == "delete");
+    let edit = by_path(&pending, "src/lib.rs")?;
+    ensure!(edit["operation"] == "edit", "{edit}");
+    let diff = edit["diff"].as_str().context("diff")?;
+    ensure!(
+        diff.contains("-pub fn answer() -> u32 { 41 }")
+            && diff.contains("+pub fn answer() -> u32 { 42 }"),
+        "{diff}"
+    );
+
+    let ids = |paths: &[&str]| -> Result<Value> {
+        Ok(json!(
+            paths
+                .iter()
+                .map(|p| by_path(&pending, p).map(|c| c["id"].clone()))
+                .collect::<Result<Vec<_>>>()?
+        ))
+    };
+    let (code, applied) = app
+        .post(
+            "/v1/sessions/default/s1/changes/apply",
+            &json!({"ids": ids(&["src/lib.rs", "NOTES.md"])?}),
+        )
+        .await?;
+    ensure!(code == 200, "{code} {applied}");
+    let commit = applied["commit_sha"].as_str().context("commit")?;
+    ensure!(git(&repo, &["rev-parse", "main"])? == commit);
+    ensure!(git(&repo, &["show", "main:NOTES.md"])? == "hi");
+    // main is checked out in the repository: its files came along, and it is clean.
+    ensure!(applied["checkout_updated"] == true, "{applied}");
+    ensure!(std::fs::read_to_string(repo.join("NOTES.md"))? == "hi\n");
+    ensure!(git(&repo, &["status", "--porcelain"])?.is_empty());
+
+    let (code, rejected) = app
+        .post(
+            "/v1/sessions/default/s1/changes/reject",
+            &json!({"ids": ids(&["README.md"])?}),
+        )
+        .await?;
+    ensure!(
+        code == 200 && rejected["changes"][0]["status"] == "rejected",
+        "{code} {rejected}"
+    );
+    let (code, reverted) = app
+        .post(
+            "/v1/sessions/default/s1/changes/revert",
+            &json!({"ids": ids(&["docs/plan.md"])?}),
+        )
+        .await?;
+    ensure!(code == 200, "{code} {reverted}");
+    ensure!(
+        !path.join("docs/plan.md").exists(),
+        "the created file is gone from the worktree"
+    );
+
+    // Everything is decided: nothing pending; a decision on a decided change is refused.
+    ensure!(changes(&app, "s1", "pending").await?.is_empty());
+    let (code, body) = app
+        .post(
+            "/v1/sessions/default/s1/changes/apply",
+            &json!({"ids": ids(&["NOTES.md"])?}),
+        )
+        .await?;
+    ensure!(
+        code == 400 && body.to_string().contains("not pending"),
+        "{code} {body}"
+    );
+    let (code, body) = app
+        .post("/v1/sessions/default/s1/changes/apply", &Value::Null)
+        .await?;
+    ensure!(
+        code == 400 && body.to_string().contains("no pending changes"),
+        "{code} {body}"
+    );
+    app.stop().await
+}
+
+#[tokio::test]
+async fn a_later_turns_change_to_a_file_supersedes_the_earlier_one() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let repo = scratch.repo("demo")?;
+    let app = app_with_worker(&scratch, "box-a").await?;
+    run(
+        &app,
+        coding(&repo, "s2", json!({"a.txt": "1\n", "b.txt": "b\n"})),
+        "completed",
+    )
+    .await?;
+    run(
+        &app,
+        coding(&repo, "s2", json!({"a.txt": "2\n"})),
+        "completed",
+    )
+    .await?;
+    let pending = changes(&app, "s2", "pending").await?;
+    ensure!(pending.len() == 2, "{pending:?}");
+    ensure!(
+        by_path(&pending, "a.txt")?["diff"]
+            .as_str()
+            .is_some_and(|d| d.contains("+2"))
+    );
+    let superseded = changes(&app, "s2", "superseded").await?;
+    ensure!(
+        superseded.len() == 1 && superseded[0]["path"] == "a.txt",
+        "{superseded:?}"
+    );
+    // A conflicting apply: main moved under the change. Nothing is applied.
+    std::fs::write(repo.join("a.txt"), "theirs\n")?;
+    git(&repo, &["add", "a.txt"])?;
+    git(&repo, &["commit", "-q", "-m", "theirs"])?;
+    let before = git(&repo, &["rev-parse", "main"])?;
+    let id = by_path(&pending, "a.txt")?["id"].clone();
+    let (code, body) = app
+        .post(
+            "/v1/sessions/default/s2/changes/apply",
+            &json!({"ids": [id]}),
+        )
+        .await?;
+    ensure!(
+        code == 409 && body.to_string().contains("a.txt"),
+        "{code} {body}"
+    );
+    ensure!(git(&repo, &["rev-parse", "main"])? == before);
+    ensure!(changes(&app, "s2", "pending").await?.len() == 2);
+    app.stop().await
+}
+
+#[tokio::test]
+async fn the_path_guard_refuses_every_way_out_of_the_worktree() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let repo = scratch.repo("demo")?;
+    // A committed symbolic link pointing out of the repository.
+    std::os::unix::fs::symlink(&scratch.dir, repo.join("out"))?;
+    git(&repo, &["add", "out"])?;
+    git(&repo, &["commit", "-q", "-m", "link"])?;
+    let app = app_with_worker(&scratch, "box-a").await?;
+    let refusals = [
+        ("../escape.txt", ".."),
+        ("/tmp/abs.txt", "absolute"),
+        (".git/config", ".git"),
+        ("out/escape.txt", "symbolic link"),
+        (".env", "secret"),
+        ("config/.env.production", "secret"),
+        ("id_rsa", "secret"),
+        ("certs/server.pem", "secret"),
+        ("tls.key", "secret"),
+    ];
+    for (i, (path, rule)) in refusals.iter().enumerate() {
+        let failed = run(
+            &app,
+            coding(&repo, &format!("g{i}"), json!({*path: "x"})),
+            "failed",
+        )
+        .await?;
+        let error = failed["last_error"].as_str().unwrap_or_default();
+        ensure!(
+            error.contains("refused the path") && error.contains(rule),
+            "{path}: {error}"
+        );
+    }
+    ensure!(!scratch.dir.join("escape.txt").exists() && !Path::new("/tmp/abs.txt").exists());
+    // A NUL byte never reaches a worker: the submission is refused.
+    let (code, body) = app
+        .post(
+            "/v1/tasks",
+            &coding(&repo, "g-nul", json!({"a\u{0}b": "x"})),
+        )
+        .await?;
+    ensure!(
+        code == 400 && body.to_string().contains("U+0000"),
+        "{code} {body}"
+    );
+    // Allowed look-alikes.
+    run(
+        &app,
+        coding(
+            &repo,
+            "g-ok",
+            json!({".env.example": "A=1\n", "id_rsa.pub": "k\n"}),
+        ),
+        "completed",
+    )
+    .await?;
+    ensure!(changes(&app, "g-ok", "pending").await?.len() == 2);
+
+    // A repository outside the worker's roots, and one without a session.
+    let elsewhere = std::env::temp_dir()
+        .canonicalize()?
+        .join(format!("turnq-outside-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&elsewhere)?;
+    git(&elsewhere, &["init", "-q", "-b", "main"])?;
+    let failed = run(
+        &app,
+        coding(&elsewhere, "g-out", json!({"a": "x"})),
+        "failed",
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&elsewhere);
+    let failed = failed?;
+    ensure!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("outside the allowed repository roots")),
+        "{failed}"
+    );
+    let (code, body) = app
+        .post(
+            "/v1/tasks",
+            &json!({"repo": repo.display().to_string(), "input": "x"}),
+        )
+        .await?;
+    ensure!(
+        code == 400 && body.to_string().contains("needs a session_id"),
+        "{code} {body}"
+    );
+    app.stop().await
+}
+
+#[tokio::test]
+async fn a_checkpoint_restore_rewinds_the_files_and_the_transcript() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let repo = scratch.repo("demo")?;
+    let app = app_with_worker(&scratch, "box-a").await?;
+    let entries = "/v1/sessions/default/s3/entries";
+    run(
+        &app,
+        coding(&repo, "s3", json!({"a.txt": "v1\n"})),
+        "completed",
+    )
+    .await?;
+    app.post(
+        entries,
+        &json!({"entries": [{"uuid": "u1", "text": "turn 1"}]}),
+    )
+    .await?;
+    run(
+        &app,
+        coding(&repo, "s3", json!({"a.txt": "v2\n", "b.txt": "b\n"})),
+        "completed",
+    )
+    .await?;
+    app.post(
+        entries,
+        &json!({"entries": [{"uuid": "u2", "text": "turn 2"}]}),
+    )
+    .await?;
+
+    let (_, list) = app.get("/v1/sessions/default/s3/checkpoints").await?;
+    let checkpoints = list["checkpoints"].as_array().context("checkpoints")?;
+    ensure!(checkpoints.len() == 2, "one before each turn: {list}");
+    // Newest first: the one before the second turn.
+    let before_second = checkpoints[0]["id"].as_str().context("id")?;
+    let (code, restored) = app
+        .post(
+            &format!("/v1/checkpoints/{before_second}/restore"),
+            &Value::Null,
+        )
+        .await?;
+    ensure!(
+        code == 200 && restored["entries_hidden"] == 1,
+        "{code} {restored}"
+    );
+
+    let (_, worktrees) = app.get("/v1/sessions/default/s3/worktree").await?;
+    let path = PathBuf::from(worktrees["active"]["path"].as_str().context("path")?);
+    ensure!(std::fs::read_to_string(path.join("a.txt"))? == "v1\n");
+    ensure!(
+        !path.join("b.txt").exists(),
+        "a file made after the checkpoint is gone"
+    );
+    let (_, loaded) = app.get(entries).await?;
+    let texts: Vec<&str> = loaded["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    ensure!(texts == ["turn 1"], "the transcript is rewound: {loaded}");
+    // The log keeps everything: the rewound entry is hidden, not deleted.
+    ensure!(turnq_tests::count(&app.db, "session_entries").await? == 2);
+    let (code, _) = app
+        .post(
+            "/v1/checkpoints/00000000-0000-0000-0000-000000000000/restore",
+            &Value::Null,
+        )
+        .await?;
+    ensure!(code == 404);
+    app.stop().await
+}
+
+#[tokio::test]
+async fn a_session_moves_to_another_host_when_its_host_is_gone() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let repo = scratch.repo("demo")?;
+    let mut app = TestApp::spawn_without_workers().await?;
+    let roots = scratch.roots();
+    let (wt_a, wt_b) = (scratch.worktrees("a"), scratch.worktrees("b"));
+    let host_a = app
+        .start_stoppable_worker(&[
+            "--host",
+            "a",
+            "--repo-roots",
+            &roots,
+            "--worktree-dir",
+            &wt_a,
+        ])
+        .await?;
+    run(
+        &app,
+        coding(&repo, "s4", json!({"first.txt": "1\n"})),
+        "completed",
+    )
+    .await?;
+    host_a.stop().await?;
+
+    app.start_worker(&[
+        "--host",
+        "b",
+        "--repo-roots",
+        &roots,
+        "--worktree-dir",
+        &wt_b,
+    ])
+    .await?;
+    run(
+        &app,
+        coding(&repo, "s4", json!({"second.txt": "2\n"})),
+        "completed",
+    )
+    .await?;
+    let (_, worktrees) = app.get("/v1/sessions/default/s4/worktree").await?;
+    let active = &worktrees["active"];
+    ensure!(active["host"] == "b", "{worktrees}");
+    let archived = worktrees["archived"].as_array().context("archived")?;
+    ensure!(
+        archived.len() == 1 && archived[0]["host"] == "a",
+        "{worktrees}"
+    );
+    ensure!(
+        active["branch"] == archived[0]["branch"],
+        "re-created from its branch"
+    );
+    let path = PathBuf::from(active["path"].as_str().context("path")?);
+    ensure!(path.starts_with(&wt_b));
+    // The first turn's work came along through the branch.
+    ensure!(std::fs::read_to_string(path.join("first.txt"))? == "1\n");
+    ensure!(std::fs::read_to_string(path.join("second.txt"))? == "2\n");
+    let pending = changes(&app, "s4", "pending").await?;
+    ensure!(pending.len() == 2, "{pending:?}");
+    app.stop().await
+}
