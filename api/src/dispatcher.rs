@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use turnq_core::{
-    delivery::{Job, JobTask, RedisNames},
+    delivery::{Job, JobTask, RedisNames, pinned_agent},
     fault::fail_point,
     listen::{Listener, Notice, postgres_pool},
     retry::Backoff,
@@ -140,12 +140,11 @@ pub async fn run(
                     // Re-deliveries go only to pairs some live worker serves: a task
                     // no worker takes is pushed once and waits in Redis. After a loss,
                     // everything queued is pushed again, served or not.
-                    match if lost {
-                        Ok(None)
-                    } else {
-                        served.get(&db).await.map(Some)
-                    } {
-                        Ok(pairs) => drain(&db, conn, &names, &config, stale, pairs).await,
+                    match served.get(&db).await {
+                        Ok(pairs) => {
+                            let redeliver_to = (!lost).then_some(pairs);
+                            drain(&db, conn, &names, &config, stale, redeliver_to, pairs).await
+                        }
                         Err(e) => Err(e),
                     }
                 }
@@ -298,6 +297,7 @@ async fn drain(
     config: &DispatcherConfig,
     stale: turnq_core::time::Timestamp,
     redeliver_to: Option<&BTreeSet<(String, String)>>,
+    served: &BTreeSet<(String, String)>,
 ) -> Result<usize, turnq_core::Error> {
     let metadata = json!({"actor": "dispatcher"});
     let limit = config.dispatch_batch.max(1);
@@ -319,7 +319,7 @@ async fn drain(
             &full,
             redeliver_to,
             &metadata,
-            |due| push(redis.clone(), names, due, config, &pushed_to),
+            |due| push(redis.clone(), names, due, config, served, &pushed_to),
         )
         .await?;
         // After the commit: a woken worker's claim would otherwise wait for this round's
@@ -341,12 +341,27 @@ async fn push(
     names: &RedisNames,
     due: Vec<DueTask>,
     config: &DispatcherConfig,
+    served: &BTreeSet<(String, String)>,
     pushed_to: &std::sync::Mutex<BTreeSet<(String, String)>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Per pair: (tasks already attempted, fresh tasks).
     let mut by_pair: BTreeMap<(String, String), (Vec<JobTask>, Vec<JobTask>)> = BTreeMap::new();
     for task in due {
-        let pair = by_pair.entry((task.queue, task.agent)).or_default();
+        // A task whose session's worktree lives on a host with a live worker goes to
+        // that host's pinned queue; when the host is gone, to any worker (which makes
+        // the worktree again from its branch).
+        let agent = match &task.host {
+            Some(host) => {
+                let pinned = pinned_agent(&task.agent, host);
+                if served.contains(&(task.queue.clone(), pinned.clone())) {
+                    pinned
+                } else {
+                    task.agent
+                }
+            }
+            None => task.agent,
+        };
+        let pair = by_pair.entry((task.queue, agent)).or_default();
         let job = JobTask {
             task_id: task.id,
             attempt: task.attempt,
@@ -664,9 +679,17 @@ mod tests {
             submit(&test.db, &format!("backlog {i}")).await;
         }
         assert_eq!(
-            drain(&test.db, &conn, &names, &settings(), stale, None)
-                .await
-                .unwrap(),
+            drain(
+                &test.db,
+                &conn,
+                &names,
+                &settings(),
+                stale,
+                None,
+                &BTreeSet::new()
+            )
+            .await
+            .unwrap(),
             5
         );
         let queue = apalis_redis::Config::default().queue(names.agent_queue("default", "script"));
@@ -709,9 +732,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            drain(&test.db, &conn, &names, &settings(), stale, None)
-                .await
-                .unwrap(),
+            drain(
+                &test.db,
+                &conn,
+                &names,
+                &settings(),
+                stale,
+                None,
+                &BTreeSet::new()
+            )
+            .await
+            .unwrap(),
             1
         );
         let jobs = queued_task_ids(&redis, &names).await;

@@ -66,6 +66,13 @@ pub struct RedisNames {
     prefix: String,
 }
 
+/// The agent name of a (queue, agent) pair pinned to `host`: the Redis queue from which
+/// only that host's workers take the tasks whose session's worktree lives there. `@`
+/// never appears in an agent's own name, so a pinned pair never meets a real agent.
+pub fn pinned_agent(agent: &str, host: &str) -> String {
+    format!("{agent}@{host}")
+}
+
 impl RedisNames {
     pub fn new(prefix: impl Into<String>) -> Self {
         RedisNames {

@@ -211,27 +211,33 @@ impl WorkerRegistry {
 
     /// The (queue, agent) pairs some live worker serves: not stopped, and heard from
     /// within [`STALE_AFTER`]. A task of a pair outside it waits for a worker nobody
-    /// runs.
+    /// runs. Each worker's pairs pinned to its host ([`crate::delivery::pinned_agent`])
+    /// are in it too: a pinned pair is served exactly while its host has a live worker.
     pub async fn served_pairs<C: ConnectionTrait>(
         db: &C,
     ) -> Result<std::collections::BTreeSet<(String, String)>> {
         let cutoff = time::now()
             - chrono::TimeDelta::from_std(STALE_AFTER).unwrap_or(chrono::TimeDelta::MAX);
-        let live: Vec<(serde_json::Value, serde_json::Value)> = workers::Entity::find()
+        let live: Vec<(serde_json::Value, serde_json::Value, String)> = workers::Entity::find()
             .select_only()
-            .columns([Column::Queues, Column::Agents])
+            .columns([Column::Queues, Column::Agents, Column::Host])
             .filter(Column::StoppedAt.is_null())
             .filter(Column::LastHeartbeatAt.gte(cutoff))
             .into_tuple()
             .all(db)
             .await?;
         let mut pairs = std::collections::BTreeSet::new();
-        for (queues, agents) in live {
+        for (queues, agents, host) in live {
             let queues: Vec<String> = serde_json::from_value(queues).unwrap_or_default();
             let agents: Vec<WorkerAgent> = serde_json::from_value(agents).unwrap_or_default();
             for queue in &queues {
                 for agent in &agents {
                     pairs.insert((queue.clone(), agent.name.clone()));
+                    // Each worker also takes the tasks pinned to its host.
+                    pairs.insert((
+                        queue.clone(),
+                        crate::delivery::pinned_agent(&agent.name, &host),
+                    ));
                 }
             }
         }

@@ -120,11 +120,20 @@ impl Delivery {
         }
     }
 
-    /// Every (queue, agent) pair of `queues` and `agents`.
-    pub(crate) fn pairs(queues: &[String], agents: &[&str]) -> Vec<Delivery> {
+    /// Every (queue, agent) pair of `queues` and `agents`, and each pinned to `host`
+    /// (the tasks whose session's worktree lives on this host:
+    /// [`turnq_core::delivery::pinned_agent`]).
+    pub(crate) fn pairs(queues: &[String], agents: &[&str], host: &str) -> Vec<Delivery> {
         queues
             .iter()
-            .flat_map(|q| agents.iter().map(move |a| Delivery::new(q.as_str(), *a)))
+            .flat_map(|q| {
+                agents.iter().flat_map(move |a| {
+                    [
+                        Delivery::new(q.as_str(), *a),
+                        Delivery::new(q.as_str(), turnq_core::delivery::pinned_agent(a, host)),
+                    ]
+                })
+            })
             .collect()
     }
 }

@@ -15,11 +15,16 @@ pub(crate) fn d(queue: &str) -> Delivery {
 }
 
 #[test]
-fn deliveries_pair_every_queue_with_every_agent() {
+fn deliveries_pair_every_queue_with_every_agent_and_its_host_pinned_twin() {
     let queues = ["a".to_owned(), "b".to_owned()];
-    let pairs = Delivery::pairs(&queues, &["x", "y"]);
+    let pairs = Delivery::pairs(&queues, &["x", "y"], "h");
     let names: Vec<String> = pairs.iter().map(ToString::to_string).collect();
-    assert_eq!(names, ["a:x", "a:y", "b:x", "b:y"]);
+    assert_eq!(
+        names,
+        [
+            "a:x", "a:x@h", "a:y", "a:y@h", "b:x", "b:x@h", "b:y", "b:y@h"
+        ]
+    );
 }
 
 #[test]

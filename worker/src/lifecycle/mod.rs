@@ -164,8 +164,8 @@ impl Worker {
             backends,
             follow_registry,
         } = self;
-        let deliveries = Delivery::pairs(&queues, &backends.names().collect::<Vec<_>>());
         let host = config.host_name();
+        let deliveries = Delivery::pairs(&queues, &backends.names().collect::<Vec<_>>(), &host);
         let worker = WorkerId::generate(&host);
         let info = WorkerInfo {
             id: worker.clone(),
@@ -253,6 +253,7 @@ impl Worker {
                     db: db.clone(),
                     worker: worker.clone(),
                     queues: queues.clone(),
+                    host: config.host_name(),
                     only: config.agent_filter().unwrap_or_default(),
                     runner: runner.clone(),
                     deliveries: consumers.deliveries(),

@@ -42,6 +42,8 @@ pub(super) struct Reload {
     pub(super) db: DatabaseConnection,
     pub(super) worker: WorkerId,
     pub(super) queues: Vec<String>,
+    /// The host the worker registered under: it also takes the tasks pinned to it.
+    pub(super) host: String,
     /// `--agents` (empty: every agent the worker can run).
     pub(super) only: Vec<String>,
     pub(super) runner: Arc<Runner>,
@@ -120,7 +122,7 @@ impl Reload {
             .filter(|(name, hash)| before.get(*name).is_some_and(|h| h != *hash))
             .map(|(name, _)| name)
             .collect();
-        let wanted = Delivery::pairs(&self.queues, &fresh.names().collect::<Vec<_>>());
+        let wanted = Delivery::pairs(&self.queues, &fresh.names().collect::<Vec<_>>(), &self.host);
         let agents = fresh.worker_agents();
         // The new set first: a job of a pair retired below that is already past its
         // consumer finds its agent gone and hands its task back.

@@ -35,10 +35,14 @@ pub struct DueTask {
     /// The attempts made so far: the job carries it, and the claim only succeeds if the
     /// task is still at this attempt, so a stale or duplicate job is harmless.
     pub attempt: i32,
+    /// For a task naming a repository: the host its session's worktree lives on, where
+    /// its turn should run while that host is alive.
+    pub host: Option<String>,
 }
 
-/// A due task as the dispatcher reads it: (id, priority, run_at, queue, agent, attempt).
-type DueRow = (Uuid, i32, Timestamp, String, String, i32);
+/// A due task as the dispatcher reads it: (id, priority, run_at, queue, agent, attempt,
+/// worktree host).
+type DueRow = (Uuid, i32, Timestamp, String, String, i32, Option<String>);
 
 impl TaskStore {
     /// Hands due tasks to `push` (the delivery queue) and records `task.queued` for them,
@@ -115,21 +119,18 @@ impl TaskStore {
             due.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
             due.truncate(limit as usize);
         }
-        let due: Vec<(Uuid, String, String, i32)> = due
-            .into_iter()
-            .map(|(id, _, _, queue, agent, attempt)| (id, queue, agent, attempt))
-            .collect();
         if due.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<Uuid> = due.iter().map(|(id, _, _, _)| *id).collect();
+        let ids: Vec<Uuid> = due.iter().map(|row| row.0).collect();
         push(
             due.into_iter()
-                .map(|(id, queue, agent, attempt)| DueTask {
+                .map(|(id, _, _, queue, agent, attempt, host)| DueTask {
                     id: TaskId(id),
                     queue,
                     agent,
                     attempt,
+                    host,
                 })
                 .collect(),
         )
@@ -181,6 +182,12 @@ impl TaskStore {
                 Column::Agent,
                 Column::Attempt,
             ])
+            // Only tasks naming a repository look their worktree up (CASE is lazy).
+            .expr(Expr::cust(
+                "CASE WHEN tasks.repo IS NULL THEN NULL ELSE (SELECT w.host FROM worktrees w \
+                 WHERE w.project = tasks.project AND w.session_id = tasks.session_id \
+                 AND w.status = 'active') END",
+            ))
             .filter(Column::State.eq(TaskState::Pending))
             .filter(which)
             .filter(Column::RunAt.lte(at))
@@ -368,13 +375,15 @@ mod tests {
                     id: high.id,
                     queue: "q".into(),
                     agent: "script".into(),
-                    attempt: 0
+                    attempt: 0,
+                    host: None,
                 },
                 DueTask {
                     id: mid.id,
                     queue: "default".into(),
                     agent: "a2".into(),
-                    attempt: 0
+                    attempt: 0,
+                    host: None,
                 },
             ]
         );

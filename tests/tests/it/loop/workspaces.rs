@@ -489,3 +489,59 @@ async fn a_session_moves_to_another_host_when_its_host_is_gone() -> Result<()> {
     ensure!(pending.len() == 2, "{pending:?}");
     app.stop().await
 }
+
+#[tokio::test]
+async fn a_sessions_turns_stay_on_the_host_of_its_worktree_while_it_is_alive() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let repo = scratch.repo("demo")?;
+    let mut app = TestApp::spawn_without_workers().await?;
+    let roots = scratch.roots();
+    for host in ["a", "b"] {
+        let worktrees = scratch.worktrees(host);
+        app.start_worker(&[
+            "--host",
+            host,
+            "--repo-roots",
+            &roots,
+            "--worktree-dir",
+            &worktrees,
+        ])
+        .await?;
+    }
+    let first = run(
+        &app,
+        coding(&repo, "s5", json!({"f0.txt": "0\n"})),
+        "completed",
+    )
+    .await?;
+    let (_, worktrees) = app.get("/v1/sessions/default/s5/worktree").await?;
+    let host = worktrees["active"]["host"]
+        .as_str()
+        .context("host")?
+        .to_owned();
+    let on_host = |task: &Value| {
+        task["worker_id"]
+            .as_str()
+            .is_some_and(|w| w.starts_with(&format!("{host}-")))
+    };
+    ensure!(on_host(&first), "{first}");
+    for i in 1..8 {
+        let task = run(
+            &app,
+            coding(&repo, "s5", json!({format!("f{i}.txt"): "x\n"})),
+            "completed",
+        )
+        .await?;
+        ensure!(
+            on_host(&task),
+            "turn {i} ran on {} instead of host {host}",
+            task["worker_id"]
+        );
+    }
+    let (_, worktrees) = app.get("/v1/sessions/default/s5/worktree").await?;
+    ensure!(
+        worktrees["archived"] == json!([]),
+        "never re-created: {worktrees}"
+    );
+    app.stop().await
+}
