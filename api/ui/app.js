@@ -7,7 +7,8 @@
   const KINDS = [
     "task.submitted", "task.queued", "task.started", "task.output", "task.completed",
     "task.retrying", "task.failed", "task.blocked", "task.lease_lost", "task.released",
-    "task.cancelled", "task.approved", "task.retried", "queue.paused", "queue.resumed",
+    "task.cancelled", "task.approved", "task.responded", "task.retried", "queue.paused",
+    "queue.resumed",
   ];
   // The shortest gap between two refreshes of a page's live regions.
   const REFRESH_GAP_MS = 1000;
@@ -159,10 +160,17 @@
     }
   }
 
+  // A form someone typed into (an answer, an edited tool input) counts as busy even
+  // after the focus left it: a refresh would throw the typing away.
   function busy(region) {
     return region.contains(document.activeElement) && document.activeElement !== document.body
-      || region.querySelector("input[type=checkbox]:checked, details[open]") !== null;
+      || region.querySelector("input[type=checkbox]:checked, details[open], form[data-edited]") !== null;
   }
+
+  document.addEventListener("input", function (e) {
+    const form = e.target.closest && e.target.closest("form");
+    if (form && form.method === "post") form.dataset.edited = "1";
+  });
 
   document.addEventListener("visibilitychange", function () {
     if (!live.url) return;

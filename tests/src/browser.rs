@@ -217,6 +217,13 @@ impl Browser {
         .map(drop)
     }
 
+    /// Empties `element` (a text field or textarea).
+    pub async fn clear(&self, element: &Element) -> Result<()> {
+        self.post(&format!("/element/{}/clear", element.0), json!({}))
+            .await
+            .map(drop)
+    }
+
     /// Presses the keys of `text` on whatever has the focus (a keyboard user).
     pub async fn press(&self, text: &str) -> Result<()> {
         let mut actions = Vec::new();

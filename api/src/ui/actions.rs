@@ -16,7 +16,7 @@ use turnq_core::{
     auth::Scope,
     metrics as names,
     queue::QueueStore,
-    task::{NewTaskRequest, Task, TaskFilter, TaskState, TaskStore},
+    task::{NewTaskRequest, RequestKind, ResponseRequest, Task, TaskFilter, TaskState, TaskStore},
     time,
 };
 
@@ -24,6 +24,7 @@ use super::{
     error::PageError,
     layout,
     pages::tasks::{filter_from, filter_pairs},
+    request::{self, Back},
     viewer::Viewer,
 };
 use crate::{
@@ -84,6 +85,91 @@ pub(super) async fn on_task(
         }
     };
     Ok(Redirect::to(&format!("/tasks/{}", task.id)).into_response())
+}
+
+/// `POST /ui/tasks/{id}/respond`: a person answers a blocked task's request (the forms
+/// of [`request::open`]): `choice` (the button pressed), `text` (an answer or a
+/// comment), `input` (a permission's tool input, maybe edited), `version` (the task's
+/// version the form was made from) and `back` (`inbox` or `task`: where to go after).
+/// Nothing changes when the form is stale, the edited input is not JSON, or the answer
+/// does not fit the request: the error page says which.
+pub(super) async fn respond(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let id: TaskId = id.parse().map_err(|_| {
+        PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!("task id {id:?} is not a UUID"),
+        )
+    })?;
+    let form = viewer.form(&headers, &body, Scope::Submit)?;
+    let back = match form.get("back") {
+        Some("inbox") => Back::Inbox,
+        _ => Back::Task,
+    };
+    let task_page = format!("/tasks/{id}");
+    let refuse = |status, message: String| {
+        PageError::new(status, message).with_back(&task_page, "Back to the task")
+    };
+    let task = TaskStore::get(state.db(), id).await?;
+    if let Some(read) = form.value("version")
+        && read != task.version.0.to_string()
+    {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "the task changed since this form was shown (it is {} now): nothing was answered; \
+                 look at it again and answer what it asks now",
+                task.state
+            ),
+        ));
+    }
+    let choice = form.value("choice");
+    let edited = match (task.open_request(), form.get("input")) {
+        // A refusal runs nothing, so its input is not read: a half-edited one must not
+        // stand in the way of saying no.
+        (Some(r), Some(raw)) if r.kind == RequestKind::Permission => {
+            if choice.as_deref() == Some(request::DENY) || raw.trim().is_empty() {
+                None
+            } else {
+                let input = serde_json::from_str::<Value>(raw).map_err(|e| {
+                    refuse(
+                        StatusCode::BAD_REQUEST,
+                        format!("the edited tool input is not JSON ({e}): nothing was answered"),
+                    )
+                })?;
+                // Unchanged is no edit: the agent is told to use another input only
+                // when there is one.
+                (r.tool_input.as_ref() != Some(&input)).then_some(input)
+            }
+        }
+        _ => None,
+    };
+    let answer = ResponseRequest {
+        choice,
+        text: form.value("text"),
+        input: edited,
+    };
+    let by = Some(viewer.token.name.clone());
+    TaskStore::respond(state.db(), id, answer, by, &metadata(&viewer))
+        .await
+        .map_err(|e| match PageError::from(e) {
+            PageError {
+                status, message, ..
+            } if status.is_client_error() => {
+                refuse(status, format!("{message}: nothing was answered"))
+            }
+            other => other,
+        })?;
+    Ok(Redirect::to(match back {
+        Back::Inbox => "/inbox",
+        Back::Task => &task_page,
+    })
+    .into_response())
 }
 
 /// A new submission with what `task` was submitted with (not its idempotency key, run

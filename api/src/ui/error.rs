@@ -11,6 +11,9 @@ use crate::ApiError;
 pub(crate) struct PageError {
     pub(super) status: StatusCode,
     pub(super) message: String,
+    /// Where the page offers to go back to (a link and its text), when not the
+    /// overview: the task whose action failed, say.
+    pub(super) back: Option<(String, String)>,
 }
 
 impl PageError {
@@ -18,7 +21,14 @@ impl PageError {
         PageError {
             status,
             message: message.into(),
+            back: None,
         }
+    }
+
+    /// The error page links back to `href`, labelled `label`.
+    pub fn with_back(mut self, href: &str, label: &str) -> Self {
+        self.back = Some((href.to_owned(), label.to_owned()));
+        self
     }
 }
 

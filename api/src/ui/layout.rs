@@ -257,7 +257,12 @@ impl IntoResponse for PageError {
                 div.problem-page {
                     h1 { (self.status.as_u16()) " " (title) }
                     p.problem role="alert" { (self.message) }
-                    p { a href="/" { "Back to the overview" } }
+                    p {
+                        @if let Some((href, label)) = &self.back {
+                            a href=(href) { (label) } " · "
+                        }
+                        a href="/" { "Back to the overview" }
+                    }
                 }
             },
         );

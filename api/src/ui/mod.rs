@@ -10,8 +10,10 @@
 //!   page shares (times, state badges, links that keep a filter).
 //! - `pages/`: one module per page, each a handler that reads `turnq-core` stores and
 //!   renders HTML with maud. Pages never call the JSON routes; they share the stores.
-//! - [`actions`]: the POST forms (retry, cancel, approve, run again, submit, bulk,
-//!   pause/resume), each checking the viewer's scope as the JSON route would, then
+//! - [`request`]: what a blocked task asks a person (a permission, a question, a plan,
+//!   a text, or a wait on sub-tasks), as a form fitting its kind, and the answer.
+//! - [`actions`]: the POST forms (retry, cancel, approve, answer a request, run again,
+//!   submit, bulk, pause/resume), each checking the viewer's scope as the JSON route would, then
 //!   redirecting back (post/redirect/get), so every action works without JavaScript.
 //! - [`assets`]: the stylesheet, script and icon in `api/ui/`, compiled into the binary.
 //!
@@ -26,6 +28,7 @@ mod chart;
 mod error;
 mod layout;
 mod pages;
+mod request;
 mod signin;
 pub(crate) mod viewer;
 
@@ -63,6 +66,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/signout", post(signin::sign_out))
         .route("/ui/tasks", post(actions::submit))
         .route("/ui/tasks/bulk", post(actions::bulk))
+        // Before the generic task actions: a static segment wins over `{action}`.
+        .route("/ui/tasks/{id}/respond", post(actions::respond))
         .route("/ui/tasks/{id}/{action}", post(actions::on_task))
         .route("/ui/queues/{name}/{action}", post(actions::on_queue))
         .route("/assets/{name}", get(assets::serve))

@@ -181,10 +181,10 @@ async fn run(turn: Turn) -> Result<TurnOutcome, TurnError> {
             if let Some(files) = script.files.take() {
                 write_files(&turn, files).await?;
             }
-            if let Some(answer) = &turn.task.response {
-                if script.request.is_some() || script.spawn.is_some() {
-                    return resume(script, answer, &turn).await;
-                }
+            if let Some(answer) = &turn.task.response
+                && (script.request.is_some() || script.spawn.is_some())
+            {
+                return resume(script, answer, &turn).await;
             }
             let request = script.request.take();
             let spawn = script.spawn.take();

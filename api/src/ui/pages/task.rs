@@ -1,6 +1,7 @@
-//! `/tasks/{id}`: a task's whole story: every field, its attempts, the event timeline
-//! (failures only on demand, runs of output collapsed), its output live while it runs,
-//! and the session transcript it belongs to.
+//! `/tasks/{id}`: a task's whole story: what it asks a person (with the form to answer)
+//! or how it was answered, every field, its sub-tasks and theirs, its attempts, the
+//! event timeline (failures only on demand, runs of output collapsed), its output live
+//! while it runs, and the session transcript it belongs to.
 
 use axum::extract::{RawQuery, State};
 use maud::{Markup, html};
@@ -10,7 +11,7 @@ use turnq_core::{
     auth::Scope,
     event::RecordedEvent,
     session::{ProjectKey, SessionId, SessionKey, SessionStore},
-    task::{Task, TaskState, TaskStore},
+    task::{RequestKind, Task, TaskState, TaskStore},
     time::Timestamp,
 };
 
@@ -21,7 +22,8 @@ use crate::{
     ui::{
         error::PageError,
         layout::{self, Nav},
-        pages::overview::enc,
+        pages::{input_preview, overview::enc},
+        request::{self, Back},
         viewer::{Form, Viewer},
     },
 };
@@ -29,6 +31,8 @@ use crate::{
 /// The most events a page shows; a longer history is cut at the start, with a link to
 /// the JSON of the whole log.
 const MAX_EVENTS: u64 = 5_000;
+/// The most sub-tasks (at every depth) the tree shows.
+const MAX_TREE: usize = 200;
 /// The kinds the "failures" filter keeps.
 const FAILURE_KINDS: [&str; 6] = [
     "task.failed",
@@ -110,7 +114,7 @@ pub(crate) async fn page(
     // The newest events when there are more than a page holds.
     let from = StreamVersion((task.version.0 - MAX_EVENTS as i64).max(0));
     let events = TaskStore::events(state.db(), id, from, MAX_EVENTS).await?;
-    let children = TaskStore::children(state.db(), id, 100).await?;
+    let (tree, tree_truncated) = TaskStore::tree(state.db(), id, MAX_TREE).await?;
     let transcript = match &task.session_id {
         Some(session) => match (ProjectKey::new(&task.project), SessionId::new(session)) {
             (Ok(p), Ok(s)) => state.sessions().load(&SessionKey::main(p, s)).await?,
@@ -123,7 +127,10 @@ pub(crate) async fn page(
         &viewer,
         &task,
         &events,
-        &children,
+        &Tree {
+            tasks: &tree[1..],
+            truncated: tree_truncated,
+        },
         transcript.as_deref(),
         failures_only,
     );
@@ -140,11 +147,12 @@ fn render(
     viewer: &Viewer,
     task: &Task,
     events: &[RecordedEvent],
-    children: &[Task],
+    tree: &Tree,
     transcript: Option<&[Value]>,
     failures_only: bool,
 ) -> Markup {
     let id = task.id.to_string();
+    let children: Vec<Task> = tree.children_of(task.id).cloned().collect();
     let output: String = events
         .iter()
         .filter(|e| e.kind == "task.output")
@@ -158,6 +166,24 @@ fn render(
         div.title-row {
             h1 { "Task " code.id { (id) } }
             div.actions data-live="actions" #actions { (actions(viewer, task)) }
+        }
+        section data-live="request" #request {
+            @if let Some(asked) = task.open_request() {
+                h2 { @if asked.kind == RequestKind::Children { "Waits for its sub-tasks" } @else { "Waits for you" } }
+                (request::open(viewer, task, asked, &children, Back::Task))
+            } @else if let Some(asked) = &task.request {
+                h2 { @if asked.kind == RequestKind::Children { "Waited for its sub-tasks" } @else { "Asked" } }
+                (request::answered(asked, task.response.as_ref()))
+            }
+        }
+        @if !tree.tasks.is_empty() {
+            section data-live="tree" #tree {
+                h2 { "Sub-tasks" }
+                (subtree(tree, task.id))
+                @if tree.truncated {
+                    p.hint { "Only the first " (MAX_TREE) " are shown, level by level; open a sub-task to see the ones below it." }
+                }
+            }
         }
         section.fields data-live="fields" #fields data-version=(task.version.0) {
             dl.grid2 {
@@ -186,22 +212,23 @@ fn render(
                     @if let Some(v) = value { dt { (name) } dd { (v) } }
                 }
                 @if let Some(parent) = task.parent_task_id {
-                    dt { "Parent" } dd { a href=(format!("/tasks/{parent}")) { (layout::short_id(&parent.to_string())) } }
+                    dt { "Parent" } dd { "sub-task of " a href=(format!("/tasks/{parent}")) { (layout::short_id(&parent.to_string())) } }
                 }
                 @if let Some(arena) = task.arena_id { dt { "Arena" } dd { code { (arena) } } }
-                @if !children.is_empty() {
-                    dt { "Sub-tasks" } dd {
-                        @for c in children {
-                            a href=(format!("/tasks/{}", c.id)) { (layout::short_id(&c.id.to_string())) } " " (layout::state_badge(c.state)) " "
-                        }
-                    }
+                @if !tree.tasks.is_empty() {
+                    dt { "Sub-tasks" } dd { a href="#tree" { (children.len()) " direct, " (tree.tasks.len()) @if tree.truncated { "+" } " in all" } }
                 }
             }
             @if let Some(error) = task.last_error.as_ref().filter(|_| task.state != TaskState::Completed) {
                 p.problem { strong { "Last error: " } (error) }
             }
             @if let Some(summary) = &task.output_summary {
-                h2 { "Result" } pre.output { (summary) }
+                @if task.state != TaskState::Blocked {
+                    h2 { "Result" } pre.output { (summary) }
+                } @else if task.open_request().is_none() {
+                    // A bare block's summary is why it waits; a request shows its own.
+                    h2 { "Waits for" } pre.output { (summary) }
+                }
             }
         }
         section {
@@ -278,11 +305,56 @@ fn actions(viewer: &Viewer, task: &Task) -> Markup {
         @if viewer.can(Scope::Admin) && task.state == TaskState::Failed {
             (layout::button(viewer, &format!("/ui/tasks/{id}/retry"), "Retry", "primary", None))
         }
-        @if viewer.can(Scope::Admin) && task.state == TaskState::Blocked {
+        @if viewer.can(Scope::Admin) && task.state == TaskState::Blocked && task.open_request().is_none() {
             (layout::button(viewer, &format!("/ui/tasks/{id}/approve"), "Approve", "primary", None))
         }
         @if viewer.can(Scope::Submit) {
             (layout::button(viewer, &format!("/ui/tasks/{id}/again"), "Run again", "", Some("Submit a new task with the same input?")))
+        }
+    }
+}
+
+/// The tasks below a task, level by level as [`TaskStore::tree`] reads them.
+struct Tree<'a> {
+    tasks: &'a [Task],
+    truncated: bool,
+}
+
+impl Tree<'_> {
+    fn children_of(&self, parent: turnq_core::TaskId) -> impl Iterator<Item = &Task> {
+        self.tasks
+            .iter()
+            .filter(move |t| t.parent_task_id == Some(parent.0))
+    }
+}
+
+/// The sub-tasks of `parent` and theirs, as nested lists.
+fn subtree(tree: &Tree, parent: turnq_core::TaskId) -> Markup {
+    let children: Vec<&Task> = tree.children_of(parent).collect();
+    if children.is_empty() {
+        return layout::nothing();
+    }
+    html! {
+        ul.tree {
+            @for t in children {
+                li {
+                    div.node {
+                        (layout::state_badge(t.state)) " "
+                        a href=(format!("/tasks/{}", t.id)) { (layout::short_id(&t.id.to_string())) } " "
+                        span.preview { (input_preview(&t.input, 100)) }
+                        @if let Some(asked) = t.open_request() {
+                            " " span class=(format!("tag kind-{}", asked.kind.as_str())) {
+                                @if asked.kind == RequestKind::Children { "waits for sub-tasks" } @else { "asks: " (asked.kind.as_str()) }
+                            }
+                        }
+                        " " span.muted { (t.agent) " · " (layout::maybe_time(t.ended_at.as_ref().or(Some(&t.updated_at)))) }
+                        @if t.state == TaskState::Failed {
+                            @if let Some(error) = &t.last_error { " " span.bad { (input_preview(&Value::String(error.clone()), 100)) } }
+                        }
+                    }
+                    (subtree(tree, t.id))
+                }
+            }
         }
     }
 }

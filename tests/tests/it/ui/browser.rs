@@ -255,3 +255,168 @@ async fn an_operator_watches_and_acts_in_a_real_browser() -> Result<()> {
     drop(browser);
     app.stop().await
 }
+
+/// The answer a script turn completed with (its summary is the answer's JSON).
+fn answer_of(task: &Value) -> Result<Value> {
+    Ok(serde_json::from_str(
+        task["output_summary"].as_str().unwrap_or_default(),
+    )?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_answers_what_turns_ask_in_a_real_browser() -> Result<()> {
+    let app = TestApp::spawn().await?;
+    let browser = Browser::start().await?;
+    let permission = app
+        .submit(json!({"input": {"prompt": "Clean the build folder", "script": {"chunks": ["thinking"], "request": {
+            "kind": "permission", "prompt": "May I delete the build folder?", "tool": "bash",
+            "tool_input": {"cmd": "rm -rf build", "cwd": "/srv/app"}, "timeout_ms": 600_000}}},
+            "project": "demo"}))
+        .await?;
+    let question = app
+        .submit(json!({"input": {"prompt": "Add a cache", "script": {"request": {
+            "kind": "question", "prompt": "Which store should the cache use?",
+            "options": ["redis", "memcached", "in-process"], "timeout_ms": 3_600_000, "on_timeout": "fail"}}},
+            "project": "demo"}))
+        .await?;
+    let (permission, question) = (id_of(&permission), id_of(&question));
+    app.wait_for_state(&permission, "blocked").await?;
+    app.wait_for_state(&question, "blocked").await?;
+
+    // The inbox shows each request with the form that fits it.
+    sign_in(&browser, &app, app.token()).await?;
+    browser.goto(&app.url("/inbox")).await?;
+    browser.wait_for_text("#live-state", "live").await?;
+    let form = |id: &str| format!("form[action=\"/ui/tasks/{id}/respond\"]");
+    let input = browser
+        .wait_for(&format!("{} textarea[name=input]", form(&permission)))
+        .await?;
+    browser
+        .wait_for(&format!("{} button[value=memcached]", form(&question)))
+        .await?;
+    browser.wait_for_text("#inbox", "then: deny").await?;
+    browser.screenshot("inbox-request").await?;
+
+    // Edit the tool input, then allow it: the turn resumes with the edited input.
+    browser.clear(&input).await?;
+    browser
+        .type_into(&input, r#"{"cmd": "rm -rf build/tmp", "cwd": "/srv/app"}"#)
+        .await?;
+    browser
+        .click(
+            &browser
+                .wait_for(&format!("{} button[value=allow]", form(&permission)))
+                .await?,
+        )
+        .await?;
+    let done = app.wait_for_state(&permission, "completed").await?;
+    assert_eq!(
+        answer_of(&done)?,
+        json!({"choice": "allow", "by": "test", "input": {"cmd": "rm -rf build/tmp", "cwd": "/srv/app"}}),
+        "{done}"
+    );
+    assert!(
+        browser.url().await?.ends_with("/inbox"),
+        "back to the inbox"
+    );
+
+    // A question, from its own page, with a comment.
+    browser
+        .goto(&app.url(&format!("/tasks/{question}")))
+        .await?;
+    let comment = browser
+        .wait_for(&format!("{} textarea[name=text]", form(&question)))
+        .await?;
+    browser.type_into(&comment, "keep it simple").await?;
+    browser
+        .click(
+            &browser
+                .wait_for(&format!("{} button[value=in-process]", form(&question)))
+                .await?,
+        )
+        .await?;
+    let done = app.wait_for_state(&question, "completed").await?;
+    assert_eq!(
+        answer_of(&done)?,
+        json!({"choice": "in-process", "text": "keep it simple", "by": "test"})
+    );
+    browser.wait_for_text("#request", "in-process").await?;
+    browser.wait_for_text("#request", "keep it simple").await?;
+    browser.screenshot("task-answered").await?;
+
+    // A parent and its tree: a child that has children of its own, one that asks for a
+    // plan's approval, one that fails and one that just works.
+    let parent = app
+        .submit(json!({"input": {"prompt": "Ship the release", "script": {"on_child_failure": "continue", "spawn": [
+            {"input": {"prompt": "Build the artefacts", "script": {"spawn": [
+                {"input": "Build for linux"}, {"input": "Build for macOS"}]}}},
+            {"input": {"prompt": "Write the release notes", "script": {"request": {"kind": "plan",
+                "prompt": "1. List the merged changes\n2. Group them by area\n3. Draft the notes"}}}},
+            {"input": {"prompt": "Upload to the mirror", "script": {"outcome": "fail", "message": "mirror unreachable"}}, "max_attempts": 1},
+            {"input": "Tag the commit"}]}},
+            "project": "demo"}))
+        .await?;
+    let parent = id_of(&parent);
+    let plan = turnq_tests::eventually("the plan child asks and the build child ends", || async {
+        let (_, tree) = app
+            .get(&format!("/v1/tasks/{parent}/tree"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let tasks = tree["tasks"].as_array().cloned().unwrap_or_default();
+        let states: Vec<&str> = tasks.iter().filter_map(|t| t["state"].as_str()).collect();
+        let plan = tasks
+            .iter()
+            .find(|t| t["request"]["kind"] == "plan" && t["state"] == "blocked");
+        match plan {
+            Some(plan)
+                if tasks.len() == 7
+                    && states.iter().filter(|s| **s == "completed").count() == 4 =>
+            {
+                Ok(id_of(plan))
+            }
+            _ => Err(format!("states: {states:?}")),
+        }
+    })
+    .await?;
+    browser.goto(&app.url(&format!("/tasks/{parent}"))).await?;
+    browser.wait_for_text("#tree", "Build for macOS").await?;
+    browser
+        .wait_for_text("#request", "Waits for its 4 sub-tasks")
+        .await?;
+    browser.screenshot("task-tree").await?;
+
+    // The child links its parent; approving its plan lets the whole tree end.
+    browser.goto(&app.url(&format!("/tasks/{plan}"))).await?;
+    browser
+        .wait_for(&format!("#fields a[href=\"/tasks/{parent}\"]"))
+        .await?;
+    browser.screenshot("task-plan").await?;
+    browser
+        .click(
+            &browser
+                .wait_for(&format!("{} button[value=approve]", form(&plan)))
+                .await?,
+        )
+        .await?;
+    app.wait_for_state(&plan, "completed").await?;
+    app.wait_for_state(&parent, "completed").await?;
+    browser.goto(&app.url(&format!("/tasks/{parent}"))).await?;
+    browser
+        .wait_for_text("#request", "Its 4 sub-tasks ended")
+        .await?;
+    browser.screenshot("task-tree-done").await?;
+
+    if std::env::var_os("TURNQ_UPDATE_SNAPSHOTS").is_some() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        std::fs::create_dir_all(&docs)?;
+        let shots = turnq_tests::browser::artefacts()?;
+        for name in ["inbox-request", "task-tree"] {
+            std::fs::copy(
+                shots.join(format!("{name}.png")),
+                docs.join(format!("{name}.png")),
+            )?;
+        }
+    }
+    drop(browser);
+    app.stop().await
+}

@@ -446,3 +446,161 @@ async fn bad_filters_and_forms_get_a_400_that_says_what_is_wrong() -> Result<()>
     );
     app.stop().await
 }
+
+/// A task whose turn asks permission to run `rm -rf build` with bash.
+fn asking_permission() -> Value {
+    json!({"input": {"prompt": "clean up", "script": {"chunks": ["thinking"], "request": {
+        "kind": "permission", "prompt": "run rm?", "tool": "bash",
+        "tool_input": {"cmd": "rm -rf build"}, "timeout_ms": 600_000}}}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_that_does_not_fit_the_request_changes_nothing_and_says_why() -> Result<()> {
+    let app = TestApp::spawn().await?;
+    let task = app.submit(asking_permission()).await?;
+    let id = task["id"].as_str().unwrap_or_default();
+    app.wait_for_state(id, "blocked").await?;
+    let cookie = sign_in(&app, app.token()).await?;
+    let (_, inbox) = page(&app, &cookie, "/inbox").await?;
+    let action = format!("/ui/tasks/{id}/respond");
+    for shows in [
+        action.as_str(),
+        "run rm?",
+        "rm -rf build",
+        r#"value="allow""#,
+        r#"value="deny""#,
+        "then: <strong>deny</strong>",
+    ] {
+        assert!(inbox.contains(shows), "the inbox shows {shows:?}: {inbox}");
+    }
+    assert!(
+        !inbox.contains(&format!("/ui/tasks/{id}/approve")),
+        "a request is answered, not approved"
+    );
+    let token = csrf(&inbox)?;
+    let version = app.task(id).await?["version"].to_string();
+    let form = |choice: &'static str, input: &'static str| {
+        vec![
+            ("csrf", token.clone()),
+            ("back", "inbox".to_owned()),
+            ("version", version.clone()),
+            ("choice", choice.to_owned()),
+            ("input", input.to_owned()),
+        ]
+    };
+    let send = |fields: Vec<(&'static str, String)>| {
+        let (app, cookie, action) = (&app, &cookie, &action);
+        async move {
+            let borrowed: Vec<(&str, &str)> =
+                fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post_form(app, cookie, action, &borrowed).await
+        }
+    };
+    for (fields, status, says) in [
+        (form("allow", "{\"cmd\": \"rm -rf build"), 400, "not JSON"),
+        (form("maybe", "{}"), 400, "is not one of the request"),
+        (
+            form("allow", "{}")
+                .into_iter()
+                .filter(|(k, _)| *k != "csrf")
+                .collect(),
+            403,
+            "did not come from this page",
+        ),
+        (
+            form("allow", "{}")
+                .into_iter()
+                .map(|(k, v)| (k, if k == "version" { "1".to_owned() } else { v }))
+                .collect(),
+            409,
+            "changed since this form was shown",
+        ),
+    ] {
+        let response = send(fields).await?;
+        assert_eq!(response.status(), status);
+        let html = response.text().await?;
+        assert!(html.contains(says), "{says:?} in {html}");
+        assert!(
+            status == 403 || html.contains(&format!("href=\"/tasks/{id}\"")),
+            "the error page leads back to the task: {html}"
+        );
+    }
+    let reader = token_cookie(&app, "reader", &[Scope::Read]).await?;
+    let refused = post_form(
+        &app,
+        &reader.0,
+        &action,
+        &[("csrf", &reader.1), ("choice", "allow")],
+    )
+    .await?;
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await?.contains("lacks the `submit` scope"));
+    let after = app.task(id).await?;
+    assert_eq!(after["state"], "blocked", "nothing was answered: {after}");
+    assert!(after.get("response").is_none(), "{after}");
+    assert!(
+        !app.event_kinds(id)
+            .await?
+            .contains(&"task.responded".to_owned())
+    );
+
+    // A denial ignores a half-edited input; the answer is the viewer's.
+    let denied = send(form("deny", "{\"cmd\":")).await?;
+    assert_eq!(denied.status(), 303);
+    assert_eq!(denied.headers()["location"], "/inbox");
+    let done = app.wait_for_state(id, "completed").await?;
+    let summary: Value = serde_json::from_str(done["output_summary"].as_str().unwrap_or_default())?;
+    assert_eq!(summary, json!({"choice": "deny", "by": "test"}), "{done}");
+    let (_, task_page) = page(&app, &cookie, &format!("/tasks/{id}")).await?;
+    assert!(
+        task_page.contains("<strong class=\"danger\">Deny</strong>")
+            && task_page.contains(">test<"),
+        "the task page shows who answered what: {task_page}"
+    );
+
+    // A text request: a textarea and Send; blank is refused, an answer is recorded.
+    let text = app
+        .submit(json!({"input": {"script": {"request": {"kind": "text", "prompt": "Name the release"}}}}))
+        .await?;
+    let text = text["id"].as_str().unwrap_or_default();
+    app.wait_for_state(text, "blocked").await?;
+    let (_, html) = page(&app, &cookie, &format!("/tasks/{text}")).await?;
+    assert!(
+        html.contains(r#"<textarea name="text" rows="4" required>"#) && html.contains(">Send<"),
+        "{html}"
+    );
+    let action = format!("/ui/tasks/{text}/respond");
+    let blank = post_form(&app, &cookie, &action, &[("csrf", &token), ("text", "  ")]).await?;
+    assert_eq!(blank.status(), 400);
+    assert!(blank.text().await?.contains("wants a text answer"));
+    let sent = post_form(
+        &app,
+        &cookie,
+        &action,
+        &[("csrf", &token), ("text", "Aurora"), ("back", "task")],
+    )
+    .await?;
+    assert_eq!(sent.status(), 303);
+    assert_eq!(
+        sent.headers()["location"].to_str()?,
+        format!("/tasks/{text}")
+    );
+    let done = app.wait_for_state(text, "completed").await?;
+    assert!(
+        done["output_summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Aurora"),
+        "{done}"
+    );
+    app.stop().await
+}
+
+/// A session cookie for a new token named `name` with `scopes`, and its CSRF value.
+async fn token_cookie(app: &TestApp, name: &str, scopes: &[Scope]) -> Result<(String, String)> {
+    let secret = token(app, name, scopes).await?;
+    let cookie = sign_in(app, &secret).await?;
+    let (_, html) = page(app, &cookie, "/").await?;
+    let value = csrf(&html)?;
+    Ok((cookie, value))
+}
