@@ -67,8 +67,11 @@ pub enum Command {
     /// Print the live event stream of a running API, filtered (`--task`, `--queue`,
     /// `--project`, `--session`, `--kind`), until interrupted.
     Watch(crate::watch::WatchArgs),
-    /// Tasks of a running API: `list`, `show`, `cancel`, `retry`, `follow`.
+    /// Tasks of a running API: `list`, `show`, `cancel`, `retry`, `respond`, `follow`.
     Task(crate::task::TaskArgs),
+    /// A session's workspace on a running API: `worktree`, `archive`, `changes`,
+    /// `apply`, `reject`, `revert`, `checkpoints`, `restore`.
+    Session(crate::session::SessionArgs),
     /// Measure throughput, latency, the session store and replay on the local Postgres
     /// and Redis (in a database and Redis prefix of its own, removed afterwards).
     Bench(crate::bench::BenchArgs),

@@ -5,6 +5,7 @@
 mod bench;
 mod cli;
 mod remote;
+mod session;
 mod submit;
 mod task;
 mod token;
@@ -188,6 +189,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Submit(args) => submit::run(args).await,
         Command::Watch(args) => watch::run(args).await,
         Command::Task(args) => task::run(args).await,
+        Command::Session(args) => session::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Token { database, command } => {
             let db = connect(&database, false).await?;

@@ -1,7 +1,8 @@
 //! What the client commands (`turnq submit`, `turnq watch`) need to reach a running API.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use serde_json::Value;
 use turnq::client::EventStream;
 
 /// Where the API is and how to sign in.
@@ -51,5 +52,35 @@ impl RemoteArgs {
             token: self.token().unwrap_or_default(),
             filters,
         }
+    }
+
+    /// One request to the API; its JSON answer, or an error that says what the API said.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let base = self.base();
+        let mut request = self
+            .http()?
+            .request(method, format!("{base}{path}"))
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the turnq API at {base}: is `turnq up` (or `turnq api`) running?")
+        })?;
+        let status = response.status();
+        let answer: Value = response.json().await.context("reading the API's answer")?;
+        if !status.is_success() {
+            bail!(
+                "the API answered {status}: {}",
+                answer["error"]["message"].as_str().unwrap_or("no message")
+            );
+        }
+        Ok(answer)
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -66,6 +66,21 @@ pub enum TaskCommand {
         /// The task's id.
         id: String,
     },
+    /// Answer what a blocked task asks (its `request`): a choice among its options,
+    /// a text, and for a permission an edited tool input (JSON).
+    Respond {
+        /// The task's id.
+        id: String,
+        /// One of the request's options (`allow`, `deny`, `approve`, an answer).
+        #[arg(long)]
+        choice: Option<String>,
+        /// A free-text answer, or a comment on the choice.
+        #[arg(long)]
+        text: Option<String>,
+        /// For a permission: the tool input to run instead, as JSON.
+        #[arg(long, value_parser = parse_json)]
+        input: Option<Value>,
+    },
     /// Print a task's events from its first, live, until it ends (exit status 0 when
     /// it completed).
     Follow {
@@ -99,7 +114,9 @@ pub async fn run(args: TaskArgs) -> Result<ExitCode> {
                     query.push((name, value));
                 }
             }
-            let page = call(remote, reqwest::Method::GET, "/v1/tasks", &query, None).await?;
+            let page = remote
+                .call(reqwest::Method::GET, "/v1/tasks", &query, None)
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&page)?);
             } else {
@@ -108,24 +125,19 @@ pub async fn run(args: TaskArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TaskCommand::Show { id, events, json } => {
-            let task = call(
-                remote,
-                reqwest::Method::GET,
-                &format!("/v1/tasks/{id}"),
-                &[],
-                None,
-            )
-            .await?;
+            let task = remote
+                .call(reqwest::Method::GET, &format!("/v1/tasks/{id}"), &[], None)
+                .await?;
             let events = if events {
                 Some(
-                    call(
-                        remote,
-                        reqwest::Method::GET,
-                        &format!("/v1/tasks/{id}/events"),
-                        &[],
-                        None,
-                    )
-                    .await?,
+                    remote
+                        .call(
+                            reqwest::Method::GET,
+                            &format!("/v1/tasks/{id}/events"),
+                            &[],
+                            None,
+                        )
+                        .await?,
                 )
             } else {
                 None
@@ -153,26 +165,26 @@ pub async fn run(args: TaskArgs) -> Result<ExitCode> {
         }
         TaskCommand::Cancel { id, reason } => {
             let body = json!({ "reason": reason });
-            let task = call(
-                remote,
-                reqwest::Method::POST,
-                &format!("/v1/tasks/{id}/cancel"),
-                &[],
-                Some(body),
-            )
-            .await?;
+            let task = remote
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/tasks/{id}/cancel"),
+                    &[],
+                    Some(body),
+                )
+                .await?;
             println!("{id} {}", task["state"].as_str().unwrap_or("?"));
             Ok(ExitCode::SUCCESS)
         }
         TaskCommand::Retry { id } => {
-            let task = call(
-                remote,
-                reqwest::Method::POST,
-                &format!("/v1/tasks/{id}/retry"),
-                &[],
-                None,
-            )
-            .await?;
+            let task = remote
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/tasks/{id}/retry"),
+                    &[],
+                    None,
+                )
+                .await?;
             println!(
                 "{id} {} (attempt {} of at most {})",
                 task["state"].as_str().unwrap_or("?"),
@@ -181,38 +193,39 @@ pub async fn run(args: TaskArgs) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        TaskCommand::Respond {
+            id,
+            choice,
+            text,
+            input,
+        } => {
+            let mut body = serde_json::Map::new();
+            for (name, value) in [
+                ("choice", choice.map(Value::String)),
+                ("text", text.map(Value::String)),
+                ("input", input),
+            ] {
+                if let Some(value) = value {
+                    body.insert(name.into(), value);
+                }
+            }
+            let task = remote
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/tasks/{id}/respond"),
+                    &[],
+                    Some(Value::Object(body)),
+                )
+                .await?;
+            println!("{id} {}", task["state"].as_str().unwrap_or("?"));
+            Ok(ExitCode::SUCCESS)
+        }
         TaskCommand::Follow { id, timeout } => crate::submit::follow(remote, &id, timeout).await,
     }
 }
 
-/// One request to the API; its JSON answer, or an error that says what the API said.
-async fn call(
-    remote: &RemoteArgs,
-    method: reqwest::Method,
-    path: &str,
-    query: &[(&str, String)],
-    body: Option<Value>,
-) -> Result<Value> {
-    let base = remote.base();
-    let mut request = remote
-        .http()?
-        .request(method, format!("{base}{path}"))
-        .query(query);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.with_context(|| {
-        format!("cannot reach the turnq API at {base}: is `turnq up` (or `turnq api`) running?")
-    })?;
-    let status = response.status();
-    let answer: Value = response.json().await.context("reading the API's answer")?;
-    if !status.is_success() {
-        bail!(
-            "the API answered {status}: {}",
-            answer["error"]["message"].as_str().unwrap_or("no message")
-        );
-    }
-    Ok(answer)
+fn parse_json(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
 }
 
 /// The input as one line of at most `max` characters.

@@ -236,6 +236,24 @@ impl TestApp {
         Ok(StoppableWorker { token, task })
     }
 
+    /// Runs the real `turnq` binary against this app (its API, token and database);
+    /// returns the exit code, stdout and stderr.
+    pub fn cli(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        let output = std::process::Command::new(crate::turnq_bin()?)
+            .args(args)
+            .env("DATABASE_URL", &self.test_db.url)
+            .env("TURNQ_API_URL", &self.base)
+            .env("TURNQ_TOKEN", &self.token)
+            .env("TURNQ_TOKEN_FILE", "/nonexistent/turnq-token")
+            .env("RUST_LOG", "warn")
+            .output()?;
+        Ok((
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

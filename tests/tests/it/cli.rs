@@ -10,19 +10,7 @@ use serde_json::{Value, json};
 use turnq_tests::{TestApp, turnq_bin};
 
 fn turnq(app: &TestApp, args: &[&str]) -> Result<(i32, String, String)> {
-    let output = Command::new(turnq_bin()?)
-        .args(args)
-        .env("DATABASE_URL", &app.test_db.url)
-        .env("TURNQ_API_URL", &app.base)
-        .env("TURNQ_TOKEN", app.token())
-        .env("TURNQ_TOKEN_FILE", "/nonexistent/turnq-token")
-        .env("RUST_LOG", "warn")
-        .output()?;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    app.cli(args)
 }
 
 #[tokio::test(flavor = "multi_thread")]

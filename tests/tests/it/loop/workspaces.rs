@@ -545,3 +545,61 @@ async fn a_sessions_turns_stay_on_the_host_of_its_worktree_while_it_is_alive() -
     );
     app.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_answers_and_reviews_from_the_command_line() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let repo = scratch.repo("demo")?;
+    let app = app_with_worker(&scratch, "box-a").await?;
+    let cli = |args: &[&str]| tokio::task::block_in_place(|| app.cli(args));
+    let repo_path = repo.display().to_string();
+    // A coding turn that asks before it writes.
+    let task = app
+        .submit(json!({"repo": repo_path, "session_id": "cli",
+            "input": {"script": {"files": {"lib.rs": "fn main() {}\n"},
+                                 "request": {"kind": "permission", "prompt": "write lib.rs?"}}}}))
+        .await?;
+    let id = task["id"].as_str().context("id")?;
+    app.wait_for_state(id, "blocked").await?;
+    let (code, out, err) = cli(&["task", "respond", id, "--choice", "maybe"])?;
+    ensure!(
+        code != 0 && err.contains("not one of the request's options"),
+        "{code} {out} {err}"
+    );
+    let (code, out, err) = cli(&[
+        "task",
+        "respond",
+        id,
+        "--choice",
+        "allow",
+        "--input",
+        "{\"x\": 1}",
+    ])?;
+    ensure!(code == 0 && out.contains("pending"), "{code} {out} {err}");
+    app.wait_for_state(id, "completed").await?;
+
+    let (code, out, err) = cli(&["session", "changes", "cli", "--status", "pending", "--diff"])?;
+    ensure!(
+        code == 0 && out.contains("create") && out.contains("+fn main() {}"),
+        "{code} {out} {err}"
+    );
+    let (code, out, err) = cli(&["session", "apply", "cli", "--message", "from the CLI"])?;
+    ensure!(
+        code == 0 && out.contains("applied 1 change(s) onto main"),
+        "{code} {out} {err}"
+    );
+    ensure!(git(&repo, &["log", "-1", "--format=%s", "main"])? == "from the CLI");
+    let (code, out, err) = cli(&["session", "checkpoints", "cli"])?;
+    ensure!(
+        code == 0 && out.lines().count() == 2,
+        "a checkpoint before each turn: {out} {err}"
+    );
+    let (code, out, err) = cli(&["session", "archive", "cli"])?;
+    ensure!(
+        code == 0 && out.starts_with("archived"),
+        "{code} {out} {err}"
+    );
+    let (code, _, err) = cli(&["session", "worktree", "cli"])?;
+    ensure!(code == 0 && err.contains("no active worktree"), "{err}");
+    app.stop().await
+}
