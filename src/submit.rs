@@ -38,6 +38,11 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub session_id: Option<String>,
 
+    /// A git repository on the worker hosts (absolute path, under the workers'
+    /// `--repo-roots`): the session's turns run in a worktree of it. Needs --session-id.
+    #[arg(long)]
+    pub repo: Option<String>,
+
     /// Higher runs first, -1000 to 1000.
     #[arg(long)]
     pub priority: Option<i32>,
@@ -69,6 +74,7 @@ pub async fn run(args: SubmitArgs) -> Result<ExitCode> {
         ("queue", args.queue.clone().map(Value::from)),
         ("project", args.project.clone().map(Value::from)),
         ("session_id", args.session_id.clone().map(Value::from)),
+        ("repo", args.repo.clone().map(Value::from)),
         ("priority", args.priority.map(Value::from)),
         (
             "idempotency_key",

@@ -275,6 +275,8 @@ fn print_task(task: &Value) {
         "agent",
         "model",
         "session_id",
+        "repo",
+        "parent_task_id",
         "priority",
         "attempt",
         "max_attempts",
@@ -292,6 +294,39 @@ fn print_task(task: &Value) {
             Value::String(s) => println!("{field:<15} {s}"),
             other => println!("{field:<15} {other}"),
         }
+    }
+    let request = &task["request"];
+    if task["state"] == "blocked" && request.is_object() {
+        let options = request["options"]
+            .as_array()
+            .map(|o| {
+                o.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<15} {}: {} [{options}]{}",
+            "asks",
+            request["kind"].as_str().unwrap_or("?"),
+            request["prompt"].as_str().unwrap_or(""),
+            request["deadline"]
+                .as_str()
+                .map(|d| format!(" by {d}"))
+                .unwrap_or_default()
+        );
+        if !request["tool_input"].is_null() {
+            println!(
+                "{:<15} {} {}",
+                "tool",
+                request["tool"].as_str().unwrap_or("?"),
+                request["tool_input"]
+            );
+        }
+    }
+    if !task["response"].is_null() {
+        println!("{:<15} {}", "answer", task["response"]);
     }
     let usage = &task["usage"];
     println!(
