@@ -478,3 +478,45 @@ fn a_malformed_config_is_refused_saying_what_is_wrong() {
     );
     assert_eq!(backend.name(), "openai");
 }
+
+#[tokio::test]
+async fn a_turn_resumed_by_an_answer_sends_it_as_the_next_user_message() {
+    let fake = Fake::default();
+    let base = serve(fake.clone()).await;
+    let backend = backend(&base, json!({}));
+    let store = sessions();
+    let mut first = task(json!("clean the build?"));
+    first.session_id = Some("sess-9".into());
+    let (result, _) = run_turn(&backend, first.clone(), store.clone()).await;
+    assert!(result.is_ok(), "{result:?}");
+
+    // The same task after a person allowed it with an edited input.
+    let mut resumed = first;
+    resumed.request = Some(turnq_core::task::HumanRequest {
+        kind: turnq_core::task::RequestKind::Permission,
+        prompt: "run rm?".into(),
+        options: vec!["allow".into(), "deny".into()],
+        tool: Some("bash".into()),
+        tool_input: Some(json!({"cmd": "rm -rf build"})),
+        deadline: None,
+        on_timeout: turnq_core::task::OnTimeout::Deny,
+    });
+    resumed.response = Some(turnq_core::task::Response {
+        choice: Some("allow".into()),
+        input: Some(json!({"cmd": "rm -rf build/tmp"})),
+        ..Default::default()
+    });
+    let (result, _) = run_turn(&backend, resumed, store).await;
+    assert!(result.is_ok(), "{result:?}");
+    let received = fake.received.lock().unwrap().clone();
+    let messages = received[1].1["messages"].as_array().unwrap().clone();
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert_eq!(messages[0]["content"], "clean the build?");
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[2]["role"], "user");
+    let answer = messages[2]["content"].as_str().unwrap();
+    assert!(
+        answer.contains("permission request: allow") && answer.contains("rm -rf build/tmp"),
+        "{answer}"
+    );
+}
