@@ -386,7 +386,8 @@ impl QueueTally {
             "task.lease_lost" if data["failed"] == true => self.fail(id, at),
             "task.retrying" => self.move_to(id, Open::Pending, Some(run_at())),
             "task.blocked" => self.move_to(id, Open::Blocked, None),
-            "task.lease_lost" | "task.released" | "task.approved" | "task.retried" => {
+            "task.lease_lost" | "task.released" | "task.approved" | "task.retried"
+            | "task.responded" => {
                 self.move_to(id, Open::Pending, Some(at))
             }
             "task.cancelled" => {
@@ -645,7 +646,13 @@ mod tests {
         assert_eq!((f.running, f.failed, f.failed_last_minute), (0, 1, 1));
         t.apply(&event(a, 17, "task.retried", json!({}), now));
         t.apply(&event(a, 18, "task.started", json!({}), now));
-        t.apply(&event(a, 19, "task.completed", json!({}), now));
+        t.apply(&event(a, 19, "task.blocked", json!({}), now));
+        assert_eq!(t.figures("q", now).blocked, 1);
+        // An answer re-opens it.
+        t.apply(&event(a, 20, "task.responded", json!({}), now));
+        assert_eq!((t.figures("q", now).blocked, t.figures("q", now).pending), (0, 2));
+        t.apply(&event(a, 21, "task.started", json!({}), now));
+        t.apply(&event(a, 22, "task.completed", json!({}), now));
         let f = t.figures("q", now);
         assert_eq!(
             (
