@@ -42,6 +42,7 @@ mod m20261203_000024_tasks_ui_indexes;
 mod m20261203_000025_agent_sessions_per_project;
 mod m20261203_000026_events_checks;
 mod m20261203_000027_task_requests;
+mod m20261203_000028_create_arenas;
 
 /// A fingerprint of the migrations' source (see `build.rs`): it changes when any
 /// migration is added or edited.
@@ -81,6 +82,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000025_agent_sessions_per_project::Migration),
             Box::new(m20261203_000026_events_checks::Migration),
             Box::new(m20261203_000027_task_requests::Migration),
+            Box::new(m20261203_000028_create_arenas::Migration),
         ]
     }
 }

@@ -4,7 +4,9 @@
 pub mod agent_sessions;
 pub mod agents;
 pub mod api_tokens;
+pub mod arenas;
 pub mod events;
+pub mod pending_changes;
 pub mod queues;
 pub mod session_entries;
 pub mod session_summaries;
