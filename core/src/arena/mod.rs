@@ -120,7 +120,7 @@ pub struct ContestantRequest {
     /// The agent that runs this contestant's task: `script` or a registered agent.
     #[cfg_attr(
         feature = "openapi",
-        schema(required = true, pattern = "^[A-Za-z0-9_.-]{1,64}$")
+        schema(required = true, nullable = false, pattern = "^[A-Za-z0-9_.-]{1,64}$")
     )]
     pub agent: Option<String>,
     /// The model the agent should use, if it takes one.
