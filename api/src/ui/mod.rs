@@ -12,7 +12,8 @@
 //!   renders HTML with maud. Pages never call the JSON routes; they share the stores.
 //! - [`actions`]: the POST forms (retry, cancel, approve, run again, submit, bulk,
 //!   pause/resume), each checking the viewer's scope as the JSON route would, then
-//!   redirecting back (post/redirect/get), so every action works without JavaScript.
+//!   redirecting back (post/redirect/get), so every action works without JavaScript;
+//!   picking an arena's winner too.
 //! - [`assets`]: the stylesheet, script and icon in `api/ui/`, compiled into the binary.
 //!
 //! Live updates come from `/v1/events/stream` (the cookie authenticates its GET):
@@ -59,12 +60,15 @@ pub(crate) fn router() -> Router<AppState> {
             get(pages::sessions::transcript),
         )
         .route("/agents", get(pages::agents::page))
+        .route("/arenas", get(pages::arena::list))
+        .route("/arenas/{id}", get(pages::arena::page))
         .route("/signin", get(signin::form).post(signin::sign_in))
         .route("/signout", post(signin::sign_out))
         .route("/ui/tasks", post(actions::submit))
         .route("/ui/tasks/bulk", post(actions::bulk))
         .route("/ui/tasks/{id}/{action}", post(actions::on_task))
         .route("/ui/queues/{name}/{action}", post(actions::on_queue))
+        .route("/ui/arenas/{id}/winner", post(actions::pick_winner))
         .route("/assets/{name}", get(assets::serve))
         .layer(middleware::from_fn(security_headers))
 }
