@@ -175,10 +175,10 @@ async fn run(turn: Turn) -> Result<TurnOutcome, TurnError> {
         Some(script) if turn.task.input.is_object() => {
             let script = for_model(script, turn.task.model.as_deref()).map_err(TurnError::fatal)?;
             let mut script = Script::parse(&script).map_err(TurnError::fatal)?;
-            if let Some(answer) = &turn.task.response {
-                if script.request.is_some() || script.spawn.is_some() {
-                    return resume(script, answer, &turn).await;
-                }
+            if let Some(answer) = &turn.task.response
+                && (script.request.is_some() || script.spawn.is_some())
+            {
+                return resume(script, answer, &turn).await;
             }
             let request = script.request.take();
             let spawn = script.spawn.take();
