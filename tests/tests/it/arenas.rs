@@ -110,6 +110,9 @@ async fn an_arena_runs_its_contestants_side_by_side_and_a_person_picks_the_winne
 
     // Refused picks write nothing.
     let outsider = app.submit(json!({"input": "not in the race"})).await?;
+    // Ended, so that nothing else writes while the refusals are counted.
+    app.wait_for_state(outsider["id"].as_str().context("id")?, "completed")
+        .await?;
     let before = rows(&app).await?;
     let winner = format!("/v1/arenas/{id}/winner");
     for (task, status, says) in [
