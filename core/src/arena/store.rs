@@ -139,6 +139,9 @@ impl ArenaStore {
     ) -> Result<Vec<ArenaView>> {
         let mut query = arenas::Entity::find();
         if let Some(project) = project {
+            // No arena has such a project, but Postgres cannot even compare a text
+            // holding NUL.
+            crate::storable::no_nul("project", project)?;
             query = query.filter(arenas::Column::Project.eq(project));
         }
         let query = query

@@ -272,6 +272,7 @@ async fn bad_arenas_are_refused_whole_with_a_message_and_write_nothing() -> Resu
         ("/v1/arenas?limit=0".to_owned(), 400),
         ("/v1/arenas?limit=201".to_owned(), 400),
         ("/v1/arenas?colour=red".to_owned(), 400),
+        ("/v1/arenas?project=a%00b".to_owned(), 400),
     ] {
         let (got, body) = app.get(&path).await?;
         ensure!(got == status, "{path}: {got} {body}");
