@@ -591,6 +591,8 @@ transition_path!(
         (status = 404, response = crate::openapi::responses::NotFound),
         (status = 409, response = crate::openapi::responses::Conflict),
         (status = 413, response = crate::openapi::responses::PayloadTooLarge),
+        (status = 415, response = crate::openapi::responses::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::responses::Unprocessable),
         (status = 500, response = crate::openapi::responses::Internal),
         (status = 503, response = crate::openapi::responses::Unavailable),
     ),
