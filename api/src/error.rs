@@ -21,8 +21,8 @@ pub(crate) struct ErrorEnvelope {
 pub(crate) struct ErrorDetail {
     /// What went wrong, for programs: `invalid_request`, `invalid_json`,
     /// `payload_too_large`, `request_timeout`, `unsupported_media_type`, `unauthorized`, `forbidden`,
-    /// `not_found`, `method_not_allowed`, `illegal_transition`, `conflict`,
-    /// `unavailable` or `internal`.
+    /// `not_found`, `method_not_allowed`, `illegal_transition`, `idempotency_key_reused`,
+    /// `arena_decided`, `conflict`, `unavailable` or `internal`.
     code: &'static str,
     /// What went wrong, for people: names the field and the rule it broke.
     message: String,
@@ -88,6 +88,9 @@ impl From<turnq_core::Error> for ApiError {
                 "idempotency_key_reused",
                 e.to_string(),
             ),
+            E::ArenaDecided { .. } => {
+                Self::new(StatusCode::CONFLICT, "arena_decided", e.to_string())
+            }
             E::VersionConflict { .. } | E::Fenced { .. } => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }

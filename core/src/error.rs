@@ -1,6 +1,6 @@
 //! The domain error. It knows no HTTP: the API maps it to statuses in one place.
 
-use crate::{StreamVersion, TaskId, task::TaskState};
+use crate::{ArenaId, StreamVersion, TaskId, task::TaskState};
 
 /// Everything that can go wrong in the domain, each variant naming the condition.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,14 @@ pub enum Error {
         key: String,
         task: crate::TaskId,
         field: &'static str,
+    },
+
+    /// An arena's winner is picked once: this one was picked already.
+    #[error("arena {arena} is already decided: {by} picked task {winner} as its winner")]
+    ArenaDecided {
+        arena: ArenaId,
+        winner: TaskId,
+        by: String,
     },
 
     /// Someone else appended to the stream first.

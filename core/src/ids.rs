@@ -53,6 +53,38 @@ impl FromStr for TaskId {
     }
 }
 
+/// The id of an arena (and of its event stream, type `arena`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ArenaId(pub Uuid);
+
+impl ArenaId {
+    /// A new id; v7, like a task's, so ids sort by creation time.
+    pub fn new() -> Self {
+        ArenaId(Uuid::now_v7())
+    }
+}
+
+impl Default for ArenaId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ArenaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for ArenaId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(ArenaId)
+    }
+}
+
 /// The id of a worker process; unique per process start, so a restarted worker never
 /// inherits the in-flight state of the one that died.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -17,6 +17,8 @@
 //!   what probing found) and agent sessions (per session and agent: the backend's own
 //!   session id and the running usage).
 //! - [`queue`]: queues as objects: what each holds, pausing one.
+//! - [`arena`]: one task given to several agents at once (a contestant task each),
+//!   compared side by side, and the winner a person picks.
 //! - [`stats`]: usage (tasks, tokens, cost) grouped by project, agent or day.
 //! - [`worker`]: the worker registry.
 //! - [`auth`]: API tokens with scopes, stored hashed.
@@ -35,6 +37,7 @@
 //! build on it; it builds on nothing of theirs.
 
 pub mod agent;
+pub mod arena;
 pub mod auth;
 pub mod db;
 pub mod delivery;
@@ -58,4 +61,4 @@ pub mod worker;
 pub mod workspace;
 
 pub use error::Error;
-pub use ids::{LogPosition, StreamVersion, TaskId, WorkerId};
+pub use ids::{ArenaId, LogPosition, StreamVersion, TaskId, WorkerId};

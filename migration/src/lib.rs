@@ -42,6 +42,7 @@ mod m20261203_000024_tasks_ui_indexes;
 mod m20261203_000025_agent_sessions_per_project;
 mod m20261203_000026_events_checks;
 mod m20261203_000027_task_requests;
+mod m20261203_000028_create_arenas;
 mod m20261203_000029_workspaces;
 
 /// A fingerprint of the migrations' source (see `build.rs`): it changes when any
@@ -82,6 +83,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000025_agent_sessions_per_project::Migration),
             Box::new(m20261203_000026_events_checks::Migration),
             Box::new(m20261203_000027_task_requests::Migration),
+            Box::new(m20261203_000028_create_arenas::Migration),
             Box::new(m20261203_000029_workspaces::Migration),
         ]
     }

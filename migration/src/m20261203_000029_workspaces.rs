@@ -35,7 +35,6 @@ ALTER TABLE pending_changes
     CHECK (status IN ('pending', 'applied', 'rejected', 'reverted', 'superseded'));
 CREATE UNIQUE INDEX pending_changes_one_pending_per_file
   ON pending_changes (worktree_id, file_path) WHERE status = 'pending';
-CREATE INDEX pending_changes_task_idx ON pending_changes (task_id) WHERE task_id IS NOT NULL;
 ALTER TABLE checkpoints
   ADD COLUMN project text,
   ADD COLUMN task_id uuid REFERENCES tasks (id) ON DELETE SET NULL,
@@ -67,7 +66,6 @@ DROP TABLE IF EXISTS session_rewinds;
 DROP INDEX IF EXISTS checkpoints_worktree_idx;
 ALTER TABLE checkpoints DROP COLUMN IF EXISTS project, DROP COLUMN IF EXISTS task_id,
   DROP COLUMN IF EXISTS entry_id;
-DROP INDEX IF EXISTS pending_changes_task_idx;
 DROP INDEX IF EXISTS pending_changes_one_pending_per_file;
 DELETE FROM pending_changes WHERE status = 'superseded';
 ALTER TABLE pending_changes

@@ -312,6 +312,43 @@ impl TestApp {
         Ok(task)
     }
 
+    /// `POST /v1/arenas`, expecting 201; returns the arena.
+    pub async fn create_arena(&self, body: Value) -> Result<Value> {
+        let (status, arena) = self.post("/v1/arenas", &body).await?;
+        if status != 201 {
+            bail!("POST /v1/arenas answered {status}: {arena}");
+        }
+        Ok(arena)
+    }
+
+    /// `GET /v1/arenas/{id}`, expecting 200.
+    pub async fn arena(&self, id: &str) -> Result<Value> {
+        let (status, arena) = self.get(&format!("/v1/arenas/{id}")).await?;
+        if status != 200 {
+            bail!("GET arena answered {status}: {arena}");
+        }
+        Ok(arena)
+    }
+
+    /// Waits until every contestant of the arena has ended; returns the arena.
+    pub async fn wait_for_arena_to_end(&self, id: &str) -> Result<Value> {
+        eventually(format!("every contestant of arena {id} ends"), || async {
+            let arena = self.arena(id).await?;
+            if arena["ended"] == true {
+                Ok(arena)
+            } else {
+                let states: Vec<&Value> = arena["contestants"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| &c["state"])
+                    .collect();
+                bail!("contestants are {states:?}")
+            }
+        })
+        .await
+    }
+
     pub async fn event_kinds(&self, id: &str) -> Result<Vec<String>> {
         let (_, body) = self.get(&format!("/v1/tasks/{id}/events")).await?;
         Ok(body["events"]

@@ -29,7 +29,9 @@ use responses::{
 };
 
 use crate::error::{ErrorDetail, ErrorEnvelope};
-use crate::routes::{agents, events, health, queues, sessions, stats, tasks, workers, workspaces};
+use crate::routes::{
+    agents, arenas, events, health, queues, sessions, stats, tasks, workers, workspaces,
+};
 
 /// The whole document. `paths` names every handler; the schemas they use are collected
 /// from them.
@@ -67,6 +69,10 @@ use crate::routes::{agents, events, health, queues, sessions, stats, tasks, work
         workspaces::checkpoints,
         workspaces::restore,
         tasks::inbox,
+        arenas::create,
+        arenas::list,
+        arenas::get,
+        arenas::pick_winner,
         events::stream,
         workers::list,
         queues::list,
@@ -106,6 +112,7 @@ use crate::routes::{agents, events, health, queues, sessions, stats, tasks, work
     tags(
         (name = "health", description = "Probes and metrics, open to all."),
         (name = "tasks", description = "Submitting, reading and moving tasks."),
+        (name = "arenas", description = "One task given to several agents at once, compared, and the winner picked."),
         (name = "events", description = "The live event stream."),
         (name = "queues", description = "Queues, their figures, pausing."),
         (name = "agents", description = "The agent registry."),

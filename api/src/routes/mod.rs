@@ -2,6 +2,7 @@
 
 // Visible to the crate for `openapi/mod.rs`, which lists every handler.
 pub(crate) mod agents;
+pub(crate) mod arenas;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod queues;
@@ -62,6 +63,8 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/workers", get(workers::list))
         .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{name}", get(queues::get))
+        .route("/v1/arenas", get(arenas::list))
+        .route("/v1/arenas/{id}", get(arenas::get))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{name}", get(agents::get))
         .route("/v1/stats/usage", get(stats::usage))
@@ -87,6 +90,12 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
             "/v1/tasks/batch",
             post(tasks::submit_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
         )
+        .route(
+            "/v1/arenas",
+            post(arenas::create).layer(DefaultBodyLimit::max(SUBMIT_BODY_LIMIT)),
+        )
+        // The person comparing the contestants decides with the token that submits them.
+        .route("/v1/arenas/{id}/winner", post(arenas::pick_winner))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         // The person a turn asks answers with the same token that submits its tasks.
         .route("/v1/tasks/{id}/respond", post(tasks::respond))

@@ -11,8 +11,9 @@ use axum::{
 use maud::html;
 use serde_json::{Map, Value, json};
 use turnq_core::{
-    TaskId,
+    ArenaId, TaskId,
     agent::AgentRegistry,
+    arena::ArenaStore,
     auth::Scope,
     metrics as names,
     queue::QueueStore,
@@ -267,6 +268,33 @@ pub(super) async fn on_queue(
         }
     };
     Ok(Redirect::to("/").into_response())
+}
+
+/// `POST /ui/arenas/{id}/winner` with `task_id`: the viewer picks the arena's winner,
+/// recorded under their token's name, as `POST /v1/arenas/{id}/winner` does.
+pub(super) async fn pick_winner(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let form = viewer.form(&headers, &body, Scope::Submit)?;
+    let id: ArenaId = id.parse().map_err(|_| {
+        PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!("arena id {id:?} is not a UUID"),
+        )
+    })?;
+    let raw = form.get("task_id").unwrap_or_default();
+    let task: TaskId = raw.parse().map_err(|_| {
+        PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!("task_id {raw:?} is not a UUID: pick a contestant on the arena's page"),
+        )
+    })?;
+    ArenaStore::pick_winner(state.db(), id, task, &viewer.token.name, &metadata(&viewer)).await?;
+    Ok(Redirect::to(&format!("/arenas/{id}")).into_response())
 }
 
 /// What a bulk action does to one task.

@@ -29,15 +29,17 @@ pub(crate) enum Nav {
     Workers,
     Sessions,
     Agents,
+    Arenas,
 }
 
-const NAV: [(Nav, &str, &str); 6] = [
+const NAV: [(Nav, &str, &str); 7] = [
     (Nav::Overview, "/", "Overview"),
     (Nav::Tasks, "/tasks", "Tasks"),
     (Nav::Inbox, "/inbox", "Inbox"),
     (Nav::Workers, "/workers", "Workers"),
     (Nav::Sessions, "/sessions", "Sessions"),
     (Nav::Agents, "/agents", "Agents"),
+    (Nav::Arenas, "/arenas", "Arenas"),
 ];
 
 fn head(title: &str) -> Markup {

@@ -14,7 +14,8 @@
 //!   a text, or a wait on sub-tasks), as a form fitting its kind, and the answer.
 //! - [`actions`]: the POST forms (retry, cancel, approve, answer a request, run again,
 //!   submit, bulk, pause/resume), each checking the viewer's scope as the JSON route would, then
-//!   redirecting back (post/redirect/get), so every action works without JavaScript.
+//!   redirecting back (post/redirect/get), so every action works without JavaScript;
+//!   picking an arena's winner too.
 //! - [`assets`]: the stylesheet, script and icon in `api/ui/`, compiled into the binary.
 //!
 //! Live updates come from `/v1/events/stream` (the cookie authenticates its GET):
@@ -62,6 +63,8 @@ pub(crate) fn router() -> Router<AppState> {
             get(pages::sessions::transcript),
         )
         .route("/agents", get(pages::agents::page))
+        .route("/arenas", get(pages::arena::list))
+        .route("/arenas/{id}", get(pages::arena::page))
         .route("/signin", get(signin::form).post(signin::sign_in))
         .route("/signout", post(signin::sign_out))
         .route("/ui/tasks", post(actions::submit))
@@ -70,6 +73,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ui/tasks/{id}/respond", post(actions::respond))
         .route("/ui/tasks/{id}/{action}", post(actions::on_task))
         .route("/ui/queues/{name}/{action}", post(actions::on_queue))
+        .route("/ui/arenas/{id}/winner", post(actions::pick_winner))
         .route("/assets/{name}", get(assets::serve))
         .layer(middleware::from_fn(security_headers))
 }

@@ -4,6 +4,7 @@
 pub mod agent_sessions;
 pub mod agents;
 pub mod api_tokens;
+pub mod arenas;
 pub mod checkpoints;
 pub mod events;
 pub mod pending_changes;

@@ -387,9 +387,7 @@ impl QueueTally {
             "task.retrying" => self.move_to(id, Open::Pending, Some(run_at())),
             "task.blocked" => self.move_to(id, Open::Blocked, None),
             "task.lease_lost" | "task.released" | "task.approved" | "task.retried"
-            | "task.responded" => {
-                self.move_to(id, Open::Pending, Some(at))
-            }
+            | "task.responded" => self.move_to(id, Open::Pending, Some(at)),
             "task.cancelled" => {
                 self.leave(id);
             }
@@ -650,7 +648,10 @@ mod tests {
         assert_eq!(t.figures("q", now).blocked, 1);
         // An answer re-opens it.
         t.apply(&event(a, 20, "task.responded", json!({}), now));
-        assert_eq!((t.figures("q", now).blocked, t.figures("q", now).pending), (0, 2));
+        assert_eq!(
+            (t.figures("q", now).blocked, t.figures("q", now).pending),
+            (0, 2)
+        );
         t.apply(&event(a, 21, "task.started", json!({}), now));
         t.apply(&event(a, 22, "task.completed", json!({}), now));
         let f = t.figures("q", now);

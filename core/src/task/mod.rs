@@ -7,7 +7,7 @@ mod spec;
 mod state;
 mod store;
 
-pub use model::Task;
+pub use model::{LISTED_INPUT_BYTES, PREVIEW_CHARS, Task};
 pub use request::{
     ChildOutcome, HumanRequest, MAX_REQUEST_TEXT, OnTimeout, RequestKind, Response, ResponseRequest,
 };

@@ -4,6 +4,7 @@
 
 mod agents;
 mod agents_e2e;
+mod arenas;
 mod auth;
 mod batching;
 mod cli;

@@ -12,7 +12,7 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 const SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// Every relation the migrations create in `public`, with the type information_schema reports.
-const RELATIONS: [(&str, &str); 12] = [
+const RELATIONS: [(&str, &str); 13] = [
     ("events", "BASE TABLE"),
     ("tasks", "BASE TABLE"),
     ("workers", "BASE TABLE"),
@@ -24,6 +24,7 @@ const RELATIONS: [(&str, &str); 12] = [
     ("pending_changes", "BASE TABLE"),
     ("api_tokens", "BASE TABLE"),
     ("session_summaries", "BASE TABLE"),
+    ("arenas", "BASE TABLE"),
     ("human_inbox", "VIEW"),
 ];
 
@@ -116,4 +117,84 @@ async fn migrations_run_up_down_up() -> Result<()> {
     outcome?;
     dropped?;
     Ok(())
+}
+
+/// Whether `tasks_arena_id_fkey` exists and is validated.
+async fn arena_key_validated(db: &DatabaseConnection) -> Result<Option<bool>> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT convalidated FROM pg_constraint \
+             WHERE conname = 'tasks_arena_id_fkey' AND conrelid = 'tasks'::regclass",
+        ))
+        .await?;
+    Ok(row
+        .map(|r| r.try_get::<bool>("", "convalidated"))
+        .transpose()?)
+}
+
+/// A task row as the old schema allowed it: `arena_id` naming no arena.
+const TASK_WITH_ARENA: &str = "INSERT INTO tasks (id, project, arena_id, queue, state, input, agent, \
+    run_at, max_attempts, version, created_at, updated_at) \
+    VALUES (gen_random_uuid(), 'p', gen_random_uuid(), 'default', 'pending', '\"x\"', 'script', \
+    now(), 3, 1, now(), now())";
+
+#[tokio::test]
+async fn the_arena_key_of_tasks_is_checked_for_new_rows_and_validated_when_old_ones_allow()
+-> Result<()> {
+    let server = Database::connect(format!("{SERVER_URL}/postgres"))
+        .await
+        .context("connecting to the local Postgres server")?;
+    let names = [
+        format!("turnq_migtest_{}", uuid::Uuid::new_v4().simple()),
+        format!("turnq_migtest_{}", uuid::Uuid::new_v4().simple()),
+    ];
+    for name in &names {
+        server
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+    }
+    let outcome = async {
+        // A database whose tasks hold an arena id from before arenas existed.
+        let old = Database::connect(format!("{SERVER_URL}/{}", names[0])).await?;
+        let clean = Database::connect(format!("{SERVER_URL}/{}", names[1])).await?;
+        let checks = async {
+            // Every migration before the arenas one.
+            let before = migration::Migrator::migrations()
+                .iter()
+                .position(|m| m.name().ends_with("create_arenas"))
+                .context("the arenas migration")? as u32;
+            migration::Migrator::up(&old, Some(before)).await?;
+            old.execute_unprepared(TASK_WITH_ARENA).await?;
+            migration::Migrator::up(&old, None)
+                .await
+                .context("the arenas migration runs over a task naming no arena")?;
+            ensure!(
+                arena_key_validated(&old).await? == Some(false),
+                "the key is added NOT VALID when a row breaks it"
+            );
+            ensure!(
+                old.execute_unprepared(TASK_WITH_ARENA).await.is_err(),
+                "a new task naming no arena is refused"
+            );
+            migration::Migrator::up(&clean, None).await?;
+            ensure!(
+                arena_key_validated(&clean).await? == Some(true),
+                "the key is validated when no row breaks it"
+            );
+            Ok(())
+        }
+        .await;
+        old.close().await?;
+        clean.close().await?;
+        checks
+    }
+    .await;
+    for name in &names {
+        server
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+    }
+    server.close().await?;
+    outcome
 }

@@ -18,6 +18,9 @@
 //!   one did not complete, unless `on_child_failure` is `continue`. `files` (`{path:
 //!   text | null}`) writes or deletes files in the task's worktree first, each path
 //!   through the workspace's path guard.
+//!   `by_model` (`{model: {…}}`): the fields of the entry named by the task's `model`
+//!   replace the script's own, so the contestants of an arena, which share one input,
+//!   can each run their own way.
 //! - Input a JSON string: echoed as one `text` chunk; usage counts its words.
 //! - Any other input: its compact JSON text, echoed the same way.
 //!
@@ -177,7 +180,8 @@ impl Script {
 async fn run(turn: Turn) -> Result<TurnOutcome, TurnError> {
     match turn.task.input.get("script") {
         Some(script) if turn.task.input.is_object() => {
-            let mut script = Script::parse(script).map_err(TurnError::fatal)?;
+            let script = for_model(script, turn.task.model.as_deref()).map_err(TurnError::fatal)?;
+            let mut script = Script::parse(&script).map_err(TurnError::fatal)?;
             if let Some(files) = script.files.take() {
                 write_files(&turn, files).await?;
             }
@@ -211,6 +215,36 @@ async fn run(turn: Turn) -> Result<TurnOutcome, TurnError> {
             echo(text, &turn.output, &turn.cancel).await
         }
     }
+}
+
+/// `script` with the fields of its `by_model` entry for `model` over its own, when it
+/// has one: the contestants of an arena share one input and differ by agent and model,
+/// so a script can make each model run its own way (slower, dearer, failing).
+fn for_model(script: &Value, model: Option<&str>) -> Result<Value, String> {
+    let Value::Object(object) = script else {
+        // Not an object: `Script::parse` says so.
+        return Ok(script.clone());
+    };
+    let mut object = object.clone();
+    let Some(by_model) = object.remove("by_model") else {
+        return Ok(Value::Object(object));
+    };
+    let Value::Object(by_model) = by_model else {
+        return Err(
+            "the task's input has a malformed `script`: by_model must be an object of \
+             scripts by model name"
+                .into(),
+        );
+    };
+    if let Some((name, entry)) = model.and_then(|m| by_model.get_key_value(m)) {
+        let Value::Object(entry) = entry else {
+            return Err(format!(
+                "the task's input has a malformed `script`: by_model.{name} must be an object"
+            ));
+        };
+        object.extend(entry.clone());
+    }
+    Ok(Value::Object(object))
 }
 
 async fn echo(
@@ -485,6 +519,52 @@ mod tests {
             Err(TurnError::Fatal { message, .. }) => message,
             other => panic!("expected a fatal error, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_model_named_in_by_model_runs_its_own_script() {
+        let input = json!({"script": {"chunks": ["base"], "output_tokens": 1,
+            "by_model": {"fast": {"chunks": ["quick"], "cost_usd": 0.5}, "broken": {"outcome": "fail"}}}});
+        let by = |model: Option<&str>| {
+            let mut task = task(input.clone());
+            task.model = model.map(str::to_owned);
+            task
+        };
+        for (model, summary, cost) in [
+            (None, "base", 0.0),
+            (Some("other"), "base", 0.0),
+            (Some("fast"), "quick", 0.5),
+        ] {
+            let (output, _rx) = OutputSink::channel(1024);
+            let turn = Turn {
+                task: by(model),
+                output,
+                cancel: CancellationToken::new(),
+                deadline: Instant::now() + Duration::from_secs(60),
+                sessions: sessions(),
+                subtasks: crate::backend::tests::no_subtasks(),
+            };
+            let Ok(TurnOutcome::Completed {
+                summary: got,
+                usage,
+            }) = ScriptBackend.run(turn).await
+            else {
+                panic!("{model:?} should complete");
+            };
+            assert_eq!(
+                (got.as_str(), usage.output_tokens, usage.cost_usd),
+                (summary, 1, cost),
+                "{model:?}"
+            );
+        }
+        assert_eq!(
+            for_model(&input["script"], Some("broken")).unwrap()["outcome"],
+            "fail"
+        );
+        let bad = for_model(&json!({"by_model": {"m": 1}}), Some("m")).unwrap_err();
+        assert!(bad.contains("by_model.m must be an object"), "{bad}");
+        let bad = for_model(&json!({"by_model": []}), None).unwrap_err();
+        assert!(bad.contains("by_model must be an object"), "{bad}");
     }
 
     #[tokio::test]

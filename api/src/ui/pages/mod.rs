@@ -1,6 +1,7 @@
 //! One module per page.
 
 pub(super) mod agents;
+pub(super) mod arena;
 pub(super) mod inbox;
 pub(super) mod overview;
 pub(super) mod sessions;

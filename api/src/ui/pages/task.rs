@@ -214,7 +214,9 @@ fn render(
                 @if let Some(parent) = task.parent_task_id {
                     dt { "Parent" } dd { "sub-task of " a href=(format!("/tasks/{parent}")) { (layout::short_id(&parent.to_string())) } }
                 }
-                @if let Some(arena) = task.arena_id { dt { "Arena" } dd { code { (arena) } } }
+                @if let Some(arena) = task.arena_id {
+                    dt { "Arena" } dd { a href=(format!("/arenas/{arena}")) { (layout::short_id(&arena.to_string())) } " " span.muted { "compare it with the other contestants" } }
+                }
                 @if !tree.tasks.is_empty() {
                     dt { "Sub-tasks" } dd { a href="#tree" { (children.len()) " direct, " (tree.tasks.len()) @if tree.truncated { "+" } " in all" } }
                 }

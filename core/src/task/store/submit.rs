@@ -2,13 +2,14 @@
 //! resolved to the task they named first.
 
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
 };
 use serde_json::Value;
 
 use super::{TaskStore, event_row, is_unique_violation};
 use crate::{
-    Error, TaskId,
+    ArenaId, Error, TaskId,
     entity::tasks::{self, Column},
     error::Result,
     event::{EventStore, TaskEvent},
@@ -37,10 +38,25 @@ impl TaskStore {
     /// Refuses a new task whose `parent_task_id` names no task, with a message naming it,
     /// before the insert would break `tasks_parent_task_id_fkey` (a 500 otherwise).
     /// Tasks are never deleted, so a parent seen here is still there at commit.
-    async fn check_parents(
-        txn: &sea_orm::DatabaseTransaction,
+    ///
+    /// And a new task with an `arena_id` other than `arena`'s: a task is part of an
+    /// arena only as one of the contestants it is created with
+    /// ([`crate::arena::ArenaStore::create`]).
+    async fn check_references(
+        txn: &DatabaseTransaction,
         new: &[(TaskId, &NewTask)],
+        arena: Option<ArenaId>,
     ) -> Result<()> {
+        if let Some(stray) = new
+            .iter()
+            .filter_map(|(_, t)| t.details.arena_id)
+            .find(|id| Some(*id) != arena.map(|a| a.0))
+        {
+            return Err(Error::Invalid(format!(
+                "arena_id {stray}: a task joins an arena only as one of its contestants, \
+                 when the arena is created (POST /v1/arenas)"
+            )));
+        }
         let mut parents: Vec<uuid::Uuid> = new
             .iter()
             .filter_map(|(_, t)| t.details.parent_task_id)
@@ -180,8 +196,26 @@ impl TaskStore {
         metadata: &Value,
         whole: Option<(&str, &[bool])>,
     ) -> Result<Vec<Submitted>> {
-        let at = time::now();
         let txn = db.begin().await?;
+        let submitted = Self::submit_batch_in(&txn, batch, metadata, whole, None).await?;
+        txn.commit().await?;
+        Ok(submitted)
+    }
+
+    /// Submits `batch` inside the caller's transaction `txn`: what
+    /// [`TaskStore::submit_batch`] does, for a caller that writes rows of its own in the
+    /// same transaction (an arena and its contestants). `arena`: the arena whose
+    /// contestants these are (its row already inserted in `txn`); any other `arena_id`
+    /// is refused. The caller commits, and retries on a unique violation if its tasks
+    /// carry idempotency keys.
+    pub(crate) async fn submit_batch_in(
+        txn: &DatabaseTransaction,
+        batch: &[NewTask],
+        metadata: &Value,
+        whole: Option<(&str, &[bool])>,
+        arena: Option<ArenaId>,
+    ) -> Result<Vec<Submitted>> {
+        let at = time::now();
         // One past the batch's last task: found taken, the key was first sent with more.
         let beyond = whole.map(|(key, _)| batch_key_of(key, batch.len()));
         let keys: Vec<&str> = batch
@@ -194,7 +228,7 @@ impl TaskStore {
         } else {
             tasks::Entity::find()
                 .filter(Column::IdempotencyKey.is_in(keys))
-                .all(&txn)
+                .all(txn)
                 .await?
         };
 
@@ -287,7 +321,7 @@ impl TaskStore {
                 });
             }
         }
-        Self::check_parents(&txn, &new_ids).await?;
+        Self::check_references(txn, &new_ids, arena).await?;
         // Split by size (see `db::MAX_STATEMENT_BYTES`): the input, plus the other
         // columns.
         let mut created = Vec::with_capacity(rows.len());
@@ -298,12 +332,11 @@ impl TaskStore {
         for chunk in crate::db::statement_chunks(rows, size) {
             created.extend(
                 tasks::Entity::insert_many(chunk)
-                    .exec_with_returning(&txn)
+                    .exec_with_returning(txn)
                     .await?,
             );
         }
-        EventStore::insert(&txn, events).await?;
-        txn.commit().await?;
+        EventStore::insert(txn, events).await?;
 
         existing.clear();
         slots

@@ -420,3 +420,77 @@ async fn a_person_answers_what_turns_ask_in_a_real_browser() -> Result<()> {
     drop(browser);
     app.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_compares_an_arena_side_by_side_and_picks_its_winner() -> Result<()> {
+    let app = TestApp::spawn().await?;
+    // Two agents of the script backend under other names, as a fleet would register
+    // real ones; the worker follows the registry.
+    for (name, label) in [("claude-code", "Claude Code"), ("codex", "Codex")] {
+        let response = app
+            .http
+            .put(app.url(&format!("/v1/agents/{name}")))
+            .json(&json!({"backend": "script", "label": label}))
+            .send()
+            .await?;
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+    let input = json!({
+        "prompt": "checkout_applies_discount fails one run in five. Find out why and fix it.",
+        "script": {
+            "latency_ms": 900, "input_tokens": 18400, "output_tokens": 2100, "cost_usd": 0.084,
+            "chunks": ["The discount is applied after tax when two promotions race. ",
+                       "Made the promotion lookup deterministic and added a regression test."],
+            "by_model": {
+                "gpt-5-codex": {"latency_ms": 2400, "input_tokens": 31200, "output_tokens": 5600, "cost_usd": 0.21,
+                    "chunks": ["Rewrote the cart's pricing pipeline so tax is computed last; ",
+                               "the flaky test passes 200 runs in a row."]},
+                "fast": {"latency_ms": 400, "input_tokens": 6100, "output_tokens": 640, "cost_usd": 0.006,
+                    "chunks": ["Added a retry around the test. It passes now."]},
+            }
+        }
+    });
+    let arena = app
+        .create_arena(json!({"input": input, "project": "shop", "contestants": [
+            {"agent": "claude-code", "model": "sonnet-4.5"},
+            {"agent": "codex", "model": "gpt-5-codex"},
+            {"agent": "script", "model": "fast"},
+        ]}))
+        .await?;
+    let id = arena["id"].as_str().unwrap_or_default().to_owned();
+    app.wait_for_arena_to_end(&id).await?;
+
+    let browser = Browser::start().await?;
+    sign_in(&browser, &app, app.token()).await?;
+    browser.goto(&app.url("/arenas")).await?;
+    browser.wait_for_text("#arenas", "claude-code").await?;
+    browser.screenshot("arenas").await?;
+    browser.goto(&app.url(&format!("/arenas/{id}"))).await?;
+    browser.wait_for_text("#contestants", "gpt-5-codex").await?;
+    browser.wait_for_text("#live-state", "live").await?;
+    browser.screenshot("arena").await?;
+
+    // Pick the first contestant; the page comes back decided.
+    let pick = format!("#contestants form[action=\"/ui/arenas/{id}/winner\"] button");
+    browser.click(&browser.wait_for(&pick).await?).await?;
+    browser.accept_dialog().await?;
+    browser.wait_for_text("#decision", "picked by test").await?;
+    assert!(
+        browser.find_all(&pick).await?.is_empty(),
+        "a decided arena offers no more picks"
+    );
+    browser.screenshot("arena-decided").await?;
+    let decided = app.arena(&id).await?;
+    assert_eq!(decided["contestants"][0]["winner"], true, "{decided}");
+
+    if std::env::var_os("TURNQ_UPDATE_SNAPSHOTS").is_some() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        std::fs::create_dir_all(&docs)?;
+        std::fs::copy(
+            turnq_tests::browser::artefacts()?.join("arena.png"),
+            docs.join("arena.png"),
+        )?;
+    }
+    drop(browser);
+    app.stop().await
+}

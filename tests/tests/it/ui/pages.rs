@@ -66,6 +66,7 @@ async fn pages_need_a_sign_in_kept_in_an_http_only_strict_cookie() -> Result<()>
         ("/workers", "Workers"),
         ("/sessions", "Sessions"),
         ("/agents", "Agents"),
+        ("/arenas", "Arenas"),
     ] {
         let (status, html) = page(&app, &cookie, path).await?;
         assert_eq!(status, 200, "{path}: {html}");
@@ -603,4 +604,127 @@ async fn token_cookie(app: &TestApp, name: &str, scopes: &[Scope]) -> Result<(St
     let (_, html) = page(app, &cookie, "/").await?;
     let value = csrf(&html)?;
     Ok((cookie, value))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_arena_page_compares_contestants_and_picks_a_winner_through_a_checked_form() -> Result<()>
+{
+    let app = TestApp::spawn().await?;
+    let arena = app
+        .create_arena(json!({"input": {"prompt": "tidy up", "script": {"chunks": ["tidied"], "output_tokens": 12,
+                "by_model": {"flaky": {"outcome": "fail", "message": "lost the thread"}}}},
+            "project": "cmp", "max_attempts": 1,
+            "contestants": [{"agent": "script", "model": "steady"}, {"agent": "script", "model": "flaky"}]}))
+        .await?;
+    let id = arena["id"].as_str().unwrap_or_default().to_owned();
+    let arena = app.wait_for_arena_to_end(&id).await?;
+    let task = |i: usize| {
+        arena["contestants"][i]["task_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (steady, flaky) = (task(0), task(1));
+    let cookie = sign_in(&app, app.token()).await?;
+
+    let (status, list) = page(&app, &cookie, "/arenas?project=cmp").await?;
+    assert_eq!(status, 200);
+    assert!(list.contains(&format!("/arenas/{id}")), "{list}");
+    let (_, none) = page(&app, &cookie, "/arenas?project=elsewhere").await?;
+    assert!(none.contains("No arena in this project."));
+
+    let (status, html) = page(&app, &cookie, &format!("/arenas/{id}")).await?;
+    assert_eq!(status, 200);
+    for shows in [
+        "steady",
+        "flaky",
+        "tidied",
+        "lost the thread",
+        "12 out",
+        "Pick as winner",
+    ] {
+        assert!(html.contains(shows), "the arena page shows {shows}");
+    }
+    assert!(
+        !html.contains("style=\"") && !html.contains("<script>"),
+        "no inline code"
+    );
+    // One pick button: the failed contestant cannot win.
+    assert_eq!(html.matches("name=\"task_id\"").count(), 1, "{html}");
+    assert!(html.contains(&format!("value=\"{steady}\"")));
+    // A contestant's task page links back to its arena.
+    let (_, task_page) = page(&app, &cookie, &format!("/tasks/{flaky}")).await?;
+    assert!(task_page.contains(&format!("/arenas/{id}")), "{task_page}");
+
+    // A reader sees no button, and the server refuses the form anyway.
+    let reader = token(&app, "reader", &[Scope::Read]).await?;
+    let reader_cookie = sign_in(&app, &reader).await?;
+    let (_, as_reader) = page(&app, &reader_cookie, &format!("/arenas/{id}")).await?;
+    assert!(!as_reader.contains("Pick as winner"));
+    let action = format!("/ui/arenas/{id}/winner");
+    let refused = post_form(
+        &app,
+        &reader_cookie,
+        &action,
+        &[("csrf", &csrf(&as_reader)?), ("task_id", &steady)],
+    )
+    .await?;
+    assert_eq!(refused.status(), 403);
+    // Without the CSRF value, or naming the failed contestant: refused, nothing written.
+    let no_csrf = post_form(&app, &cookie, &action, &[("task_id", &steady)]).await?;
+    assert_eq!(no_csrf.status(), 403);
+    let token_csrf = csrf(&html)?;
+    let lost = post_form(
+        &app,
+        &cookie,
+        &action,
+        &[("csrf", &token_csrf), ("task_id", &flaky)],
+    )
+    .await?;
+    assert_eq!(lost.status(), 400);
+    assert!(
+        lost.text()
+            .await?
+            .contains("only a contestant that completed can win")
+    );
+    let junk = post_form(
+        &app,
+        &cookie,
+        &action,
+        &[("csrf", &token_csrf), ("task_id", "nope")],
+    )
+    .await?;
+    assert_eq!(junk.status(), 400);
+    assert!(app.arena(&id).await?["winner_task_id"].is_null());
+
+    let picked = post_form(
+        &app,
+        &cookie,
+        &action,
+        &[("csrf", &token_csrf), ("task_id", &steady)],
+    )
+    .await?;
+    assert_eq!(picked.status(), 303);
+    assert_eq!(picked.headers()["location"], format!("/arenas/{id}"));
+    let decided = app.arena(&id).await?;
+    assert_eq!(decided["winner_task_id"], steady.as_str());
+    assert_eq!(decided["decided_by"], "test", "the signed-in token's name");
+    let (_, html) = page(&app, &cookie, &format!("/arenas/{id}")).await?;
+    assert!(
+        html.contains("picked by") && !html.contains("Pick as winner"),
+        "{html}"
+    );
+    let again = post_form(
+        &app,
+        &cookie,
+        &action,
+        &[("csrf", &token_csrf), ("task_id", &steady)],
+    )
+    .await?;
+    assert_eq!(again.status(), 409);
+    let (status, _) = page(&app, &cookie, &format!("/arenas/{}", uuid::Uuid::now_v7())).await?;
+    assert_eq!(status, 404);
+    let (status, _) = page(&app, &cookie, "/arenas/not-a-uuid").await?;
+    assert_eq!(status, 400);
+    app.stop().await
 }
