@@ -319,7 +319,7 @@ async fn drain(
             &full,
             redeliver_to,
             &metadata,
-            |due| push(redis.clone(), names, due, config, served, &pushed_to),
+            |due| push(db, redis.clone(), names, due, config, served, &pushed_to),
         )
         .await?;
         // After the commit: a woken worker's claim would otherwise wait for this round's
@@ -337,6 +337,7 @@ async fn drain(
 /// per pair (only workers that run the task's agent consume it): one job per task, or
 /// packed into jobs of several when the pair has a backlog ([`pack`]).
 async fn push(
+    db: &DatabaseConnection,
     conn: ConnectionManager,
     names: &RedisNames,
     due: Vec<DueTask>,
@@ -344,6 +345,15 @@ async fn push(
     served: &BTreeSet<(String, String)>,
     pushed_to: &std::sync::Mutex<BTreeSet<(String, String)>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // A task pinned to a host that stopped would wait in a queue nobody consumes until
+    // `--redeliver-after`: pinning reads the live workers now, not the round's cache.
+    let fresh;
+    let served = if due.iter().any(|t| t.host.is_some()) {
+        fresh = WorkerRegistry::served_pairs(db).await?;
+        &fresh
+    } else {
+        served
+    };
     // Per pair: (tasks already attempted, fresh tasks).
     let mut by_pair: BTreeMap<(String, String), (Vec<JobTask>, Vec<JobTask>)> = BTreeMap::new();
     for task in due {

@@ -8,6 +8,7 @@ use turnq_core::{
     ArenaId, TaskId,
     arena::{ArenaStore, ArenaView, NewArenaRequest, WinnerRequest},
     metrics as names, time,
+    workspace::{Decision, WorkspaceStore},
 };
 use utoipa::{IntoParams, ToSchema};
 
@@ -210,7 +211,22 @@ pub(super) async fn pick_winner(
     // The token check in front of every scoped route names the caller; "api" only if a
     // route were ever mounted without it.
     let by = caller.map_or_else(|| "api".to_owned(), |axum::Extension(c)| c.0);
-    Ok(Json(
-        ArenaStore::pick_winner(state.db(), id, TaskId(body.task_id), &by, &metadata()).await?,
-    ))
+    let view =
+        ArenaStore::pick_winner(state.db(), id, TaskId(body.task_id), &by, &metadata()).await?;
+    if !body.reject_others {
+        return Ok(Json(view));
+    }
+    for loser in view.contestants.iter().filter(|c| !c.winner) {
+        let pending: Vec<uuid::Uuid> = WorkspaceStore::changes_of_task(state.db(), loser.task_id.0)
+            .await?
+            .into_iter()
+            .filter(|c| c.status == "pending")
+            .map(|c| c.id)
+            .collect();
+        if !pending.is_empty() {
+            WorkspaceStore::decide(state.db(), &pending, Decision::Rejected, Some(&by), None)
+                .await?;
+        }
+    }
+    Ok(Json(ArenaStore::get(state.db(), id).await?))
 }

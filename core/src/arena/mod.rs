@@ -72,6 +72,9 @@ pub struct ArenaCreated {
     pub max_attempts: i32,
     pub contestants: Vec<Contestant>,
     pub task_ids: Vec<TaskId>,
+    /// The repository every contestant works in (a worktree each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
 }
 
 /// The data of `arena.winner_picked`.
@@ -160,6 +163,10 @@ pub struct NewArenaRequest {
     /// Each contestant's task's attempts: 1 to 100, default 3.
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub max_attempts: Option<i32>,
+    /// A git repository on the worker hosts: each contestant works in a worktree of its
+    /// own (its session's), so their changes can be compared, the winner's applied and
+    /// the others' rejected.
+    pub repo: Option<String>,
     /// Any other field: refused by [`NewArenaRequest::validate`].
     #[serde(flatten)]
     #[cfg_attr(feature = "openapi", schema(ignore))]
@@ -258,6 +265,7 @@ impl NewArenaRequest {
                     model: c.model,
                     session_id: Some(contestant_session(id, i)),
                     arena_id: Some(id.0),
+                    repo: self.repo.clone(),
                     ..Default::default()
                 },
                 run_at: Some(shared.run_at),
@@ -282,6 +290,7 @@ impl NewArenaRequest {
                 contestants,
                 // Known once the tasks are given ids, in the store.
                 task_ids: Vec::new(),
+                repo: self.repo,
             },
             tasks,
         })
@@ -295,6 +304,10 @@ impl NewArenaRequest {
 pub struct WinnerRequest {
     /// The contestant's task; it must have completed.
     pub task_id: Uuid,
+    /// Also reject the other contestants' pending changes (the winner's stay pending,
+    /// to be applied with `POST /v1/sessions/{project}/{session}/changes/apply`).
+    #[serde(default)]
+    pub reject_others: bool,
 }
 
 /// How many of the changes a contestant proposed (`pending_changes`) are in each
@@ -338,6 +351,9 @@ pub struct ContestantView {
     pub changes: ChangeCounts,
     /// A person picked this contestant as the arena's winner.
     pub winner: bool,
+    /// The contestant's session (`arena-{arena}-{i}`): its transcript, and with a
+    /// repository its worktree and changes (`/v1/sessions/{project}/{session}/changes`).
+    pub session_id: Option<String>,
 }
 
 /// An arena and its contestants, in the order they were submitted.
@@ -472,6 +488,7 @@ mod tests {
                 model: None,
             }],
             task_ids: vec![TaskId::new()],
+            repo: Some("/srv/repos/shop".into()),
         }));
         let picked = ArenaEvent::WinnerPicked(WinnerPicked {
             task_id: TaskId::new(),

@@ -346,6 +346,7 @@ impl ArenaStore {
                         },
                         changes: changes.get(&c.id).copied().unwrap_or_default(),
                         winner: row.winner_task_id == Some(c.id),
+                        session_id: c.session_id,
                     })
                     .collect();
                 ArenaView {

@@ -603,3 +603,73 @@ async fn a_person_answers_and_reviews_from_the_command_line() -> Result<()> {
     ensure!(code == 0 && err.contains("no active worktree"), "{err}");
     app.stop().await
 }
+
+#[tokio::test]
+async fn an_arenas_winner_has_its_changes_applied_and_the_others_rejected() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let repo = scratch.repo("demo")?;
+    let app = app_with_worker(&scratch, "box-a").await?;
+    let input = json!({"script": {"files": {"src/lib.rs": "pub fn answer() -> u32 { 42 }\n"},
+        "by_model": {"b": {"files": {"src/lib.rs": "pub fn answer() -> u32 { 40 + 2 }\n"}}}}});
+    let (code, arena) = app
+        .post(
+            "/v1/arenas",
+            &json!({"input": input, "repo": repo.display().to_string(),
+            "contestants": [{"agent": "script", "model": "a"}, {"agent": "script", "model": "b"}]}),
+        )
+        .await?;
+    ensure!(code == 201, "{code} {arena}");
+    let id = arena["id"].as_str().context("id")?.to_owned();
+    let arena = turnq_tests::eventually("both contestants end", || async {
+        let (_, arena) = app.get(&format!("/v1/arenas/{id}")).await?;
+        ensure!(arena["ended"] == true, "{arena}");
+        anyhow::Ok(arena)
+    })
+    .await?;
+    let contestants = arena["contestants"].as_array().context("contestants")?;
+    for c in contestants {
+        ensure!(
+            c["state"] == "completed" && c["changes"]["pending"] == 1,
+            "{c}"
+        );
+    }
+    // Each worked in a worktree of its own, on a branch of its own.
+    let sessions: Vec<&str> = contestants
+        .iter()
+        .filter_map(|c| c["session_id"].as_str())
+        .collect();
+    let mut branches = Vec::new();
+    for session in &sessions {
+        let (_, w) = app
+            .get(&format!("/v1/sessions/default/{session}/worktree"))
+            .await?;
+        branches.push(w["active"]["branch"].as_str().context("branch")?.to_owned());
+    }
+    ensure!(branches[0] != branches[1], "{branches:?}");
+
+    let winner = &contestants[1];
+    let (code, decided) = app
+        .post(
+            &format!("/v1/arenas/{id}/winner"),
+            &json!({"task_id": winner["task_id"], "reject_others": true}),
+        )
+        .await?;
+    ensure!(code == 200, "{code} {decided}");
+    ensure!(
+        decided["contestants"][0]["changes"]["rejected"] == 1,
+        "{decided}"
+    );
+    ensure!(
+        decided["contestants"][1]["changes"]["pending"] == 1,
+        "{decided}"
+    );
+    let (code, applied) = app
+        .post(
+            &format!("/v1/sessions/default/{}/changes/apply", sessions[1]),
+            &Value::Null,
+        )
+        .await?;
+    ensure!(code == 200, "{code} {applied}");
+    ensure!(git(&repo, &["show", "main:src/lib.rs"])?.contains("40 + 2"));
+    app.stop().await
+}
