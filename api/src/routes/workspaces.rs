@@ -360,6 +360,7 @@ pub(super) async fn restore(
     caller: Option<axum::Extension<Caller>>,
 ) -> Result<Json<Restored>, ApiError> {
     let by = caller.map(|axum::Extension(c)| c.0);
-    Ok(Json(workspace_ops::restore(&state, id, by.as_deref()).await?))
+    Ok(Json(
+        workspace_ops::restore(&state, id, by.as_deref()).await?,
+    ))
 }
-
