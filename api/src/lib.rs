@@ -9,6 +9,8 @@
 //!   `stats`, `health`), thin handlers that validate input, call a `turnq-core` store
 //!   and shape the JSON; `routes/mod.rs` mounts them with their scopes.
 //! - `ui`: the web UI at `/`, server-rendered pages over the same stores (docs/ui.md).
+//! - `workspace_ops`: a person's decisions on a session's workspace (apply, reject,
+//!   revert changes; restore a checkpoint), done once for the JSON routes and the UI.
 //! - `auth`: bearer tokens with scopes (`submit`, `read`, `admin`); health stays open.
 //! - `error`: the one error type; core errors and extractor rejections map to the
 //!   `{"error":{"code","message"}}` envelope in one place.
@@ -31,6 +33,7 @@ mod request_id;
 mod routes;
 mod serve;
 mod ui;
+mod workspace_ops;
 
 use std::{sync::Arc, time::Duration};
 

@@ -7,6 +7,7 @@
 //!   assembly `turnq up` runs), on a database and Redis prefix of the test's own, with
 //!   one helper per endpoint.
 //! - [`browser`]: a headless Chromium driven through chromedriver, for the UI tests.
+//! - [`repos`]: real git repositories in a scratch directory, for the workspace tests.
 //! - [`process`]: the real `turnq` binary as child processes (`turnq worker`, `turnq
 //!   up`), and private Redis servers for faults that must not touch the shared one.
 //! - The lower half, [`turnq_testkit`], re-exported here: a database per test from a
@@ -17,6 +18,7 @@
 pub mod app;
 pub mod browser;
 pub mod process;
+pub mod repos;
 
 pub use app::{StoppableWorker, TestApp, count, dispatcher_config, worker_config};
 pub use process::{ChildProcess, PrivateRedis, WorkerProcess, free_port, turnq_bin};

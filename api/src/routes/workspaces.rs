@@ -2,22 +2,15 @@
 //! the project branch, reject, revert) and its checkpoints (list, restore). See
 //! docs/people-in-the-loop.md.
 //!
-//! Applying, reverting and restoring run `git` on the repository and the worktree, so
-//! the API process must see them: the same host as the worker that made the worktree,
-//! or shared storage. Anywhere else the answer is a 409 that names the worktree's host.
+//! The decisions themselves (apply, reject, revert, restore) live in
+//! [`crate::workspace_ops`], shared with the UI's actions; these handlers read the
+//! request and shape the JSON.
 
 use std::path::Path;
 
 use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
-use turnq_core::{
-    Error,
-    entity::tasks,
-    task::TaskState,
-    workspace::{
-        self, Checkpoint, Decision, PendingChange, WorkspaceError, WorkspaceStore, Worktree,
-    },
-};
+use turnq_core::workspace::{self, Checkpoint, PendingChange, WorkspaceStore, Worktree};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -26,6 +19,7 @@ use crate::{
     ApiError, AppState,
     auth::Caller,
     extract::{self, Query},
+    workspace_ops::{self, Decided, Restored, active_here, git_error, idle},
 };
 
 /// The worktrees of a session.
@@ -186,21 +180,6 @@ pub(super) struct Decide {
     message: Option<String>,
 }
 
-/// What a decision did.
-#[derive(Serialize, ToSchema)]
-pub(super) struct Decided {
-    changes: Vec<PendingChange>,
-    /// The commit an apply made on the target branch.
-    commit_sha: Option<String>,
-    /// The branch the changes were applied onto.
-    branch: Option<String>,
-    /// The target branch is checked out in the repository and its files were brought
-    /// along (false: not checked out there, or see `warning`).
-    checkout_updated: bool,
-    /// Something the person should do (the checkout held local changes in the way).
-    warning: Option<String>,
-}
-
 macro_rules! decision_path {
     ($path:literal, $id:literal, $summary:literal, $description:literal, $item:item) => {
         #[utoipa::path(
@@ -247,51 +226,17 @@ decision_path!(
         extract::Body(body): extract::Body,
     ) -> Result<Json<Decided>, ApiError> {
         let decide: Decide = super::tasks::optional_body(&body)?;
-        let worktree = active_here(&state, project.as_str(), session.as_str()).await?;
-        let chosen = chosen(&state, &worktree, decide.ids.as_deref()).await?;
-        let files: Vec<_> = chosen.iter().map(PendingChange::file_change).collect();
-        let message = decide.message.unwrap_or_else(|| {
-            let paths: Vec<&str> = chosen.iter().map(|c| c.path.as_str()).collect();
-            format!(
-                "Apply {} change(s) of session {} (turnq)\n\n{}",
-                chosen.len(),
-                worktree.session_id,
-                paths.join("\n")
-            )
-        });
-        if message.contains('\0') {
-            return Err(ApiError::bad_request("message contains U+0000"));
-        }
-        let repo = Path::new(&worktree.repo);
-        let branch = &worktree.target_branch;
-        let before = workspace::branch_tip(repo, branch)
-            .await
-            .map_err(git_error)?;
-        let commit = workspace::apply(repo, branch, &files, &message)
-            .await
-            .map_err(git_error)?;
-        let (checkout_updated, warning) =
-            match workspace::sync_checkout(repo, branch, &before, &commit).await {
-                Ok(updated) => (updated, None),
-                Err(e) => (false, Some(e.to_string())),
-            };
         let by = caller.map(|axum::Extension(c)| c.0);
-        let ids: Vec<Uuid> = chosen.iter().map(|c| c.id).collect();
-        let changes = WorkspaceStore::decide(
-            state.db(),
-            &ids,
-            Decision::Applied,
+        let decided = workspace_ops::apply(
+            &state,
+            project.as_str(),
+            session.as_str(),
+            decide.ids.as_deref(),
+            decide.message,
             by.as_deref(),
-            Some(&commit),
         )
         .await?;
-        Ok(Json(Decided {
-            changes,
-            commit_sha: Some(commit),
-            branch: Some(branch.clone()),
-            checkout_updated,
-            warning,
-        }))
+        Ok(Json(decided))
     }
 );
 
@@ -308,22 +253,16 @@ decision_path!(
         extract::Body(body): extract::Body,
     ) -> Result<Json<Decided>, ApiError> {
         let decide: Decide = super::tasks::optional_body(&body)?;
-        let worktree = WorkspaceStore::active(state.db(), project.as_str(), session.as_str())
-            .await?
-            .ok_or_else(|| no_worktree(project.as_str(), session.as_str()))?;
-        let chosen = chosen(&state, &worktree, decide.ids.as_deref()).await?;
         let by = caller.map(|axum::Extension(c)| c.0);
-        let ids: Vec<Uuid> = chosen.iter().map(|c| c.id).collect();
-        let changes =
-            WorkspaceStore::decide(state.db(), &ids, Decision::Rejected, by.as_deref(), None)
-                .await?;
-        Ok(Json(Decided {
-            changes,
-            commit_sha: None,
-            branch: None,
-            checkout_updated: false,
-            warning: None,
-        }))
+        let decided = workspace_ops::reject(
+            &state,
+            project.as_str(),
+            session.as_str(),
+            decide.ids.as_deref(),
+            by.as_deref(),
+        )
+        .await?;
+        Ok(Json(decided))
     }
 );
 
@@ -341,30 +280,16 @@ decision_path!(
         extract::Body(body): extract::Body,
     ) -> Result<Json<Decided>, ApiError> {
         let decide: Decide = super::tasks::optional_body(&body)?;
-        let worktree = active_here(&state, project.as_str(), session.as_str()).await?;
-        idle(&state, &worktree).await?;
-        let chosen = chosen(&state, &worktree, decide.ids.as_deref()).await?;
-        for change in &chosen {
-            workspace::revert(
-                Path::new(&worktree.path),
-                &worktree.base_commit,
-                &change.path,
-            )
-            .await
-            .map_err(git_error)?;
-        }
         let by = caller.map(|axum::Extension(c)| c.0);
-        let ids: Vec<Uuid> = chosen.iter().map(|c| c.id).collect();
-        let changes =
-            WorkspaceStore::decide(state.db(), &ids, Decision::Reverted, by.as_deref(), None)
-                .await?;
-        Ok(Json(Decided {
-            changes,
-            commit_sha: None,
-            branch: None,
-            checkout_updated: false,
-            warning: None,
-        }))
+        let decided = workspace_ops::revert(
+            &state,
+            project.as_str(),
+            session.as_str(),
+            decide.ids.as_deref(),
+            by.as_deref(),
+        )
+        .await?;
+        Ok(Json(decided))
     }
 );
 
@@ -405,14 +330,6 @@ pub(super) async fn checkpoints(
     Ok(Json(CheckpointList { checkpoints }))
 }
 
-/// What a restore did.
-#[derive(Serialize, ToSchema)]
-pub(super) struct Restored {
-    checkpoint: Checkpoint,
-    /// Transcript entries written after the checkpoint, now hidden from `load`.
-    entries_hidden: u64,
-}
-
 #[utoipa::path(
     post,
     path = "/v1/checkpoints/{id}/restore",
@@ -442,147 +359,8 @@ pub(super) async fn restore(
     extract::Path(id): extract::Path<Uuid>,
     caller: Option<axum::Extension<Caller>>,
 ) -> Result<Json<Restored>, ApiError> {
-    let checkpoint = WorkspaceStore::checkpoint(state.db(), id).await?;
-    let worktree = match checkpoint.worktree_id {
-        Some(worktree) => WorkspaceStore::worktree(state.db(), worktree).await?,
-        None => return Err(conflict("the checkpoint's worktree no longer exists")),
-    };
-    if worktree.status != "active" {
-        return Err(conflict(format!(
-            "the checkpoint's worktree {} is {}: restore a checkpoint of the session's active worktree",
-            worktree.id, worktree.status
-        )));
-    }
-    reachable(&worktree)?;
-    idle(&state, &worktree).await?;
-    workspace::restore(Path::new(&worktree.path), &checkpoint.commit_sha)
-        .await
-        .map_err(git_error)?;
     let by = caller.map(|axum::Extension(c)| c.0);
-    let entries_hidden =
-        WorkspaceStore::record_restore(state.db(), &checkpoint, by.as_deref()).await?;
-    Ok(Json(Restored {
-        checkpoint,
-        entries_hidden,
-    }))
-}
-
-/// The session's active worktree, which this API process must be able to reach.
-async fn active_here(state: &AppState, project: &str, session: &str) -> Result<Worktree, ApiError> {
-    let worktree = WorkspaceStore::active(state.db(), project, session)
-        .await?
-        .ok_or_else(|| no_worktree(project, session))?;
-    reachable(&worktree)?;
-    Ok(worktree)
-}
-
-fn reachable(worktree: &Worktree) -> Result<(), ApiError> {
-    if Path::new(&worktree.repo).is_dir() && Path::new(&worktree.path).is_dir() {
-        return Ok(());
-    }
-    Err(conflict(format!(
-        "the worktree {} lives on host {} and this API process cannot reach {} from here: \
-         call an API process on that host (or put the repositories on shared storage)",
-        worktree.id, worktree.host, worktree.path
-    )))
-}
-
-/// Refuses while a turn of the worktree's session runs: it may be writing the files.
-async fn idle(state: &AppState, worktree: &Worktree) -> Result<(), ApiError> {
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
-    let running: Option<Uuid> = tasks::Entity::find()
-        .select_only()
-        .column(tasks::Column::Id)
-        .filter(tasks::Column::Project.eq(worktree.project.as_str()))
-        .filter(tasks::Column::SessionId.eq(worktree.session_id.as_str()))
-        .filter(tasks::Column::State.eq(TaskState::Running))
-        .into_tuple()
-        .one(state.db())
-        .await
-        .map_err(Error::from)?;
-    match running {
-        Some(task) => Err(conflict(format!(
-            "task {task} of the session is running in the worktree: wait for its turn to end"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// The chosen changes of the worktree, each pending; all of them when `ids` is absent.
-async fn chosen(
-    state: &AppState,
-    worktree: &Worktree,
-    ids: Option<&[Uuid]>,
-) -> Result<Vec<PendingChange>, ApiError> {
-    let pending =
-        WorkspaceStore::changes(state.db(), &worktree.project, &worktree.session_id, None).await?;
-    let chosen: Vec<PendingChange> = match ids {
-        None => pending
-            .into_iter()
-            .filter(|c| c.status == "pending" && c.worktree_id == Some(worktree.id))
-            .collect(),
-        Some([]) => {
-            return Err(ApiError::bad_request(
-                "ids is empty: name at least one change",
-            ));
-        }
-        Some(ids) => {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let Some(change) = pending.iter().find(|c| c.id == *id) else {
-                    return Err(ApiError::bad_request(format!(
-                        "change {id} is not a change of session {}",
-                        worktree.session_id
-                    )));
-                };
-                if change.status != "pending" || change.worktree_id != Some(worktree.id) {
-                    return Err(ApiError::bad_request(format!(
-                        "change {id} to {} is {}, not pending in the active worktree",
-                        change.path, change.status
-                    )));
-                }
-                if !out.iter().any(|c: &PendingChange| c.id == *id) {
-                    out.push(change.clone());
-                }
-            }
-            out
-        }
-    };
-    if chosen.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "session {} has no pending changes",
-            worktree.session_id
-        )));
-    }
-    Ok(chosen)
-}
-
-fn no_worktree(project: &str, session: &str) -> ApiError {
-    ApiError::not_found(format!(
-        "session {session} of project {project} has no active worktree"
+    Ok(Json(
+        workspace_ops::restore(&state, id, by.as_deref()).await?,
     ))
-}
-
-fn conflict(message: impl Into<String>) -> ApiError {
-    ApiError::new(axum::http::StatusCode::CONFLICT, "conflict", message)
-}
-
-fn git_error(e: WorkspaceError) -> ApiError {
-    match e {
-        WorkspaceError::PathRefused { .. } | WorkspaceError::InvalidName { .. } => {
-            ApiError::bad_request(e.to_string())
-        }
-        WorkspaceError::Conflict { .. } => conflict(e.to_string()),
-        WorkspaceError::OutsideRoots { .. } | WorkspaceError::NotARepository { .. } => {
-            conflict(e.to_string())
-        }
-        other => {
-            tracing::error!(error = %other, "a git operation failed");
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "git_failed",
-                other.to_string(),
-            )
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! The UI's actions: POST forms that check the viewer's scope as the JSON routes do,
 //! change state through the same `turnq-core` stores (each change an event), and
-//! redirect back (post/redirect/get), so they work without JavaScript.
+//! redirect back (post/redirect/get), so they work without JavaScript. Decisions on a
+//! session's workspace go through [`crate::workspace_ops`], as the JSON routes' do.
 
 use axum::{
     body::Bytes,
@@ -17,20 +18,25 @@ use turnq_core::{
     auth::Scope,
     metrics as names,
     queue::QueueStore,
+    session::{ProjectKey, SessionId},
     task::{NewTaskRequest, RequestKind, ResponseRequest, Task, TaskFilter, TaskState, TaskStore},
     time,
+    workspace::WorkspaceStore,
 };
+use uuid::Uuid;
 
 use super::{
     error::PageError,
     layout,
     pages::tasks::{filter_from, filter_pairs},
     request::{self, Back},
+    review,
     viewer::Viewer,
 };
 use crate::{
     AppState,
     routes::{count_retry_by_person, count_task},
+    workspace_ops,
 };
 
 /// The most tasks one bulk action changes; more matching ones need another run.
@@ -495,4 +501,153 @@ fn confirm_page(
         }
     };
     layout::page("Confirm", viewer, layout::Nav::Tasks, None, body)
+}
+
+/// `POST /ui/sessions/{project}/{session}/changes/{apply|reject|revert}`: the ticked
+/// pending changes (`id`, repeated), or every pending one with `all=yes` (the "Apply
+/// all" button), decided by the viewer through [`workspace_ops`], as the JSON route
+/// would. Back to the session's workspace; an apply whose commit landed but left the
+/// repository's checkout behind says so on a page of its own first.
+pub(super) async fn on_changes(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((project, session, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let project = ProjectKey::new(project)?;
+    let session = SessionId::new(session)?;
+    let back = format!(
+        "{}#workspace",
+        review::session_href(project.as_str(), session.as_str())
+    );
+    let refuse = |e: PageError| e.with_back(&back, "Back to the session");
+    let (verb, done) = match action.as_str() {
+        "apply" => ("apply", "applied"),
+        "reject" => ("reject", "rejected"),
+        "revert" => ("revert", "reverted"),
+        other => {
+            return Err(refuse(PageError::new(
+                StatusCode::NOT_FOUND,
+                format!("there is no change action {other:?}: use apply, reject or revert"),
+            )));
+        }
+    };
+    let form = viewer
+        .form(&headers, &body, Scope::Submit)
+        .map_err(refuse)?;
+    let ids = form
+        .all("id")
+        .map(|raw| {
+            raw.parse::<Uuid>().map_err(|_| {
+                refuse(PageError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("change id {raw:?} is not a UUID"),
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let all = form.get("all") == Some("yes");
+    if ids.is_empty() && !all {
+        return Err(refuse(PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "no change was selected: tick the changes to {verb}{}; nothing was {done}",
+                if verb == "apply" {
+                    ", or use \"Apply all\""
+                } else {
+                    ""
+                }
+            ),
+        )));
+    }
+    let chosen = (!all).then_some(ids.as_slice());
+    let by = Some(viewer.token.name.as_str());
+    let (project, session) = (project.as_str(), session.as_str());
+    let decided = match verb {
+        "apply" => workspace_ops::apply(&state, project, session, chosen, None, by).await,
+        "reject" => workspace_ops::reject(&state, project, session, chosen, by).await,
+        _ => workspace_ops::revert(&state, project, session, chosen, by).await,
+    }
+    .map_err(|e| refuse(e.into()))?;
+    let Some(warning) = decided.warning else {
+        return Ok(Redirect::to(&back).into_response());
+    };
+    // The commit is on the branch, but the person's checkout did not follow: they must
+    // know before they go on working there.
+    let body = html! {
+        div.result {
+            h1 { "Applied " (decided.changes.len()) " change" @if decided.changes.len() != 1 { "s" } }
+            p {
+                "Commit " @if let Some(sha) = &decided.commit_sha { (review::short_sha(sha)) }
+                " is on " code { (decided.branch.as_deref().unwrap_or_default()) } "."
+            }
+            p.alert { strong { "The repository's checkout was not updated: " } (warning) }
+            p { a href=(back) { "Back to the session" } }
+        }
+    };
+    Ok(layout::page("Applied", &viewer, layout::Nav::Sessions, None, body).into_response())
+}
+
+/// `POST /ui/checkpoints/{id}/restore`: first a page saying what a restore does (files
+/// back, transcript rewound, the agent's conversation started afresh); with
+/// `confirm=yes` (its button) the restore itself, through [`workspace_ops::restore`],
+/// then back to the session's workspace.
+pub(super) async fn restore(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let id: Uuid = id.parse().map_err(|_| {
+        PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!("checkpoint id {id:?} is not a UUID"),
+        )
+    })?;
+    let checkpoint = WorkspaceStore::checkpoint(state.db(), id).await?;
+    let session_page = review::session_href(&checkpoint.project, &checkpoint.session_id);
+    let back = format!("{session_page}#workspace");
+    let refuse = |e: PageError| e.with_back(&back, "Back to the session");
+    let form = viewer
+        .form(&headers, &body, Scope::Submit)
+        .map_err(refuse)?;
+    if form.get("confirm") != Some("yes") {
+        let action = format!("/ui/checkpoints/{id}/restore");
+        let body = html! {
+            div.confirm {
+                h1 { "Restore session " code { (checkpoint.session_id) } " to this checkpoint?" }
+                dl.grid2 {
+                    dt { "Checkpoint" } dd { (review::checkpoint_label(&checkpoint)) }
+                    dt { "Taken" } dd { (layout::time(&checkpoint.created_at)) }
+                    dt { "Commit" } dd { (review::short_sha(&checkpoint.commit_sha)) }
+                    @if let Some(task) = checkpoint.task_id {
+                        dt { "Before task" } dd { a href=(format!("/tasks/{task}")) { (layout::short_id(&task.to_string())) } }
+                    }
+                }
+                ul {
+                    li { "The worktree's files go back to what they were then; files written since are removed." }
+                    li { "The session's transcript is rewound to then (later entries are hidden, not deleted)." }
+                    li { "The agent's conversation is closed: its next turn starts afresh from the rewound transcript." }
+                    li { "Commits already applied onto the project branch stay." }
+                }
+                form method="post" action=(action) {
+                    (layout::csrf(&viewer))
+                    input type="hidden" name="confirm" value="yes";
+                    button.danger type="submit" { "Yes, restore" }
+                    " "
+                    a href=(back) { "No, go back" }
+                }
+            }
+        };
+        return Ok(
+            layout::page("Confirm", &viewer, layout::Nav::Sessions, None, body).into_response(),
+        );
+    }
+    let by = Some(viewer.token.name.as_str());
+    workspace_ops::restore(&state, id, by)
+        .await
+        .map_err(|e| refuse(e.into()))?;
+    Ok(Redirect::to(&back).into_response())
 }

@@ -12,8 +12,11 @@
 //!   renders HTML with maud. Pages never call the JSON routes; they share the stores.
 //! - [`request`]: what a blocked task asks a person (a permission, a question, a plan,
 //!   a text, or a wait on sub-tasks), as a form fitting its kind, and the answer.
+//! - [`review`]: a session's workspace on its page: the worktree, pending changes as
+//!   diffs with the forms that apply, reject or revert them, decided changes, and
+//!   checkpoints to restore.
 //! - [`actions`]: the POST forms (retry, cancel, approve, answer a request, run again,
-//!   submit, bulk, pause/resume), each checking the viewer's scope as the JSON route would, then
+//!   submit, bulk, pause/resume, decide changes, restore a checkpoint), each checking the viewer's scope as the JSON route would, then
 //!   redirecting back (post/redirect/get), so every action works without JavaScript;
 //!   picking an arena's winner too.
 //! - [`assets`]: the stylesheet, script and icon in `api/ui/`, compiled into the binary.
@@ -30,6 +33,7 @@ mod error;
 mod layout;
 mod pages;
 mod request;
+mod review;
 mod signin;
 pub(crate) mod viewer;
 
@@ -74,6 +78,11 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ui/tasks/{id}/{action}", post(actions::on_task))
         .route("/ui/queues/{name}/{action}", post(actions::on_queue))
         .route("/ui/arenas/{id}/winner", post(actions::pick_winner))
+        .route(
+            "/ui/sessions/{project}/{session}/changes/{action}",
+            post(actions::on_changes),
+        )
+        .route("/ui/checkpoints/{id}/restore", post(actions::restore))
         .route("/assets/{name}", get(assets::serve))
         .layer(middleware::from_fn(security_headers))
 }

@@ -1,5 +1,7 @@
 //! `/sessions`: per project, its sessions; a session's turns (the tasks that ran in
-//! it, with their usage and cost) and its transcript, rendered as a conversation.
+//! it, with their usage and cost), its workspace when its tasks name a repository (the
+//! worktree, pending changes to review, checkpoints: [`crate::ui::review`]) and its
+//! transcript, rendered as a conversation.
 
 use std::collections::HashMap;
 
@@ -10,6 +12,7 @@ use turnq_core::{
     session::{ProjectKey, SessionId, SessionKey, SessionStore},
     stats::{UsageRow, UsageStats},
     task::{TaskFilter, TaskStore},
+    workspace::WorkspaceStore,
 };
 
 use super::input_preview;
@@ -19,8 +22,10 @@ use crate::{
         error::PageError,
         layout::{self, Nav},
         pages::overview::enc,
+        review::{self, Workspace},
         viewer::{Form, Viewer},
     },
+    workspace_ops,
 };
 
 /// The most projects and turns a page lists.
@@ -121,7 +126,7 @@ fn usage_cells(usage: Option<&UsageRow>) -> Markup {
     }
 }
 
-/// `/sessions/{project}/{session}`: the session's turns and transcript.
+/// `/sessions/{project}/{session}`: the session's turns, workspace and transcript.
 pub(crate) async fn transcript(
     State(state): State<AppState>,
     viewer: Viewer,
@@ -149,6 +154,19 @@ pub(crate) async fn transcript(
             c + task.usage.cost_usd,
         )
     });
+    let worktrees = WorkspaceStore::of_session(state.db(), &project, &session).await?;
+    let (changes, checkpoints) = if worktrees.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            WorkspaceStore::changes(state.db(), &project, &session, None).await?,
+            WorkspaceStore::checkpoints(state.db(), &project, &session).await?,
+        )
+    };
+    let reachable = worktrees
+        .iter()
+        .find(|w| w.status == "active")
+        .is_some_and(|w| workspace_ops::reachable(w).is_ok());
     let stream = layout::stream(&state, &[("project", &project), ("session", &session)]);
     let body = html! {
         h1 { "Session " code { (session) } }
@@ -173,6 +191,18 @@ pub(crate) async fn transcript(
                         }
                     } }
                 } }
+            }
+        }
+        @if !worktrees.is_empty() {
+            section data-live="workspace" #workspace {
+                (review::section(&viewer, &Workspace {
+                    project: &project,
+                    session: &session,
+                    worktrees: &worktrees,
+                    changes: &changes,
+                    checkpoints: &checkpoints,
+                    reachable,
+                }))
             }
         }
         section data-live="transcript" #transcript {

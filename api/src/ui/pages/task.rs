@@ -1,7 +1,8 @@
 //! `/tasks/{id}`: a task's whole story: what it asks a person (with the form to answer)
 //! or how it was answered, every field, its sub-tasks and theirs, its attempts, the
 //! event timeline (failures only on demand, runs of output collapsed), its output live
-//! while it runs, and the session transcript it belongs to.
+//! while it runs, the changes its turns proposed in its session's worktree (counted,
+//! linked to the session's workspace), and the session transcript it belongs to.
 
 use axum::extract::{RawQuery, State};
 use maud::{Markup, html};
@@ -13,6 +14,7 @@ use turnq_core::{
     session::{ProjectKey, SessionId, SessionKey, SessionStore},
     task::{RequestKind, Task, TaskState, TaskStore},
     time::Timestamp,
+    workspace::{PendingChange, WorkspaceStore},
 };
 
 use super::sessions::transcript_entries;
@@ -122,6 +124,10 @@ pub(crate) async fn page(
         },
         None => None,
     };
+    let changes = match &task.session_id {
+        Some(_) => WorkspaceStore::changes_of_task(state.db(), id.0).await?,
+        None => Vec::new(),
+    };
     let failures_only = form.get("events") == Some("failures");
     let body = render(
         &viewer,
@@ -131,6 +137,7 @@ pub(crate) async fn page(
             tasks: &tree[1..],
             truncated: tree_truncated,
         },
+        &changes,
         transcript.as_deref(),
         failures_only,
     );
@@ -148,6 +155,7 @@ fn render(
     task: &Task,
     events: &[RecordedEvent],
     tree: &Tree,
+    changes: &[PendingChange],
     transcript: Option<&[Value]>,
     failures_only: bool,
 ) -> Markup {
@@ -196,6 +204,14 @@ fn render(
                     @if let Some(s) = &task.session_id {
                         a href=(format!("/sessions/{}/{}", enc(&task.project), enc(s))) { (s) }
                     } @else { span.muted { "none" } }
+                }
+                @if let (Some(s), false) = (&task.session_id, changes.is_empty()) {
+                    dt { "Changes" } dd #changes {
+                        a href=(format!("/sessions/{}/{}#workspace", enc(&task.project), enc(s))) {
+                            (changes.len()) " file change" @if changes.len() != 1 { "s" } " proposed"
+                        }
+                        " " span.muted { "(" (change_summary(changes)) ")" }
+                    }
                 }
                 dt { "Priority" } dd { (task.priority) }
                 dt { "Attempt" } dd { (task.attempt) " of " (task.max_attempts) }
@@ -295,6 +311,18 @@ fn render(
             }
         }
     }
+}
+
+/// How a task's changes stand: "1 pending, 2 applied".
+fn change_summary(changes: &[PendingChange]) -> String {
+    ["pending", "applied", "rejected", "reverted", "superseded"]
+        .iter()
+        .filter_map(|status| {
+            let n = changes.iter().filter(|c| c.status == *status).count();
+            (n > 0).then(|| format!("{n} {status}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The actions `viewer` may take on `task` in its state.

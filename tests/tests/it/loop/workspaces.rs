@@ -6,83 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
-use turnq_tests::TestApp;
-
-/// A scratch directory holding a repository root (`repos/`) and worktrees (`wt-*`).
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Scratch {
-    fn new() -> Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("turnq-ws-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(dir.join("repos"))?;
-        // Canonical, as the worker compares repositories with their real paths.
-        let dir = dir.canonicalize()?;
-        Ok(Scratch { dir })
-    }
-
-    fn roots(&self) -> String {
-        self.dir.join("repos").display().to_string()
-    }
-
-    fn worktrees(&self, host: &str) -> String {
-        self.dir.join(format!("wt-{host}")).display().to_string()
-    }
-
-    /// A repository on `main` with `README.md` and `src/lib.rs` committed.
-    fn repo(&self, name: &str) -> Result<PathBuf> {
-        let repo = self.dir.join("repos").join(name);
-        std::fs::create_dir_all(repo.join("src"))?;
-        git(&repo, &["init", "-q", "-b", "main"])?;
-        std::fs::write(repo.join("README.md"), "# demo\n")?;
-        std::fs::write(repo.join("src/lib.rs"), "pub fn answer() -> u32 { 41 }\n")?;
-        git(&repo, &["add", "-A"])?;
-        git(&repo, &["commit", "-q", "-m", "start"])?;
-        Ok(repo)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new("git")
-        .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
-        .args(args)
-        .current_dir(dir)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
-
-async fn app_with_worker(scratch: &Scratch, host: &str) -> Result<TestApp> {
-    let mut app = TestApp::spawn_without_workers().await?;
-    let (roots, worktrees) = (scratch.roots(), scratch.worktrees(host));
-    app.start_worker(&[
-        "--host",
-        host,
-        "--repo-roots",
-        &roots,
-        "--worktree-dir",
-        &worktrees,
-    ])
-    .await?;
-    Ok(app)
-}
-
-/// A task writing (or deleting, `null`) `files` in session `session`'s worktree.
-fn coding(repo: &Path, session: &str, files: Value) -> Value {
-    json!({"repo": repo.display().to_string(), "session_id": session,
-           "input": {"script": {"files": files, "chunks": ["edited"]}}})
-}
+use turnq_tests::{
+    TestApp,
+    repos::{Scratch, app_with_worker, coding, git},
+};
 
 async fn run(app: &TestApp, body: Value, state: &str) -> Result<Value> {
     let task = app.submit(body).await?;

@@ -1,15 +1,17 @@
 //! The UI in a real headless Chromium: sign in, watch tasks appear and finish live,
 //! follow a long task's output, cancel it, retry a failure from the inbox, bulk retry a
-//! filter, read-only access, and the keyboard. Screenshots of every page land in
+//! filter, read-only access, the keyboard, answering requests, and reviewing a coding
+//! turn's changes in a real git repository. Screenshots of every page land in
 //! `$TURNQ_TEST_ARTEFACTS` (with `TURNQ_UPDATE_SNAPSHOTS=1`, the README's two are
 //! refreshed in `docs/screenshots/`).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use turnq_core::auth::Scope;
 use turnq_tests::{
     TestApp,
     browser::{Browser, ENTER},
+    repos::{Scratch, app_with_worker, coding, git},
 };
 
 use super::token;
@@ -489,6 +491,187 @@ async fn an_operator_compares_an_arena_side_by_side_and_picks_its_winner() -> Re
         std::fs::copy(
             turnq_tests::browser::artefacts()?.join("arena.png"),
             docs.join("arena.png"),
+        )?;
+    }
+    drop(browser);
+    app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_reviews_a_coding_turns_changes_in_a_real_browser() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let repo = scratch.repo("demo")?;
+    let app = app_with_worker(&scratch, "box-a").await?;
+    let turn = app
+        .submit(coding(
+            &repo,
+            "s1",
+            json!({
+                "src/lib.rs": "/// The answer, at last.\npub fn answer() -> u32 {\n    42\n}\n",
+                "NOTES.md": "# Notes\n\n- the answer is 42 now\n- see src/lib.rs\n",
+            }),
+        ))
+        .await?;
+    let turn = id_of(&turn);
+    app.wait_for_state(&turn, "completed").await?;
+    // A second turn, for a second checkpoint (it changes nothing new).
+    let again = app
+        .submit(coding(
+            &repo,
+            "s1",
+            json!({"NOTES.md": "# Notes\n\n- the answer is 42 now\n- see src/lib.rs\n"}),
+        ))
+        .await?;
+    app.wait_for_state(&id_of(&again), "completed").await?;
+
+    let browser = Browser::start().await?;
+    sign_in(&browser, &app, app.token()).await?;
+
+    // The task links its changes to the session's workspace.
+    browser.goto(&app.url(&format!("/tasks/{turn}"))).await?;
+    let link = browser.wait_for("#changes a").await?;
+    browser
+        .wait_for_text("#changes", "2 file changes proposed")
+        .await?;
+    browser.click(&link).await?;
+
+    // The session page shows the worktree, each change as a diff, and the checkpoints.
+    browser.wait_for_text("#workspace", "box-a").await?;
+    let file = |path: &str| format!("#workspace li.change[data-path=\"{path}\"]");
+    browser
+        .wait_for_text(&format!("{} .diff .l.add", file("NOTES.md")), "# Notes")
+        .await?;
+    browser
+        .wait_for_text(
+            &format!("{} .diff .l.del", file("src/lib.rs")),
+            "pub fn answer() -> u32 { 41 }",
+        )
+        .await?;
+    browser
+        .wait_for_text(&format!("{} .badge", file("src/lib.rs")), "edit")
+        .await?;
+    assert_eq!(
+        browser
+            .find_all("#workspace table.checkpoints tbody tr")
+            .await?
+            .len(),
+        2,
+        "one checkpoint before each turn"
+    );
+    // The whole page from its top, taller than the window, for the docs; and dark.
+    browser
+        .post_raw("/window/rect", json!({"width": 1360, "height": 1500}))
+        .await?;
+    browser.goto(&app.url("/sessions/default/s1")).await?;
+    browser.wait_for_text("#workspace", "NOTES.md").await?;
+    browser.screenshot("session-review").await?;
+    browser
+        .execute("document.documentElement.dataset.theme = 'dark'; return null")
+        .await?;
+    browser.screenshot("session-review-dark").await?;
+    browser
+        .post_raw("/window/rect", json!({"width": 1360, "height": 1000}))
+        .await?;
+    browser
+        .goto(&app.url("/sessions/default/s1#workspace"))
+        .await?;
+
+    // Apply one change: a commit on main holds it, and the page says it is applied.
+    browser
+        .click(
+            &browser
+                .wait_for(&format!("{} input[name=id]", file("NOTES.md")))
+                .await?,
+        )
+        .await?;
+    browser
+        .click(
+            &browser
+                .wait_for("#review button[formaction$=\"/apply\"]:not([name])")
+                .await?,
+        )
+        .await?;
+    browser
+        .wait_for_text("#workspace table.decided", "applied")
+        .await?;
+    assert_eq!(
+        git(&repo, &["show", "main:NOTES.md"])?,
+        "# Notes\n\n- the answer is 42 now\n- see src/lib.rs"
+    );
+    let commit = git(&repo, &["rev-parse", "main"])?;
+    browser
+        .wait_for_text("#workspace table.decided", &commit[..10])
+        .await?;
+    assert!(
+        browser
+            .url()
+            .await?
+            .ends_with("/sessions/default/s1#workspace")
+    );
+    browser.screenshot("session-review-applied").await?;
+
+    // Reject the other: it is decided, and main does not have it.
+    browser
+        .click(
+            &browser
+                .wait_for(&format!("{} input[name=id]", file("src/lib.rs")))
+                .await?,
+        )
+        .await?;
+    browser
+        .click(
+            &browser
+                .wait_for("#review button[formaction$=\"/reject\"]")
+                .await?,
+        )
+        .await?;
+    browser
+        .wait_for_text("#workspace", "No change waits for a decision.")
+        .await?;
+    browser
+        .wait_for_text("#workspace table.decided", "rejected")
+        .await?;
+    assert_eq!(
+        git(&repo, &["show", "main:src/lib.rs"])?,
+        "pub fn answer() -> u32 { 41 }"
+    );
+    assert_eq!(git(&repo, &["rev-parse", "main"])?, commit, "no new commit");
+
+    // Restore the oldest checkpoint, after a page that says what that does: the
+    // worktree's files are back as before the first turn.
+    let (_, worktrees) = app.get("/v1/sessions/default/s1/worktree").await?;
+    let path = std::path::PathBuf::from(worktrees["active"]["path"].as_str().context("path")?);
+    assert!(path.join("NOTES.md").exists());
+    let restores = browser
+        .find_all("#workspace form[action$=\"/restore\"] button")
+        .await?;
+    browser
+        .click(restores.last().context("a restore button")?)
+        .await?;
+    browser
+        .wait_for_text(".confirm h1", "Restore session")
+        .await?;
+    browser.screenshot("restore-confirm").await?;
+    browser
+        .click(&browser.wait_for(".confirm button.danger").await?)
+        .await?;
+    browser.wait_for_text("#workspace", "Checkpoints").await?;
+    assert!(
+        !path.join("NOTES.md").exists(),
+        "restored to before the first turn"
+    );
+    assert_eq!(
+        std::fs::read_to_string(path.join("src/lib.rs"))?,
+        "pub fn answer() -> u32 { 41 }\n"
+    );
+
+    if std::env::var_os("TURNQ_UPDATE_SNAPSHOTS").is_some() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        std::fs::create_dir_all(&docs)?;
+        let shots = turnq_tests::browser::artefacts()?;
+        std::fs::copy(
+            shots.join("session-review.png"),
+            docs.join("session-review.png"),
         )?;
     }
     drop(browser);

@@ -1,8 +1,9 @@
-//! The web UI: its pages over plain HTTP (`pages`), and in a real headless Chromium
-//! (`browser`).
+//! The web UI: its pages over plain HTTP (`pages`), reviewing a session's workspace
+//! over plain HTTP (`review`), and in a real headless Chromium (`browser`).
 
 mod browser;
 mod pages;
+mod review;
 
 use anyhow::{Context, Result, anyhow};
 use reqwest::{Client, Response, redirect::Policy};
