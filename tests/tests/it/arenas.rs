@@ -238,8 +238,12 @@ async fn bad_arenas_are_refused_whole_with_a_message_and_write_nothing() -> Resu
             "priority 5000 is out of range",
         ),
         (
-            json!({"input": "x", "contestants": two, "repo": "/src/app"}),
-            "unknown field `repo`",
+            json!({"input": "x", "contestants": two, "reop": "/src/app"}),
+            "unknown field `reop`",
+        ),
+        (
+            json!({"input": "x", "contestants": two, "repo": "src/app"}),
+            "must be an absolute path",
         ),
     ];
     let before = rows(&app).await?;
