@@ -46,7 +46,7 @@ impl TaskStore {
             .into_tuple()
             .all(&txn)
             .await?;
-        let mut ended = 0;
+        let mut writes = Vec::with_capacity(due.len());
         for (id, version, attempt, max_attempts, request) in due {
             let Some(request) =
                 request.and_then(|r| serde_json::from_value::<HumanRequest>(r).ok())
@@ -70,18 +70,9 @@ impl TaskStore {
                     usage: Usage::default(),
                 }),
             };
-            if write(&txn, TaskId(id), on_version(version), &event, metadata, at)
-                .await?
-                .is_some()
-            {
-                ended += 1;
-            }
+            writes.push((id, version, event));
         }
-        if ended > 0 {
-            notify(&txn, CHANNEL_TASKS_NEW, "").await?;
-        }
-        txn.commit().await?;
-        Ok(ended)
+        write_all(txn, writes, metadata, at).await
     }
 
     /// Re-opens parents that wait for their sub-tasks once none of them is pending,
@@ -106,7 +97,7 @@ impl TaskStore {
             .into_tuple()
             .all(&txn)
             .await?;
-        let mut resumed = 0;
+        let mut writes = Vec::with_capacity(ready.len());
         for (id, version, attempt, max_attempts, _) in ready {
             let children = Self::children(&txn, TaskId(id), MAX_CHILDREN).await?;
             let response = Response {
@@ -127,18 +118,9 @@ impl TaskStore {
                 response,
                 max_attempts: max_attempts.max(attempt + 1),
             });
-            if write(&txn, TaskId(id), on_version(version), &event, metadata, at)
-                .await?
-                .is_some()
-            {
-                resumed += 1;
-            }
+            writes.push((id, version, event));
         }
-        if resumed > 0 {
-            notify(&txn, CHANNEL_TASKS_NEW, "").await?;
-        }
-        txn.commit().await?;
-        Ok(resumed)
+        write_all(txn, writes, metadata, at).await
     }
 
     /// Cancels the unfinished sub-tasks of `parent`, and theirs, after the parent was
@@ -173,6 +155,31 @@ impl TaskStore {
         }
         Ok(())
     }
+}
+
+/// Writes each blocked task's event on the version read (a person's answer that
+/// landed first wins), wakes the dispatcher when any was written, and commits. Returns
+/// how many were written.
+async fn write_all(
+    txn: sea_orm::DatabaseTransaction,
+    writes: Vec<(Uuid, i64, TaskEvent)>,
+    metadata: &Value,
+    at: crate::time::Timestamp,
+) -> Result<usize> {
+    let mut written = 0;
+    for (id, version, event) in writes {
+        if write(&txn, TaskId(id), on_version(version), &event, metadata, at)
+            .await?
+            .is_some()
+        {
+            written += 1;
+        }
+    }
+    if written > 0 {
+        notify(&txn, CHANNEL_TASKS_NEW, "").await?;
+    }
+    txn.commit().await?;
+    Ok(written)
 }
 
 fn blocked_rows() -> sea_orm::Select<tasks::Entity> {
