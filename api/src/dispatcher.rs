@@ -77,6 +77,11 @@ pub struct DispatcherConfig {
     pub redeliver_after: Duration,
 }
 
+/// A host counts as alive for pinning a session's task to it when one of its workers
+/// was heard from this recently: the default `--lease`, so that a session whose host
+/// crashed (its tasks recovered when their lease ran out) is not pinned to it again.
+const PIN_LIVE: Duration = Duration::from_secs(10);
+
 /// Tasks whose lease expired, recovered per round at most.
 const SWEEP_BATCH: u64 = 500;
 
@@ -235,6 +240,13 @@ async fn sweep(db: DatabaseConnection, every: Duration, shutdown: CancellationTo
                 tracing::warn!(error = %turnq_core::error::chain(&e), "request deadline sweep failed")
             }
         }
+        match TaskStore::cancel_orphans(&db, SWEEP_BATCH, &metadata).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(cancelled = n, "cancelled sub-tasks of cancelled parents"),
+            Err(e) => {
+                tracing::warn!(error = %turnq_core::error::chain(&e), "sub-task cancel sweep failed")
+            }
+        }
         match TaskStore::resume_parents(&db, SWEEP_BATCH, &metadata).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(resumed = n, "re-opened parents whose sub-tasks all ended"),
@@ -349,7 +361,7 @@ async fn push(
     // `--redeliver-after`: pinning reads the live workers now, not the round's cache.
     let fresh;
     let served = if due.iter().any(|t| t.host.is_some()) {
-        fresh = WorkerRegistry::served_pairs(db).await?;
+        fresh = WorkerRegistry::served_pairs_within(db, PIN_LIVE).await?;
         &fresh
     } else {
         served

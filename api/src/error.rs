@@ -91,6 +91,7 @@ impl From<turnq_core::Error> for ApiError {
             E::ArenaDecided { .. } => {
                 Self::new(StatusCode::CONFLICT, "arena_decided", e.to_string())
             }
+            E::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             E::VersionConflict { .. } | E::Fenced { .. } => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }

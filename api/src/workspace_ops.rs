@@ -17,13 +17,8 @@
 use std::path::Path;
 
 use serde::Serialize;
-use turnq_core::{
-    Error,
-    entity::tasks,
-    task::TaskState,
-    workspace::{
-        self, Checkpoint, Decision, PendingChange, WorkspaceError, WorkspaceStore, Worktree,
-    },
+use turnq_core::workspace::{
+    self, Checkpoint, Decision, PendingChange, WorkspaceError, WorkspaceStore, Worktree,
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -79,7 +74,10 @@ pub(crate) async fn apply(
     by: Option<&str>,
 ) -> Result<Decided, ApiError> {
     let worktree = active_here(state, project, session).await?;
-    let chosen = chosen(state, &worktree, ids).await?;
+    // Held until recorded: a change decided or superseded meanwhile cannot end up in
+    // the commit while the database says otherwise.
+    let held = WorkspaceStore::hold(state.db(), &worktree, ids, false).await?;
+    let chosen = held.changes();
     let files: Vec<_> = chosen.iter().map(PendingChange::file_change).collect();
     let message = message.unwrap_or_else(|| {
         let paths: Vec<&str> = chosen.iter().map(|c| c.path.as_str()).collect();
@@ -97,7 +95,13 @@ pub(crate) async fn apply(
     let branch = &worktree.target_branch;
     let before = workspace::branch_tip(repo, branch)
         .await
-        .map_err(git_error)?;
+        .map_err(|e| match e {
+            WorkspaceError::Git { .. } => conflict(format!(
+                "the target branch {branch} is not in the repository {} any more: {e}",
+                worktree.repo
+            )),
+            other => git_error(other),
+        })?;
     let commit = workspace::apply(repo, branch, &files, &message)
         .await
         .map_err(git_error)?;
@@ -106,9 +110,7 @@ pub(crate) async fn apply(
             Ok(updated) => (updated, None),
             Err(e) => (false, Some(e.to_string())),
         };
-    let ids: Vec<Uuid> = chosen.iter().map(|c| c.id).collect();
-    let changes =
-        WorkspaceStore::decide(state.db(), &ids, Decision::Applied, by, Some(&commit)).await?;
+    let changes = held.record(Decision::Applied, by, Some(&commit)).await?;
     Ok(Decided {
         changes,
         commit_sha: Some(commit),
@@ -130,9 +132,8 @@ pub(crate) async fn reject(
     let worktree = WorkspaceStore::active(state.db(), project, session)
         .await?
         .ok_or_else(|| no_worktree(project, session))?;
-    let chosen = chosen(state, &worktree, ids).await?;
-    let ids: Vec<Uuid> = chosen.iter().map(|c| c.id).collect();
-    let changes = WorkspaceStore::decide(state.db(), &ids, Decision::Rejected, by, None).await?;
+    let held = WorkspaceStore::hold(state.db(), &worktree, ids, false).await?;
+    let changes = held.record(Decision::Rejected, by, None).await?;
     Ok(Decided::recorded(changes))
 }
 
@@ -147,19 +148,19 @@ pub(crate) async fn revert(
     by: Option<&str>,
 ) -> Result<Decided, ApiError> {
     let worktree = active_here(state, project, session).await?;
-    idle(state, &worktree).await?;
-    let chosen = chosen(state, &worktree, ids).await?;
-    for change in &chosen {
-        workspace::revert(
-            Path::new(&worktree.path),
-            &worktree.base_commit,
-            &change.path,
-        )
+    // No turn may start while the files change (its claim waits for the lock).
+    let held = WorkspaceStore::hold(state.db(), &worktree, ids, true).await?;
+    let path = Path::new(&worktree.path);
+    for change in held.changes() {
+        workspace::revert(path, &worktree.base_commit, &change.path)
+            .await
+            .map_err(git_error)?;
+    }
+    // Onto the session's branch, which carries the work to any host.
+    workspace::commit_all(path, "turnq: reverted changes")
         .await
         .map_err(git_error)?;
-    }
-    let ids: Vec<Uuid> = chosen.iter().map(|c| c.id).collect();
-    let changes = WorkspaceStore::decide(state.db(), &ids, Decision::Reverted, by, None).await?;
+    let changes = held.record(Decision::Reverted, by, None).await?;
     Ok(Decided::recorded(changes))
 }
 
@@ -182,11 +183,19 @@ pub(crate) async fn restore(
         )));
     }
     reachable(&worktree)?;
-    idle(state, &worktree).await?;
-    workspace::restore(Path::new(&worktree.path), &checkpoint.commit_sha)
+    // No turn may start while the files go back (its claim waits for the lock).
+    let quiet = WorkspaceStore::hold_session(state.db(), &worktree).await?;
+    let path = Path::new(&worktree.path);
+    workspace::restore(path, &checkpoint.commit_sha)
         .await
         .map_err(git_error)?;
-    let entries_hidden = WorkspaceStore::record_restore(state.db(), &checkpoint, by).await?;
+    workspace::commit_all(
+        path,
+        &format!("turnq: restored checkpoint {}", checkpoint.id),
+    )
+    .await
+    .map_err(git_error)?;
+    let entries_hidden = WorkspaceStore::record_restore(quiet, &checkpoint, by).await?;
     Ok(Restored {
         checkpoint,
         entries_hidden,
@@ -216,76 +225,6 @@ pub(crate) fn reachable(worktree: &Worktree) -> Result<(), ApiError> {
          call an API process on that host (or put the repositories on shared storage)",
         worktree.id, worktree.host, worktree.path
     )))
-}
-
-/// Refuses while a turn of the worktree's session runs: it may be writing the files.
-pub(crate) async fn idle(state: &AppState, worktree: &Worktree) -> Result<(), ApiError> {
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
-    let running: Option<Uuid> = tasks::Entity::find()
-        .select_only()
-        .column(tasks::Column::Id)
-        .filter(tasks::Column::Project.eq(worktree.project.as_str()))
-        .filter(tasks::Column::SessionId.eq(worktree.session_id.as_str()))
-        .filter(tasks::Column::State.eq(TaskState::Running))
-        .into_tuple()
-        .one(state.db())
-        .await
-        .map_err(Error::from)?;
-    match running {
-        Some(task) => Err(conflict(format!(
-            "task {task} of the session is running in the worktree: wait for its turn to end"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// The chosen changes of the worktree, each pending; all of them when `ids` is absent.
-async fn chosen(
-    state: &AppState,
-    worktree: &Worktree,
-    ids: Option<&[Uuid]>,
-) -> Result<Vec<PendingChange>, ApiError> {
-    let pending =
-        WorkspaceStore::changes(state.db(), &worktree.project, &worktree.session_id, None).await?;
-    let chosen: Vec<PendingChange> = match ids {
-        None => pending
-            .into_iter()
-            .filter(|c| c.status == "pending" && c.worktree_id == Some(worktree.id))
-            .collect(),
-        Some([]) => {
-            return Err(ApiError::bad_request(
-                "ids is empty: name at least one change",
-            ));
-        }
-        Some(ids) => {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let Some(change) = pending.iter().find(|c| c.id == *id) else {
-                    return Err(ApiError::bad_request(format!(
-                        "change {id} is not a change of session {}",
-                        worktree.session_id
-                    )));
-                };
-                if change.status != "pending" || change.worktree_id != Some(worktree.id) {
-                    return Err(ApiError::bad_request(format!(
-                        "change {id} to {} is {}, not pending in the active worktree",
-                        change.path, change.status
-                    )));
-                }
-                if !out.iter().any(|c: &PendingChange| c.id == *id) {
-                    out.push(change.clone());
-                }
-            }
-            out
-        }
-    };
-    if chosen.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "session {} has no pending changes",
-            worktree.session_id
-        )));
-    }
-    Ok(chosen)
 }
 
 fn no_worktree(project: &str, session: &str) -> ApiError {

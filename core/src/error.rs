@@ -62,6 +62,11 @@ pub enum Error {
         worker: String,
     },
 
+    /// The request does not fit what is there now (a turn of the session is running,
+    /// say); the message says what and what to do.
+    #[error("{0}")]
+    Conflict(String),
+
     /// A stored event or row could not be read back as the domain type.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

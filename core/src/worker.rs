@@ -216,8 +216,16 @@ impl WorkerRegistry {
     pub async fn served_pairs<C: ConnectionTrait>(
         db: &C,
     ) -> Result<std::collections::BTreeSet<(String, String)>> {
-        let cutoff = time::now()
-            - chrono::TimeDelta::from_std(STALE_AFTER).unwrap_or(chrono::TimeDelta::MAX);
+        Self::served_pairs_within(db, STALE_AFTER).await
+    }
+
+    /// [`WorkerRegistry::served_pairs`] of the workers heard from within `within`.
+    pub async fn served_pairs_within<C: ConnectionTrait>(
+        db: &C,
+        within: std::time::Duration,
+    ) -> Result<std::collections::BTreeSet<(String, String)>> {
+        let cutoff =
+            time::now() - chrono::TimeDelta::from_std(within).unwrap_or(chrono::TimeDelta::MAX);
         let live: Vec<(serde_json::Value, serde_json::Value, String)> = workers::Entity::find()
             .select_only()
             .columns([Column::Queues, Column::Agents, Column::Host])

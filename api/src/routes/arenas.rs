@@ -217,15 +217,20 @@ pub(super) async fn pick_winner(
         return Ok(Json(view));
     }
     for loser in view.contestants.iter().filter(|c| !c.winner) {
-        let pending: Vec<uuid::Uuid> = WorkspaceStore::changes_of_task(state.db(), loser.task_id.0)
-            .await?
-            .into_iter()
-            .filter(|c| c.status == "pending")
-            .map(|c| c.id)
-            .collect();
-        if !pending.is_empty() {
-            WorkspaceStore::decide(state.db(), &pending, Decision::Rejected, Some(&by), None)
-                .await?;
+        let Some(session) = &loser.session_id else {
+            continue;
+        };
+        let Some(worktree) = WorkspaceStore::active(state.db(), &view.project, session).await?
+        else {
+            continue;
+        };
+        match WorkspaceStore::hold(state.db(), &worktree, None, false).await {
+            Ok(held) => {
+                held.record(Decision::Rejected, Some(&by), None).await?;
+            }
+            // Nothing pending in that contestant's worktree.
+            Err(turnq_core::Error::Invalid(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(Json(ArenaStore::get(state.db(), id).await?))

@@ -19,7 +19,7 @@ use crate::{
     ApiError, AppState,
     auth::Caller,
     extract::{self, Query},
-    workspace_ops::{self, Decided, Restored, active_here, git_error, idle},
+    workspace_ops::{self, Decided, Restored, active_here, git_error},
 };
 
 /// The worktrees of a session.
@@ -97,14 +97,15 @@ pub(super) async fn archive(
     caller: Option<axum::Extension<Caller>>,
 ) -> Result<Json<Worktree>, ApiError> {
     let worktree = active_here(&state, project.as_str(), session.as_str()).await?;
-    idle(&state, &worktree).await?;
+    // No turn may start in the directory while it goes (its claim waits for the lock).
+    let quiet = WorkspaceStore::hold_session(state.db(), &worktree).await?;
     workspace::remove_worktree(Path::new(&worktree.repo), Path::new(&worktree.path))
         .await
         .map_err(git_error)?;
     let by = caller.map(|axum::Extension(c)| c.0);
-    Ok(Json(
-        WorkspaceStore::archive(state.db(), worktree.id, by.as_deref()).await?,
-    ))
+    let archived = WorkspaceStore::archive(state.db(), worktree.id, by.as_deref()).await?;
+    quiet.commit().await.map_err(turnq_core::Error::from)?;
+    Ok(Json(archived))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -191,6 +191,7 @@ pub(crate) fn changes(event: &TaskEvent, at: Timestamp) -> Vec<(Column, Change)>
             set(Column::MaxAttempts, e.max_attempts),
             set(Column::RunAt, at),
             null_time(Column::QueuedAt),
+            null_time(Column::RequestDeadline),
         ]),
         E::Responded(e) => out.extend([
             state(TaskState::Pending),

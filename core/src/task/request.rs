@@ -124,6 +124,12 @@ impl HumanRequest {
                 "the request's prompt is over {MAX_REQUEST_TEXT} characters"
             ));
         }
+        if self.kind == RequestKind::Children && self.deadline.is_some() {
+            return Err(
+                "a wait on sub-tasks takes no deadline: it ends when they end (cancel them to stop waiting)"
+                    .into(),
+            );
+        }
         if self.options.is_empty() {
             self.options = self.kind.default_options();
         }
@@ -405,5 +411,20 @@ mod tests {
         assert!(bad(RequestKind::Text, " ", &[]).contains("needs a prompt"));
         assert!(bad(RequestKind::Question, "which?", &["a", "a"]).contains("twice"));
         assert!(bad(RequestKind::Question, "wh\0ich?", &["a"]).contains("U+0000"));
+        let with_deadline = HumanRequest {
+            kind: RequestKind::Children,
+            prompt: "waits".into(),
+            options: Vec::new(),
+            tool: None,
+            tool_input: None,
+            deadline: Some(crate::time::now()),
+            on_timeout: OnTimeout::Deny,
+        };
+        assert!(
+            with_deadline
+                .validated()
+                .unwrap_err()
+                .contains("takes no deadline")
+        );
     }
 }

@@ -31,6 +31,12 @@ const CONFIG: &[&str] = &[
     "commit.gpgSign=false",
     "-c",
     "core.hooksPath=/dev/null",
+    // A repository's config can name a program git runs while reading the work tree
+    // (an fsmonitor hook); an agent working there could set one. Filter drivers named
+    // in `.gitattributes` cannot be switched off from the command line: see
+    // docs/operations.md.
+    "-c",
+    "core.fsmonitor=false",
 ];
 
 /// Variables that would make git work on another repository, index or config than the

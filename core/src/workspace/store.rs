@@ -404,12 +404,13 @@ impl WorkspaceStore {
     /// from `load`, never deleted), the session's agent sessions are closed (the next
     /// turn starts a fresh backend conversation from the rewound transcript), and
     /// `checkpoint.restored` is recorded. Returns how many entries were hidden.
+    /// `txn` holds the session quiet ([`WorkspaceStore::hold_session`]) since before
+    /// the files were put back; it commits here.
     pub async fn record_restore(
-        db: &DatabaseConnection,
+        txn: sea_orm::DatabaseTransaction,
         checkpoint: &Checkpoint,
         by: Option<&str>,
     ) -> Result<u64> {
-        let txn = db.begin().await?;
         let at = time::now();
         let project = &checkpoint.project;
         let session = &checkpoint.session_id;
@@ -474,6 +475,18 @@ impl WorkspaceStore {
             .filter(pending_changes::Column::Status.eq("pending"))
             .all(&txn)
             .await?;
+        // A file whose change a person already applied or rejected is still changed
+        // against the base (which never moves): the same diff is that decision, not a
+        // new proposal.
+        let decided: std::collections::BTreeMap<String, String> = pending_changes::Entity::find()
+            .filter(pending_changes::Column::WorktreeId.eq(worktree.id))
+            .filter(pending_changes::Column::Status.is_in(["applied", "rejected"]))
+            .order_by_asc(pending_changes::Column::DecidedAt)
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|row| (row.file_path, row.diff))
+            .collect();
         let mut proposed = Vec::new();
         for old in &pending {
             let now = changes.files.iter().find(|f| f.path == old.file_path);
@@ -485,7 +498,7 @@ impl WorkspaceStore {
             let same = pending
                 .iter()
                 .any(|old| old.file_path == file.path && old.diff == file.diff);
-            if same {
+            if same || decided.get(&file.path) == Some(&file.diff) {
                 continue;
             }
             let row = pending_changes::ActiveModel {
@@ -587,46 +600,121 @@ impl WorkspaceStore {
             .ok_or_else(|| Error::NotFound(format!("worktree {id} does not exist")))
     }
 
-    /// Records a person's decision on pending changes, all or none: each must still be
-    /// pending (a change decided or superseded meanwhile refuses the whole decision).
-    pub async fn decide(
+    /// Holds pending changes of `worktree` for a person's decision: the chosen ones
+    /// (`ids`; `None`: every pending one), each of which must be pending, locked until
+    /// [`Held::record`] or drop. With `quiet_session`, also the session's open tasks,
+    /// none of which may be running: a turn cannot start (its claim waits) while the
+    /// worktree's files are changed. Git runs while it is held, so a change decided or
+    /// superseded meanwhile, or a turn starting, cannot slip between the git step and
+    /// its record.
+    pub async fn hold(
         db: &DatabaseConnection,
-        ids: &[Uuid],
+        worktree: &Worktree,
+        ids: Option<&[Uuid]>,
+        quiet_session: bool,
+    ) -> Result<Held> {
+        let txn = db.begin().await?;
+        if quiet_session {
+            quiet(&txn, worktree).await?;
+        }
+        if ids.is_some_and(<[Uuid]>::is_empty) {
+            return Err(Error::Invalid(
+                "ids is empty: name at least one change".into(),
+            ));
+        }
+        let mut query = pending_changes::Entity::find()
+            .filter(pending_changes::Column::WorktreeId.eq(worktree.id))
+            .filter(pending_changes::Column::Status.eq("pending"));
+        if let Some(ids) = ids {
+            query = query.filter(pending_changes::Column::Id.is_in(ids.iter().copied()));
+        }
+        let rows = query
+            .order_by_asc(pending_changes::Column::FilePath)
+            .lock(sea_orm::sea_query::LockType::Update)
+            .all(&txn)
+            .await?;
+        if let Some(ids) = ids
+            && let Some(missing) = ids.iter().find(|id| !rows.iter().any(|r| r.id == **id))
+        {
+            let why = match Self::change(&txn, *missing).await {
+                Ok(c) if c.session_id != worktree.session_id || c.project != worktree.project => {
+                    format!(
+                        "change {missing} is not a change of session {}",
+                        worktree.session_id
+                    )
+                }
+                Ok(c) => format!(
+                    "change {missing} to {} is {}, not pending in the active worktree",
+                    c.path, c.status
+                ),
+                Err(_) => format!("change {missing} does not exist"),
+            };
+            return Err(Error::Invalid(why));
+        }
+        if rows.is_empty() {
+            return Err(Error::Invalid(format!(
+                "session {} has no pending changes",
+                worktree.session_id
+            )));
+        }
+        Ok(Held {
+            txn,
+            changes: rows.into_iter().map(PendingChange::from).collect(),
+        })
+    }
+
+    /// Holds the session of `worktree` quiet (its open tasks locked, none running) for a
+    /// change of its files that is not a decision on changes (a checkpoint restore).
+    pub async fn hold_session(
+        db: &DatabaseConnection,
+        worktree: &Worktree,
+    ) -> Result<sea_orm::DatabaseTransaction> {
+        let txn = db.begin().await?;
+        quiet(&txn, worktree).await?;
+        Ok(txn)
+    }
+}
+
+/// Pending changes held for a decision ([`WorkspaceStore::hold`]).
+pub struct Held {
+    txn: sea_orm::DatabaseTransaction,
+    changes: Vec<PendingChange>,
+}
+
+impl Held {
+    pub fn changes(&self) -> &[PendingChange] {
+        &self.changes
+    }
+
+    /// Records the decision on every held change by `by` (and the commit an apply
+    /// made), each with its event, and lets them go.
+    pub async fn record(
+        self,
         decision: Decision,
         by: Option<&str>,
         commit_sha: Option<&str>,
     ) -> Result<Vec<PendingChange>> {
-        let txn = db.begin().await?;
         let at = time::now();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let updated = pending_changes::Entity::update_many()
-                .col_expr(pending_changes::Column::Status, decision.as_str().into())
-                .col_expr(
-                    pending_changes::Column::DecidedBy,
-                    by.map(str::to_owned).into(),
-                )
-                .col_expr(pending_changes::Column::DecidedAt, Some(at).into())
-                .col_expr(
-                    pending_changes::Column::CommitSha,
-                    commit_sha.map(str::to_owned).into(),
-                )
-                .filter(pending_changes::Column::Id.eq(*id))
-                .filter(pending_changes::Column::Status.eq("pending"))
-                .exec_with_returning(&txn)
-                .await?;
-            let Some(row) = updated.into_iter().next() else {
-                let now = Self::change(&txn, *id).await?;
-                return Err(Error::Invalid(format!(
-                    "change {id} to {} is {}, not pending: nothing was {}",
-                    now.path,
-                    now.status,
-                    decision.as_str()
-                )));
-            };
+        let ids: Vec<Uuid> = self.changes.iter().map(|c| c.id).collect();
+        let rows = pending_changes::Entity::update_many()
+            .col_expr(pending_changes::Column::Status, decision.as_str().into())
+            .col_expr(
+                pending_changes::Column::DecidedBy,
+                by.map(str::to_owned).into(),
+            )
+            .col_expr(pending_changes::Column::DecidedAt, Some(at).into())
+            .col_expr(
+                pending_changes::Column::CommitSha,
+                commit_sha.map(str::to_owned).into(),
+            )
+            .filter(pending_changes::Column::Id.is_in(ids))
+            .exec_with_returning(&self.txn)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
             if let Some(worktree) = row.worktree_id {
                 append(
-                    &txn,
+                    &self.txn,
                     worktree,
                     &format!("change.{}", decision.as_str()),
                     json!({"change_id": row.id, "path": row.file_path, "by": by,
@@ -637,8 +725,34 @@ impl WorkspaceStore {
             }
             out.push(PendingChange::from(row));
         }
-        txn.commit().await?;
+        self.txn.commit().await?;
+        out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
+    }
+}
+
+/// Locks the open tasks of the worktree's session; refuses when one is running.
+async fn quiet<C: ConnectionTrait>(db: &C, worktree: &Worktree) -> Result<()> {
+    use crate::{entity::tasks, task::TaskState};
+    let open: Vec<(Uuid, TaskState)> = tasks::Entity::find()
+        .select_only()
+        .columns([tasks::Column::Id, tasks::Column::State])
+        .filter(tasks::Column::Project.eq(worktree.project.as_str()))
+        .filter(tasks::Column::SessionId.eq(worktree.session_id.as_str()))
+        .filter(tasks::Column::State.is_in([
+            TaskState::Pending,
+            TaskState::Running,
+            TaskState::Blocked,
+        ]))
+        .lock(sea_orm::sea_query::LockType::Update)
+        .into_tuple()
+        .all(db)
+        .await?;
+    match open.iter().find(|(_, state)| *state == TaskState::Running) {
+        Some((task, _)) => Err(Error::Conflict(format!(
+            "task {task} of the session is running in the worktree: wait for its turn to end"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -648,13 +762,17 @@ async fn supersede<C: ConnectionTrait>(
     old: &pending_changes::Model,
     at: Timestamp,
 ) -> Result<()> {
-    pending_changes::Entity::update_many()
+    let superseded = pending_changes::Entity::update_many()
         .col_expr(pending_changes::Column::Status, "superseded".into())
         .col_expr(pending_changes::Column::DecidedAt, Some(at).into())
         .filter(pending_changes::Column::Id.eq(old.id))
         .filter(pending_changes::Column::Status.eq("pending"))
         .exec(db)
         .await?;
+    // A person decided it meanwhile (their decision held the row): theirs stands.
+    if superseded.rows_affected == 0 {
+        return Ok(());
+    }
     append(
         db,
         worktree,

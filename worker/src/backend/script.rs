@@ -344,7 +344,9 @@ async fn write_files(
     turn: &Turn,
     files: std::collections::BTreeMap<String, Option<String>>,
 ) -> Result<(), TurnError> {
-    let Some(root) = &turn.task.worktree_path else {
+    // Only in a worktree the runner prepared (a task naming a `repo`): a task's own
+    // `worktree_path` detail is the submitter's word, and a path anywhere on the host.
+    let (Some(_), Some(root)) = (&turn.task.repo, &turn.task.worktree_path) else {
         return Err(TurnError::fatal(
             "the script writes `files`, but the task has no worktree (give it a `repo` and a `session_id`)",
         ));

@@ -74,6 +74,16 @@ impl Workspaces {
                     error_chain(&e)
                 ))
             })?;
+        if let Some(worktree) = &active
+            && Path::new(&worktree.repo) != repo_path
+        {
+            return Err(TurnError::fatal(format!(
+                "session {session}'s worktree is of the repository {}, not {}: a session \
+                 works in one repository (use another session_id)",
+                worktree.repo,
+                repo_path.display()
+            )));
+        }
         let worktree = match active {
             Some(worktree) if worktree.host == self.host => {
                 if !Path::new(&worktree.path).exists() {
@@ -89,6 +99,17 @@ impl Workspaces {
                 worktree
             }
             Some(elsewhere) => {
+                // The work is on the session's branch; a repository here without it
+                // (a clone the branch was never pushed to) would start the session
+                // over from its base and lose that work.
+                if let Err(e) = workspace::branch_tip(&repo_path, &elsewhere.branch).await {
+                    return Err(TurnError::retryable(format!(
+                        "the session's worktree lives on host {}, which is gone, and the \
+                         repository here lacks its branch {} to re-create it from ({e}): \
+                         share the repository between hosts or push the branch",
+                        elsewhere.host, elsewhere.branch
+                    )));
+                }
                 // Its work is on its branch (every turn commits there). Where the old
                 // worktree is visible from here too (one machine, shared storage), it
                 // holds the branch checked out: remove it first, or git refuses to
@@ -112,7 +133,7 @@ impl Workspaces {
                 self.record(
                     task,
                     session,
-                    repo,
+                    &repo_path,
                     &info,
                     &elsewhere.target_branch,
                     Some(&elsewhere),
@@ -120,10 +141,14 @@ impl Workspaces {
                 .await?
             }
             None => {
-                let target = current_branch(&repo_path)
-                    .await
-                    .map_err(classify)?
-                    .unwrap_or_else(|| "main".into());
+                // Changes land on the branch the repository has checked out.
+                let Some(target) = current_branch(&repo_path).await.map_err(classify)? else {
+                    return Err(TurnError::fatal(format!(
+                        "the repository {} has no branch checked out (a detached HEAD): \
+                         check out the branch the session's changes should land on",
+                        repo_path.display()
+                    )));
+                };
                 let id = Uuid::new_v4();
                 let branch = format!("turnq/{}-{}", slug(session), &id.simple().to_string()[..8]);
                 let info =
@@ -132,7 +157,7 @@ impl Workspaces {
                         .map_err(classify)?;
                 tracing::info!(task_id = %task.id, session_id = %session, branch = %branch,
                     path = %info.path.display(), "made the session's worktree");
-                self.record(task, session, repo, &info, &target, None)
+                self.record(task, session, &repo_path, &info, &target, None)
                     .await?
             }
         };
@@ -152,7 +177,7 @@ impl Workspaces {
         &self,
         task: &Task,
         session: &str,
-        repo: &str,
+        repo: &Path,
         info: &workspace::WorktreeInfo,
         target: &str,
         replaces: Option<&Worktree>,
@@ -161,7 +186,7 @@ impl Workspaces {
             &self.db,
             &task.project,
             session,
-            repo,
+            &repo.display().to_string(),
             info,
             target,
             &self.host,

@@ -129,7 +129,25 @@ impl TaskStore {
                 children.len()
             )));
         }
+        // Only from the parent's live turn: a turn cancelled or taken over meanwhile
+        // creates nothing (its children would run with nobody waiting for them).
+        let live = tasks::Entity::find_by_id(parent.id.0)
+            .filter(Column::State.eq(crate::task::TaskState::Running))
+            .filter(Column::Attempt.eq(parent.attempt))
+            .filter(Column::WorkerId.eq(parent.worker_id.clone()))
+            .one(db)
+            .await?;
+        if live.is_none() {
+            return Err(Error::Conflict(format!(
+                "task {} is no longer running attempt {}: its sub-tasks were not created",
+                parent.id, parent.attempt
+            )));
+        }
         let mut digest = sha2::Sha256::new();
+        // The answer the turn resumed with is part of the key: a turn run again after a
+        // crash gets its children back, a later turn asking for the same work again gets
+        // new ones.
+        digest.update(serde_json::to_vec(&parent.response).unwrap_or_default());
         let now = time::now();
         let mut batch = Vec::with_capacity(children.len());
         for (i, mut child) in children.into_iter().enumerate() {

@@ -24,13 +24,13 @@ impl TaskStore {
         id: TaskId,
         action: &'static str,
         metadata: &Value,
-        make: impl Fn(&Task) -> TaskEvent,
+        make: impl Fn(&Task) -> Result<TaskEvent>,
     ) -> Result<Task> {
         // A worker's write can land between our read and our write (a heartbeat, a batch
         // of output); re-reading a few times rides over that without giving up.
         for _ in 0..5 {
             let task = Self::get(db, id).await?;
-            let event = make(&task);
+            let event = make(&task)?;
             if task.state.after(&event).is_none() {
                 return Err(Error::IllegalTransition {
                     task: id,
@@ -111,9 +111,9 @@ impl TaskStore {
             crate::storable::no_nul("reason", reason)?;
         }
         Self::transition(db, id, "cancelled", metadata, |_| {
-            TaskEvent::Cancelled(Cancelled {
+            Ok(TaskEvent::Cancelled(Cancelled {
                 reason: reason.clone(),
-            })
+            }))
         })
         .await
     }
@@ -121,9 +121,9 @@ impl TaskStore {
     /// Re-opens a failed task, with at least one more attempt in its budget.
     pub async fn retry(db: &DatabaseConnection, id: TaskId, metadata: &Value) -> Result<Task> {
         Self::transition(db, id, "retried", metadata, |task| {
-            TaskEvent::Retried(Retried {
+            Ok(TaskEvent::Retried(Retried {
                 max_attempts: task.max_attempts.max(task.attempt + 1),
-            })
+            }))
         })
         .await
     }
@@ -183,18 +183,19 @@ impl TaskStore {
         if let Some(note) = &note {
             crate::storable::no_nul("note", note)?;
         }
-        let task = Self::get(db, id).await?;
-        if let Some(request) = task.open_request() {
-            return Err(Error::Invalid(format!(
-                "task {id} waits on a {} request: answer it with POST /v1/tasks/{id}/respond",
-                request.kind.as_str()
-            )));
-        }
         Self::transition(db, id, "approved", metadata, |task| {
-            TaskEvent::Approved(Approved {
+            // Checked on the task as the write will find it: one that blocked on a
+            // request in the meantime is answered, not approved.
+            if let Some(request) = task.open_request() {
+                return Err(Error::Invalid(format!(
+                    "task {id} waits on a {} request: answer it with POST /v1/tasks/{id}/respond",
+                    request.kind.as_str()
+                )));
+            }
+            Ok(TaskEvent::Approved(Approved {
                 note: note.clone(),
                 max_attempts: task.max_attempts.max(task.attempt + 1),
-            })
+            }))
         })
         .await
     }

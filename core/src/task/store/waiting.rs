@@ -123,6 +123,42 @@ impl TaskStore {
         write_all(txn, writes, metadata, at).await
     }
 
+    /// Cancels unfinished sub-tasks whose parent is cancelled: what a cancellation's own
+    /// cascade left undone (the process stopped half-way, or a child was created just
+    /// after it ran). At most `limit` per call; returns how many were cancelled.
+    pub async fn cancel_orphans(
+        db: &DatabaseConnection,
+        limit: u64,
+        metadata: &Value,
+    ) -> Result<usize> {
+        let orphans: Vec<(Uuid, Option<Uuid>)> = tasks::Entity::find()
+            .select_only()
+            .columns([Column::Id, Column::ParentTaskId])
+            .filter(Column::State.is_in([
+                TaskState::Pending,
+                TaskState::Running,
+                TaskState::Blocked,
+            ]))
+            .filter(Expr::cust(
+                "parent_task_id IS NOT NULL AND EXISTS (SELECT 1 FROM tasks p \
+                 WHERE p.id = tasks.parent_task_id AND p.state = 'cancelled')",
+            ))
+            .limit(limit)
+            .into_tuple()
+            .all(db)
+            .await?;
+        let mut cancelled = 0;
+        for (child, parent) in orphans {
+            let reason = parent.map(|p| format!("its parent task {p} was cancelled"));
+            match Self::cancel(db, TaskId(child), reason, metadata).await {
+                Ok(_) => cancelled += 1,
+                Err(crate::Error::IllegalTransition { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(cancelled)
+    }
+
     /// Cancels the unfinished sub-tasks of `parent`, and theirs, after the parent was
     /// cancelled. A child that ends meanwhile is left as it ended.
     pub(super) async fn cancel_children(
@@ -403,6 +439,39 @@ mod tests {
         assert_eq!(outcomes[0].state, TaskState::Completed);
         assert_eq!(outcomes[0].output_summary.as_deref(), Some("done"));
         assert_eq!(outcomes[1].state, TaskState::Cancelled);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_sweep_cancels_what_a_cancellation_left_open_and_a_dead_turn_spawns_nothing()
+    -> Result<()> {
+        let t = TestDb::new().await?;
+        let parent = submitted(&t.db, json!({"input": "p"})).await?;
+        let child = submitted(&t.db, json!({"input": "c", "parent_task_id": parent.id})).await?;
+        // The parent alone, as a cascade cut short would leave it.
+        TaskStore::cancel_one(&t.db, parent.id, None, &meta()).await?;
+        assert_eq!(
+            TaskStore::get(&t.db, child.id).await?.state,
+            TaskState::Pending
+        );
+        assert_eq!(TaskStore::cancel_orphans(&t.db, 10, &meta()).await?, 1);
+        assert_eq!(
+            TaskStore::get(&t.db, child.id).await?.state,
+            TaskState::Cancelled
+        );
+        assert_eq!(TaskStore::cancel_orphans(&t.db, 10, &meta()).await?, 0);
+
+        // A turn no longer running creates no sub-tasks.
+        let cancelled = TaskStore::get(&t.db, parent.id).await?;
+        let err = TaskStore::submit_children(
+            &t.db,
+            &cancelled,
+            vec![serde_json::from_value(json!({"input": "late"}))?],
+            &meta(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("no longer running"), "{err}");
         Ok(())
     }
 

@@ -139,6 +139,18 @@ async fn a_coding_turn_proposes_changes_that_a_person_applies_rejects_or_reverts
         code == 400 && body.to_string().contains("no pending changes"),
         "{code} {body}"
     );
+    // A later turn proposes what it changed, not again what was applied or rejected.
+    run(
+        &app,
+        coding(&repo, "s1", json!({"later.txt": "x\n"})),
+        "completed",
+    )
+    .await?;
+    let later = changes(&app, "s1", "pending").await?;
+    ensure!(
+        later.len() == 1 && later[0]["path"] == "later.txt",
+        "{later:?}"
+    );
     app.stop().await
 }
 
@@ -236,6 +248,43 @@ async fn the_path_guard_refuses_every_way_out_of_the_worktree() -> Result<()> {
     ensure!(
         code == 400 && body.to_string().contains("U+0000"),
         "{code} {body}"
+    );
+    // A task's own `worktree_path` is not a worktree: the script writes nowhere.
+    let outside = scratch.dir.join("not-a-worktree");
+    std::fs::create_dir_all(&outside)?;
+    let failed = run(
+        &app,
+        json!({"worktree_path": outside.display().to_string(),
+               "input": {"script": {"files": {"planted.txt": "x"}}}}),
+        "failed",
+    )
+    .await?;
+    ensure!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("has no worktree")),
+        "{failed}"
+    );
+    ensure!(!outside.join("planted.txt").exists());
+    // A session works in one repository.
+    let other = scratch.repo("other")?;
+    run(
+        &app,
+        coding(&repo, "one-repo", json!({"a": "1\n"})),
+        "completed",
+    )
+    .await?;
+    let failed = run(
+        &app,
+        coding(&other, "one-repo", json!({"a": "2\n"})),
+        "failed",
+    )
+    .await?;
+    ensure!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("a session works in one repository")),
+        "{failed}"
     );
     // Allowed look-alikes.
     run(
