@@ -93,8 +93,8 @@ pub(super) async fn snapshot(worktree: &Path) -> Result<(TempPath, String), Work
     let own = Git::new(worktree)
         .text(&["rev-parse", "--path-format=absolute", "--git-path", "index"])
         .await?;
-    match tokio::fs::copy(&own, index.path()).await {
-        Ok(_) => {}
+    match copy_index(Path::new(&own), index.path()).await {
+        Ok(()) => {}
         // No index yet: starting empty gives the same tree, only slower.
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => {
@@ -116,6 +116,25 @@ pub(super) async fn snapshot(worktree: &Path) -> Result<(TempPath, String), Work
         .text(&["write-tree"])
         .await?;
     Ok((index, tree))
+}
+
+/// Copies an index file with its modification time. git trusts an entry's stat data
+/// only when the file was modified before the index was written ("racily clean"
+/// entries are hashed again); a copy stamped "now" would make a file rewritten within
+/// the same second, at the same size, look unchanged, and the snapshot would keep its
+/// old content.
+async fn copy_index(from: &Path, to: &Path) -> std::io::Result<()> {
+    tokio::fs::copy(from, to).await?;
+    let modified = tokio::fs::metadata(from).await?.modified()?;
+    let to = to.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&to)?
+            .set_modified(modified)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 fn check_name(name: &str) -> Result<(), WorkspaceError> {
