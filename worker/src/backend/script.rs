@@ -376,11 +376,21 @@ async fn write_files(
 
 /// Blocks the turn on `request`.
 fn ask(request: ScriptRequest, usage: Usage) -> Result<TurnOutcome, TurnError> {
-    let deadline = request.timeout_ms.map(|ms| {
-        time::truncate(
-            time::now() + chrono::TimeDelta::milliseconds(ms.min(i64::MAX as u64) as i64),
-        )
-    });
+    let deadline = match request.timeout_ms {
+        None => None,
+        Some(ms) => {
+            let at = i64::try_from(ms)
+                .ok()
+                .and_then(chrono::TimeDelta::try_milliseconds)
+                .and_then(|wait| time::now().checked_add_signed(wait))
+                .ok_or_else(|| {
+                    TurnError::fatal(format!(
+                        "the task's input has a malformed `script`: timeout_ms {ms} puts the deadline out of range"
+                    ))
+                })?;
+            Some(time::truncate(at))
+        }
+    };
     let request = HumanRequest {
         kind: request.kind,
         prompt: request.prompt,
@@ -738,6 +748,31 @@ mod tests {
                 .result,
         );
         assert!(message.contains("output_tokens is -1"), "{message}");
+
+        let message = fatal_message(
+            run_input(
+                json!({"script": {"request": {"kind": "text", "prompt": "name?",
+                "timeout_ms": u64::MAX}}}),
+            )
+            .await
+            .result,
+        );
+        assert!(message.contains("out of range"), "{message}");
+        let message = fatal_message(
+            run_input(json!({"script": {"request": {"kind": "question", "prompt": "which?"}}}))
+                .await
+                .result,
+        );
+        assert!(message.contains("needs options"), "{message}");
+        let message = fatal_message(
+            run_input(
+                json!({"script": {"request": {"kind": "text", "prompt": "x"},
+                "spawn": [{"input": "a"}]}}),
+            )
+            .await
+            .result,
+        );
+        assert!(message.contains("not both"), "{message}");
 
         // A failing or blocking script says nothing unless told to; told to, it streams
         // its output first.
