@@ -82,6 +82,9 @@ pub struct DispatcherConfig {
 /// crashed (its tasks recovered when their lease ran out) is not pinned to it again.
 const PIN_LIVE: Duration = Duration::from_secs(10);
 
+/// How often the sweep looks for sub-tasks that a cancelled parent left open.
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// Tasks whose lease expired, recovered per round at most.
 const SWEEP_BATCH: u64 = 500;
 
@@ -219,6 +222,7 @@ const RETRY_MOST: Duration = Duration::from_millis(500);
 /// sub-tasks have all ended.
 async fn sweep(db: DatabaseConnection, every: Duration, shutdown: CancellationToken) {
     let metadata = json!({"actor": "dispatcher"});
+    let mut orphans_swept: Option<std::time::Instant> = None;
     while !shutdown.is_cancelled() {
         match TaskStore::expire_leases(&db, SWEEP_BATCH, &metadata).await {
             Ok(0) => {}
@@ -240,11 +244,17 @@ async fn sweep(db: DatabaseConnection, every: Duration, shutdown: CancellationTo
                 tracing::warn!(error = %turnq_core::error::chain(&e), "request deadline sweep failed")
             }
         }
-        match TaskStore::cancel_orphans(&db, SWEEP_BATCH, &metadata).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(cancelled = n, "cancelled sub-tasks of cancelled parents"),
-            Err(e) => {
-                tracing::warn!(error = %turnq_core::error::chain(&e), "sub-task cancel sweep failed")
+        // Rare repairs (a cancellation's cascade cut short) read recent cancellations:
+        // once a minute, not every round.
+        if orphans_swept.is_none_or(|at| at.elapsed() >= ORPHAN_SWEEP_EVERY) {
+            orphans_swept = Some(std::time::Instant::now());
+            match TaskStore::cancel_orphans(&db, SWEEP_BATCH, &metadata).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(cancelled = n, "cancelled sub-tasks of cancelled parents")
+                }
+                Err(e) => tracing::warn!(error = %turnq_core::error::chain(&e),
+                    "sub-task cancel sweep failed"),
             }
         }
         match TaskStore::resume_parents(&db, SWEEP_BATCH, &metadata).await {

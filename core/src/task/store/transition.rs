@@ -95,9 +95,24 @@ impl TaskStore {
         reason: Option<String>,
         metadata: &Value,
     ) -> Result<Task> {
-        let task = Self::cancel_one(db, id, reason, metadata).await?;
-        Self::cancel_children(db, id, metadata).await?;
-        Ok(task)
+        match Self::cancel_one(db, id, reason, metadata).await {
+            Ok(task) => {
+                Self::cancel_children(db, id, metadata).await?;
+                Ok(task)
+            }
+            // Cancelled already: its cascade runs again (one cut short by a failure
+            // finishes now), and the answer is still that it cannot be cancelled twice.
+            Err(
+                e @ Error::IllegalTransition {
+                    from: TaskState::Cancelled,
+                    ..
+                },
+            ) => {
+                Self::cancel_children(db, id, metadata).await?;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Cancels one task, leaving its sub-tasks alone.

@@ -123,9 +123,10 @@ impl TaskStore {
         write_all(txn, writes, metadata, at).await
     }
 
-    /// Cancels unfinished sub-tasks whose parent is cancelled: what a cancellation's own
-    /// cascade left undone (the process stopped half-way, or a child was created just
-    /// after it ran). At most `limit` per call; returns how many were cancelled.
+    /// Cancels unfinished sub-tasks whose parent was cancelled in the last ten minutes:
+    /// what a cancellation's own cascade left undone (the process stopped half-way, or a
+    /// child was created just after it ran). At most `limit` per call; returns how many
+    /// were cancelled.
     pub async fn cancel_orphans(
         db: &DatabaseConnection,
         limit: u64,
@@ -139,9 +140,12 @@ impl TaskStore {
                 TaskState::Running,
                 TaskState::Blocked,
             ]))
+            // Parents cancelled in the last ten minutes (a range of the `ended_at` BRIN
+            // index), then their children (`tasks_parent_idx`): the sweep runs every
+            // second and must not read every open task of a large backlog.
             .filter(Expr::cust(
-                "parent_task_id IS NOT NULL AND EXISTS (SELECT 1 FROM tasks p \
-                 WHERE p.id = tasks.parent_task_id AND p.state = 'cancelled')",
+                "parent_task_id IN (SELECT p.id FROM tasks p WHERE p.state = 'cancelled' \
+                 AND p.ended_at > now() - interval '10 minutes')",
             ))
             .limit(limit)
             .into_tuple()
