@@ -148,11 +148,12 @@ pub async fn run(
                     // Re-deliveries go only to pairs some live worker serves: a task
                     // no worker takes is pushed once and waits in Redis. After a loss,
                     // everything queued is pushed again, served or not.
-                    match served.get(&db).await {
-                        Ok(pairs) => {
-                            let redeliver_to = (!lost).then_some(pairs);
-                            drain(&db, conn, &names, &config, stale, redeliver_to, pairs).await
-                        }
+                    match if lost {
+                        Ok(None)
+                    } else {
+                        served.get(&db).await.map(Some)
+                    } {
+                        Ok(pairs) => drain(&db, conn, &names, &config, stale, pairs).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -319,7 +320,6 @@ async fn drain(
     config: &DispatcherConfig,
     stale: turnq_core::time::Timestamp,
     redeliver_to: Option<&BTreeSet<(String, String)>>,
-    served: &BTreeSet<(String, String)>,
 ) -> Result<usize, turnq_core::Error> {
     let metadata = json!({"actor": "dispatcher"});
     let limit = config.dispatch_batch.max(1);
@@ -341,7 +341,7 @@ async fn drain(
             &full,
             redeliver_to,
             &metadata,
-            |due| push(db, redis.clone(), names, due, config, served, &pushed_to),
+            |due| push(db, redis.clone(), names, due, config, &pushed_to),
         )
         .await?;
         // After the commit: a woken worker's claim would otherwise wait for this round's
@@ -364,17 +364,15 @@ async fn push(
     names: &RedisNames,
     due: Vec<DueTask>,
     config: &DispatcherConfig,
-    served: &BTreeSet<(String, String)>,
     pushed_to: &std::sync::Mutex<BTreeSet<(String, String)>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // A task pinned to a host that stopped would wait in a queue nobody consumes until
-    // `--redeliver-after`: pinning reads the live workers now, not the round's cache.
-    let fresh;
-    let served = if due.iter().any(|t| t.host.is_some()) {
-        fresh = WorkerRegistry::served_pairs_within(db, PIN_LIVE).await?;
-        &fresh
+    // `--redeliver-after`: pinning reads the live workers now, and only when a task
+    // names a worktree's host.
+    let pinnable = if due.iter().any(|t| t.host.is_some()) {
+        WorkerRegistry::pinned_pairs(db, PIN_LIVE).await?
     } else {
-        served
+        BTreeSet::new()
     };
     // Per pair: (tasks already attempted, fresh tasks).
     let mut by_pair: BTreeMap<(String, String), (Vec<JobTask>, Vec<JobTask>)> = BTreeMap::new();
@@ -385,7 +383,7 @@ async fn push(
         let agent = match &task.host {
             Some(host) => {
                 let pinned = pinned_agent(&task.agent, host);
-                if served.contains(&(task.queue.clone(), pinned.clone())) {
+                if pinnable.contains(&(task.queue.clone(), pinned.clone())) {
                     pinned
                 } else {
                     task.agent
@@ -711,17 +709,9 @@ mod tests {
             submit(&test.db, &format!("backlog {i}")).await;
         }
         assert_eq!(
-            drain(
-                &test.db,
-                &conn,
-                &names,
-                &settings(),
-                stale,
-                None,
-                &BTreeSet::new()
-            )
-            .await
-            .unwrap(),
+            drain(&test.db, &conn, &names, &settings(), stale, None,)
+                .await
+                .unwrap(),
             5
         );
         let queue = apalis_redis::Config::default().queue(names.agent_queue("default", "script"));
@@ -764,17 +754,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            drain(
-                &test.db,
-                &conn,
-                &names,
-                &settings(),
-                stale,
-                None,
-                &BTreeSet::new()
-            )
-            .await
-            .unwrap(),
+            drain(&test.db, &conn, &names, &settings(), stale, None,)
+                .await
+                .unwrap(),
             1
         );
         let jobs = queued_task_ids(&redis, &names).await;

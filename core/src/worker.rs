@@ -211,19 +211,46 @@ impl WorkerRegistry {
 
     /// The (queue, agent) pairs some live worker serves: not stopped, and heard from
     /// within [`STALE_AFTER`]. A task of a pair outside it waits for a worker nobody
-    /// runs. Each worker's pairs pinned to its host ([`crate::delivery::pinned_agent`])
-    /// are in it too: a pinned pair is served exactly while its host has a live worker.
+    /// runs.
     pub async fn served_pairs<C: ConnectionTrait>(
         db: &C,
     ) -> Result<std::collections::BTreeSet<(String, String)>> {
-        Self::served_pairs_within(db, STALE_AFTER).await
+        let mut pairs = std::collections::BTreeSet::new();
+        for (queues, agents, _) in Self::serving(db, STALE_AFTER).await? {
+            for queue in &queues {
+                for agent in &agents {
+                    pairs.insert((queue.clone(), agent.name.clone()));
+                }
+            }
+        }
+        Ok(pairs)
     }
 
-    /// [`WorkerRegistry::served_pairs`] of the workers heard from within `within`.
-    pub async fn served_pairs_within<C: ConnectionTrait>(
+    /// The pairs pinned to a host ([`crate::delivery::pinned_agent`]) that a worker of
+    /// that host, heard from within `within`, takes: a session's task may be pushed to
+    /// its worktree's host exactly when its pinned pair is in it.
+    pub async fn pinned_pairs<C: ConnectionTrait>(
         db: &C,
         within: std::time::Duration,
     ) -> Result<std::collections::BTreeSet<(String, String)>> {
+        let mut pairs = std::collections::BTreeSet::new();
+        for (queues, agents, host) in Self::serving(db, within).await? {
+            for queue in &queues {
+                for agent in &agents {
+                    let pinned = crate::delivery::pinned_agent(&agent.name, &host);
+                    pairs.insert((queue.clone(), pinned));
+                }
+            }
+        }
+        Ok(pairs)
+    }
+
+    /// The queues, agents and host of each worker not stopped and heard from within
+    /// `within`.
+    async fn serving<C: ConnectionTrait>(
+        db: &C,
+        within: std::time::Duration,
+    ) -> Result<Vec<(Vec<String>, Vec<WorkerAgent>, String)>> {
         let cutoff =
             time::now() - chrono::TimeDelta::from_std(within).unwrap_or(chrono::TimeDelta::MAX);
         let live: Vec<(serde_json::Value, serde_json::Value, String)> = workers::Entity::find()
@@ -234,22 +261,16 @@ impl WorkerRegistry {
             .into_tuple()
             .all(db)
             .await?;
-        let mut pairs = std::collections::BTreeSet::new();
-        for (queues, agents, host) in live {
-            let queues: Vec<String> = serde_json::from_value(queues).unwrap_or_default();
-            let agents: Vec<WorkerAgent> = serde_json::from_value(agents).unwrap_or_default();
-            for queue in &queues {
-                for agent in &agents {
-                    pairs.insert((queue.clone(), agent.name.clone()));
-                    // Each worker also takes the tasks pinned to its host.
-                    pairs.insert((
-                        queue.clone(),
-                        crate::delivery::pinned_agent(&agent.name, &host),
-                    ));
-                }
-            }
-        }
-        Ok(pairs)
+        Ok(live
+            .into_iter()
+            .map(|(queues, agents, host)| {
+                (
+                    serde_json::from_value(queues).unwrap_or_default(),
+                    serde_json::from_value(agents).unwrap_or_default(),
+                    host,
+                )
+            })
+            .collect())
     }
 
     /// Every worker that ever registered, newest heartbeat first.
