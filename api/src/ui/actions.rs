@@ -46,6 +46,16 @@ fn metadata(viewer: &Viewer) -> Value {
     json!({"actor": "ui", "token": viewer.token.name})
 }
 
+/// `raw` as an id, or a 400 naming `what` ("task id", "checkpoint id", …).
+fn parse_id<T: std::str::FromStr>(what: &str, raw: &str) -> Result<T, PageError> {
+    raw.parse().map_err(|_| {
+        PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{what} {raw:?} is not a UUID"),
+        )
+    })
+}
+
 /// `POST /ui/tasks/{id}/{action}`: cancel, retry, approve, or again (a new task with
 /// the same input).
 pub(super) async fn on_task(
@@ -55,12 +65,7 @@ pub(super) async fn on_task(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, PageError> {
-    let id: TaskId = id.parse().map_err(|_| {
-        PageError::new(
-            StatusCode::BAD_REQUEST,
-            format!("task id {id:?} is not a UUID"),
-        )
-    })?;
+    let id: TaskId = parse_id("task id", &id)?;
     let scope = match action.as_str() {
         "cancel" | "again" => Scope::Submit,
         "retry" | "approve" => Scope::Admin,
@@ -107,12 +112,7 @@ pub(super) async fn respond(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, PageError> {
-    let id: TaskId = id.parse().map_err(|_| {
-        PageError::new(
-            StatusCode::BAD_REQUEST,
-            format!("task id {id:?} is not a UUID"),
-        )
-    })?;
+    let id: TaskId = parse_id("task id", &id)?;
     let form = viewer.form(&headers, &body, Scope::Submit)?;
     let back = match form.get("back") {
         Some("inbox") => Back::Inbox,
@@ -286,12 +286,7 @@ pub(super) async fn pick_winner(
     body: Bytes,
 ) -> Result<Response, PageError> {
     let form = viewer.form(&headers, &body, Scope::Submit)?;
-    let id: ArenaId = id.parse().map_err(|_| {
-        PageError::new(
-            StatusCode::BAD_REQUEST,
-            format!("arena id {id:?} is not a UUID"),
-        )
-    })?;
+    let id: ArenaId = parse_id("arena id", &id)?;
     let raw = form.get("task_id").unwrap_or_default();
     let task: TaskId = raw.parse().map_err(|_| {
         PageError::new(
@@ -398,14 +393,7 @@ pub(super) async fn bulk(
         }
     } else {
         form.all("id")
-            .map(|raw| {
-                raw.parse::<TaskId>().map_err(|_| {
-                    PageError::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("task id {raw:?} is not a UUID"),
-                    )
-                })
-            })
+            .map(|raw| parse_id::<TaskId>("task id", raw))
             .collect::<Result<_, _>>()?
     };
     if ids.is_empty() {
@@ -538,14 +526,7 @@ pub(super) async fn on_changes(
         .map_err(refuse)?;
     let ids = form
         .all("id")
-        .map(|raw| {
-            raw.parse::<Uuid>().map_err(|_| {
-                refuse(PageError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("change id {raw:?} is not a UUID"),
-                ))
-            })
-        })
+        .map(|raw| parse_id::<Uuid>("change id", raw).map_err(refuse))
         .collect::<Result<Vec<_>, _>>()?;
     let all = form.get("all") == Some("yes");
     if ids.is_empty() && !all {
@@ -600,12 +581,7 @@ pub(super) async fn restore(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, PageError> {
-    let id: Uuid = id.parse().map_err(|_| {
-        PageError::new(
-            StatusCode::BAD_REQUEST,
-            format!("checkpoint id {id:?} is not a UUID"),
-        )
-    })?;
+    let id: Uuid = parse_id("checkpoint id", &id)?;
     let checkpoint = WorkspaceStore::checkpoint(state.db(), id).await?;
     let session_page = review::session_href(&checkpoint.project, &checkpoint.session_id);
     let back = format!("{session_page}#workspace");
