@@ -234,7 +234,7 @@ fn no_worktree(project: &str, session: &str) -> ApiError {
 }
 
 fn conflict(message: impl Into<String>) -> ApiError {
-    ApiError::new(axum::http::StatusCode::CONFLICT, "conflict", message)
+    ApiError::from(turnq_core::Error::Conflict(message.into()))
 }
 
 /// A git operation's failure as the API answers it: what the request asked for is
